@@ -1,0 +1,35 @@
+"""smtask: SageMaker jobs as ordinary Airflow tasks.
+
+Public names load on first use (PEP 562): ``import smtask`` imports neither Airflow nor the
+SageMaker SDK, so Airflow can read the provider info while it is still configuring itself.
+The SageMaker SDK is imported only when a task executes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smtask.decorators import sm_processing, sm_training, sm_transform
+    from smtask.errors import JobFailed, ParamsError, SmtaskError
+    from smtask.params import load_config, pipeline_params
+
+_PUBLIC = {
+    "sm_processing": "smtask.decorators",
+    "sm_training": "smtask.decorators",
+    "sm_transform": "smtask.decorators",
+    "JobFailed": "smtask.errors",
+    "ParamsError": "smtask.errors",
+    "SmtaskError": "smtask.errors",
+    "load_config": "smtask.params",
+    "pipeline_params": "smtask.params",
+}
+__all__ = sorted(_PUBLIC)
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'smtask' has no attribute {name!r}")

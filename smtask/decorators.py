@@ -1,0 +1,189 @@
+"""``@sm_processing``, ``@sm_training``, ``@sm_transform``: SageMaker jobs as TaskFlow tasks.
+
+The decorated function runs on the worker at execute time with its upstream XCom values and
+returns only the dynamic part of the job (like ``@task.bash`` returns its command). Everything
+static comes from the step's entry in the DAG params (``steps.<step>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+from collections import deque
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
+
+from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
+from airflow.sdk.definitions.context import context_merge
+
+from smtask import naming, params
+from smtask.errors import JobFailed, SmtaskError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.bases.decorator import TaskDecorator
+
+    from smtask.steps import StepContext
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _TaskLogWriter(io.TextIOBase):
+    """Forwards the containers' output (the SDK prints it) to the task log, line by line,
+    keeping the last lines so a failure message can quote the script's error."""
+
+    def __init__(self, log: logging.Logger, keep: int = 40) -> None:
+        self.log, self.tail, self._partial = log, deque(maxlen=keep), ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text.replace("\r", "")).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.strip():
+                self.tail.append(line)
+                self.log.info("%s", line)
+        return len(text)
+
+    def error_summary(self) -> str:
+        lines = [line.split("|", 1)[-1].strip() for line in self.tail]
+        lines = [line for line in lines if line and not line.startswith(("Exiting", "Aborting"))]
+        errors = [line for line in lines if "Error" in line or "Exception" in line]
+        return (errors or lines or ["the container exited without output"])[-1]
+
+
+class _SageMakerDecoratedOperator(DecoratedOperator):
+    """Runs one SageMaker job per task instance: params -> job spec -> session -> job -> outputs.
+
+    :param step: the key of this task's settings under the ``steps`` param.
+    :param mode: ``local`` or ``sagemaker``; a run's conf ``mode`` still wins. Defaults to the
+        ``mode`` param (``$SMTASK_MODE`` or ``local``).
+    """
+
+    kind: ClassVar[str]
+    template_fields = DecoratedOperator.template_fields
+    shallow_copy_attrs = ("python_callable",)
+
+    def __init__(self, *, python_callable: Callable, step: str, mode: str | None = None,
+                 op_args: Collection[Any] | None = None,
+                 op_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        if not isinstance(step, str) or not step:
+            raise TypeError(f"@sm_{self.kind}: step must be a non-empty string, got {step!r}")
+        if mode is not None and mode not in params.MODES:
+            raise TypeError(f"@sm_{self.kind}(step={step!r}): mode must be one of {params.MODES}")
+        kwargs.setdefault("task_id", step)
+        super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs,
+                         **kwargs)
+        self.step, self.mode = step, mode
+
+    def execute(self, context: Context) -> Any:
+        run_params = self._params(context)
+        step_ctx = self._step_context(context, run_params)
+        context_merge(context, self.op_kwargs)
+        kwargs = self.determine_kwargs(context)
+        returned = self.python_callable(*self.op_args, **kwargs)
+        job = self.build_spec(step_ctx, returned, [*self.op_args, *kwargs.values()])
+        self.log.info("%s job %s (%s mode): %s", self.kind, job["job_name"], run_params["mode"],
+                      {k: v for k, v in job.items() if k != "tags"})
+        return self._run(job, run_params)
+
+    def _params(self, context: Context) -> dict[str, Any]:
+        """Defaults of the DAG's params deep-merged with the run's conf, then validated for
+        every smtask step of the DAG, so a typo in a later step fails the first task."""
+        dag = context["dag"]
+        defaults = dag.params.dump() if hasattr(dag.params, "dump") else dict(dag.params)
+        dag_run = context.get("dag_run")
+        conf = getattr(dag_run, "conf", None) or {}
+        steps = {t.step: t.kind for t in dag.tasks if isinstance(t, _SageMakerDecoratedOperator)}
+        run_params = params.resolve(defaults, conf, steps)
+        if self.mode and "mode" not in conf:
+            run_params["mode"] = self.mode
+        return run_params
+
+    def _step_context(self, context: Context, run_params: dict[str, Any]) -> StepContext:
+        from smtask.sessions import artifacts_root
+        from smtask.steps import StepContext
+
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        if map_index is None:
+            map_index = -1
+        run_id = context["run_id"]
+        prefix = naming.run_prefix(artifacts_root(run_params), run_params["pipeline_name"],
+                                   run_id, map_index)
+        return StepContext(
+            step=self.step,
+            params=run_params,
+            job_name=naming.job_name(run_params["pipeline_name"], self.step,
+                                     dag_id=ti.dag_id, run_id=run_id, task_id=ti.task_id,
+                                     map_index=map_index),
+            prefix=f"{prefix}/{self.step}",
+        )
+
+    def build_spec(self, ctx: StepContext, returned: Any, upstream: list[Any]) -> dict[str, Any]:
+        return self._module().spec(ctx, returned)
+
+    @classmethod
+    def _module(cls) -> Any:
+        return importlib.import_module(f"smtask.steps.{cls.kind}")
+
+    def _run(self, job: dict[str, Any], run_params: dict[str, Any]) -> dict[str, Any]:
+        from smtask.sessions import open_session
+
+        writer = _TaskLogWriter(self.log)
+        with open_session(run_params) as session, contextlib.redirect_stdout(writer):
+            try:
+                return self._module().run(job, session)
+            except SmtaskError:
+                raise
+            except Exception as exc:  # the SDK raises bare RuntimeErrors for container failures
+                if not session.local_mode:
+                    raise
+                raise JobFailed(self.kind, job["job_name"],
+                                f"{writer.error_summary()} ({exc})") from exc
+
+
+class _ProcessingOperator(_SageMakerDecoratedOperator):
+    kind = "processing"
+    custom_operator_name = "@sm_processing"
+
+
+class _TrainingOperator(_SageMakerDecoratedOperator):
+    kind = "training"
+    custom_operator_name = "@sm_training"
+
+
+class _TransformOperator(_SageMakerDecoratedOperator):
+    kind = "transform"
+    custom_operator_name = "@sm_transform"
+
+    def build_spec(self, ctx: StepContext, returned: Any, upstream: list[Any]) -> dict[str, Any]:
+        return self._module().spec(ctx, returned, upstream)
+
+
+def _factory(operator: type[_SageMakerDecoratedOperator]) -> Callable[..., Any]:
+    @overload
+    def decorator(python_callable: _F, /) -> TaskDecorator: ...
+    @overload
+    def decorator(*, step: str, mode: str | None = None, **kwargs: Any) -> TaskDecorator: ...
+
+    def decorator(python_callable: Callable | None = None, /, **kwargs: Any) -> TaskDecorator:
+        if "step" not in kwargs:
+            raise TypeError(f"{operator.custom_operator_name} needs step=: the key of this "
+                            "task's settings under the 'steps' param")
+        return task_decorator_factory(python_callable=python_callable,
+                                      decorated_operator_class=operator, **kwargs)
+
+    decorator.__name__ = operator.custom_operator_name.lstrip("@")
+    decorator.__doc__ = (f"Wrap a function into a SageMaker {operator.kind} task.\n\n"
+                         ":param step: the key of this task's settings under ``steps``.\n"
+                         ":param mode: ``local`` or ``sagemaker`` (default: the ``mode`` param).\n"
+                         "Other keyword arguments go to the operator (``retries``, ``task_id``...).")
+    return decorator
+
+
+sm_processing = _factory(_ProcessingOperator)
+sm_training = _factory(_TrainingOperator)
+sm_transform = _factory(_TransformOperator)
+

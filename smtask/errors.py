@@ -1,0 +1,24 @@
+"""The one exception family of smtask. Messages name the step and the key."""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+
+class SmtaskError(AirflowException):
+    """Base of every error smtask raises."""
+
+
+class ParamsError(SmtaskError, AirflowFailException):
+    """The params (config.json deep-merged with the run's conf) are invalid.
+
+    Raised before any job is created; never retried, since a retry would read the same params.
+    """
+
+
+class JobFailed(SmtaskError):
+    """A SageMaker job ended Failed or Stopped, or its container exited non-zero."""
+
+    def __init__(self, kind: str, job_name: str, reason: str) -> None:
+        self.kind, self.job_name, self.reason = kind, job_name, reason
+        super().__init__(f"{kind} job {job_name} failed: {reason}")

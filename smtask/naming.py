@@ -1,0 +1,38 @@
+"""Deterministic, valid SageMaker names and artifact locations for a task instance."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_JOB_NAME = 63
+
+
+def _slug(text: str, allowed: str = "A-Za-z0-9-") -> str:
+    return re.sub(rf"[^{allowed}]+", "-", text).strip("-")
+
+
+def run_stamp(run_id: str) -> str:
+    """The run's time as ``YYYYMMDDHHMMSS`` when its id holds one, else a slug of the id."""
+    match = re.search(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):?(\d{2}):?(\d{2})", run_id)
+    return "".join(match.groups()) if match else _slug(run_id)[:20]
+
+
+def job_name(pipeline: str, step: str, *, dag_id: str, run_id: str, task_id: str,
+             map_index: int = -1, attempt: int = 1) -> str:
+    """``<pipeline>-<step>-<run time>[-m<i>][-r<n>]-<hash>``: at most 63 chars of [A-Za-z0-9-].
+
+    The same task instance always gets the same name (so a retry can find its job); the hash
+    over dag, run, task and map index keeps different task instances apart after truncation.
+    """
+    digest = hashlib.sha256(f"{dag_id}\0{run_id}\0{task_id}\0{map_index}".encode()).hexdigest()[:8]
+    tail = (f"-m{map_index}" if map_index >= 0 else "") + (f"-r{attempt}" if attempt > 1 else "")
+    tail += f"-{digest}"
+    head = f"{_slug(pipeline)}-{_slug(step)}-{run_stamp(run_id)}"
+    return head[: MAX_JOB_NAME - len(tail)].rstrip("-") + tail
+
+
+def run_prefix(artifacts: str, pipeline: str, run_id: str, map_index: int = -1) -> str:
+    """Where one run's artifacts live: ``<artifacts>/<pipeline>/<run id slug>[/<map index>]``."""
+    prefix = f"{artifacts.rstrip('/')}/{_slug(pipeline)}/{_slug(run_id, 'A-Za-z0-9._-')}"
+    return f"{prefix}/{map_index}" if map_index >= 0 else prefix

@@ -1,0 +1,231 @@
+"""Params: config.json as DAG params, deep-merged with a run's conf, validated before any job.
+
+The shape follows the "config.json as DAG params" pattern: top-level settings of the pipeline
+and ``steps.<step>`` with each step's settings. Airflow replaces a top-level param whole when a
+run's conf names it; :func:`resolve` deep-merges instead, so a run can override one
+hyperparameter without restating the ``steps`` tree.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from smtask.errors import ParamsError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Param
+
+MODES = ("local", "sagemaker")
+MODE_ENV = "SMTASK_MODE"
+
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_POSITIVE = {"type": "integer", "minimum": 1}
+
+# What each top-level key may hold. Unknown keys are rejected: a typo must not pass silently.
+TOP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["pipeline_name", "steps"],
+    "additionalProperties": False,
+    "properties": {
+        "pipeline_name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9-]{0,29}$"},
+        "mode": {"enum": list(MODES)},
+        "role": {"type": "string"},
+        "image": {"type": "string"},
+        "artifacts": {"type": "string", "pattern": "^(s3|file)://"},
+        "code_root": {"type": "string"},
+        "aws_conn_id": {"type": "string"},
+        "region_name": {"type": "string"},
+        "tags": _STRING_MAP,
+        "local": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "image": {"type": "string"},
+                "artifacts": {"type": "string", "pattern": "^(s3|file)://"},
+                "s3_endpoint": {"type": "string", "pattern": "^https?://"},
+            },
+        },
+        "steps": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+}
+
+_COMMON_STEP_KEYS: dict[str, Any] = {
+    "image": {"type": "string"},
+    "instance_type": {"type": "string"},
+    "instance_count": _POSITIVE,
+    "volume_size_gb": _POSITIVE,
+    "max_runtime_seconds": _POSITIVE,
+    "environment": _STRING_MAP,
+    "tags": _STRING_MAP,
+}
+
+_CONTAINER_PATH = {"type": "string", "pattern": "^/opt/ml/"}
+
+# Each job kind's step settings; the decorator says which kind a step is.
+STEP_SCHEMAS: dict[str, dict[str, Any]] = {
+    "processing": {
+        "required": ["code_path", "outputs"],
+        "properties": {
+            **_COMMON_STEP_KEYS,
+            "code_path": {"type": "string"},
+            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "arguments": {"type": "array", "items": {"type": "string"}},
+            "input_destination": _CONTAINER_PATH,
+            "outputs": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["source"],
+                    "additionalProperties": False,
+                    "properties": {"source": _CONTAINER_PATH},
+                },
+            },
+        },
+    },
+    "training": {
+        "required": ["source_dir", "entry_script"],
+        "properties": {
+            **_COMMON_STEP_KEYS,
+            "source_dir": {"type": "string"},
+            "entry_script": {"type": "string"},
+            "requirements": {"type": "string"},
+            "hyperparameters": {
+                "type": "object",
+                "additionalProperties": {"type": ["string", "number", "boolean"]},
+            },
+        },
+    },
+    "transform": {
+        "required": [],
+        "properties": {
+            **_COMMON_STEP_KEYS,
+            "content_type": {"type": "string"},
+            "accept": {"type": "string"},
+            "split_type": {"enum": ["None", "Line", "RecordIO", "TFRecord"]},
+            "assemble_with": {"enum": ["None", "Line"]},
+            "strategy": {"enum": ["MultiRecord", "SingleRecord"]},
+            "max_payload_mb": {"type": "integer", "minimum": 0, "maximum": 100},
+            "max_concurrent_transforms": _POSITIVE,
+        },
+    },
+}
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a pipeline's config.json; relative paths in it resolve against its folder."""
+    path = Path(path).resolve()
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ParamsError(f"cannot read pipeline config {path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ParamsError(f"pipeline config {path} must hold a JSON object")
+    config.setdefault("code_root", str(path.parent))
+    config.setdefault("mode", os.environ.get(MODE_ENV, "local"))
+    return config
+
+
+def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
+    """DAG params from a config.json: one :class:`~airflow.sdk.Param` per top-level key.
+
+    ``mode`` defaults to ``$SMTASK_MODE`` (else ``local``) unless the file sets it. Use as
+    ``@dag(params=pipeline_params(Path(__file__).parent / "config.json"))``.
+    """
+    from airflow.sdk import Param
+
+    config = load_config(path)
+    descriptions = {
+        "mode": "local: Docker on the worker via LocalSession; sagemaker: SageMaker jobs",
+        "steps": "per-step settings; a run's conf is deep-merged into them",
+    }
+    return {
+        key: Param(value, description=descriptions.get(key))
+        if key != "mode"
+        else Param(value, enum=list(MODES), description=descriptions["mode"])
+        for key, value in config.items()
+    }
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` into ``base``: mappings merge key by key; anything else replaces.
+
+    A ``null`` in ``override`` removes the key, so a run can fall back to a default.
+    """
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
+    """Check the top level and every ``steps.<step>`` used by the DAG (step -> job kind).
+
+    Raises one :class:`ParamsError` that lists every problem as ``<key path>: <why>``.
+    """
+    problems = list(_schema_problems(params, TOP_SCHEMA, ()))
+    configured = params.get("steps") if isinstance(params.get("steps"), Mapping) else {}
+    for step, kind in sorted(steps.items()):
+        if step not in configured:
+            known = ", ".join(sorted(configured)) or "none"
+            problems.append(f"steps.{step}: missing; the DAG's task uses this step (known: {known})")
+            continue
+        schema = {"type": "object", "additionalProperties": False, **STEP_SCHEMAS[kind]}
+        problems.extend(_schema_problems(configured[step], schema, ("steps", step)))
+        problems.extend(_file_problems(params, step, kind, configured[step]))
+    if problems:
+        where = ", ".join(f"'{s}'" for s in sorted(steps)) or "the pipeline"
+        raise ParamsError(f"bad params for step {where}:\n  - " + "\n  - ".join(problems))
+
+
+def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]) -> Iterable[str]:
+    from jsonschema import Draft7Validator
+
+    for error in sorted(Draft7Validator(schema).iter_errors(value), key=lambda e: list(e.path)):
+        path = (*prefix, *(str(p) for p in error.absolute_path))
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            allowed = error.schema.get("properties", {})
+            for key in sorted(k for k in error.instance if k not in allowed):
+                known = ", ".join(sorted(allowed))
+                yield f"{'.'.join((*path, key))}: unknown key (known keys: {known})"
+        elif error.validator == "required":
+            missing = error.message.split("'")[1]
+            yield f"{'.'.join((*path, missing))}: required key is missing"
+        else:
+            yield f"{'.'.join(path) or '<params>'}: {error.message}"
+
+
+def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -> Iterable[str]:
+    """The code a step names must exist on the worker before a job is created."""
+    if not isinstance(cfg, Mapping):
+        return
+    root = Path(params.get("code_root") or ".")
+    if kind == "processing" and isinstance(cfg.get("code_path"), str):
+        if not (root / cfg["code_path"]).is_file():
+            yield f"steps.{step}.code_path: no file {root / cfg['code_path']}"
+    if kind == "training" and isinstance(cfg.get("source_dir"), str):
+        source = root / cfg["source_dir"]
+        if not source.is_dir():
+            yield f"steps.{step}.source_dir: no folder {source}"
+        elif isinstance(cfg.get("entry_script"), str) and not (source / cfg["entry_script"]).is_file():
+            yield f"steps.{step}.entry_script: no file {cfg['entry_script']} in {source}"
+
+
+def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
+            steps: Mapping[str, str]) -> dict[str, Any]:
+    """The params a task runs with: ``defaults`` deep-merged with the run's conf, validated."""
+    if run_conf is not None and not isinstance(run_conf, Mapping):
+        raise ParamsError(f"the run's conf must be a JSON object, got {type(run_conf).__name__}")
+    params = deep_merge(defaults, run_conf or {})
+    validate(params, steps)
+    return params

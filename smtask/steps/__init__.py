@@ -1,0 +1,80 @@
+"""Job kinds: each module turns a step's settings + the user function's value into a job spec
+(plain JSON), then runs that spec with the SDK and returns the job's outputs (plain JSON).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from smtask.errors import SmtaskError
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Everything a kind needs to write its job spec: resolved once, before any job."""
+
+    step: str
+    params: dict[str, Any]  # the merged, validated params of the run
+    job_name: str
+    prefix: str  # URI under which this step's outputs go: <artifacts>/<pipeline>/<run>/<step>
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return self.params["steps"][self.step]
+
+    @property
+    def local(self) -> bool:
+        return self.params["mode"] == "local"
+
+    def path(self, relative: str) -> str:
+        """A path of the step's settings, resolved against the config's folder."""
+        return str((Path(self.params.get("code_root") or ".") / relative).resolve())
+
+    def common(self, default_instance: str) -> dict[str, Any]:
+        """The settings every job kind shares, with local mode's substitutions."""
+        from smtask.sessions import LOCAL_IMAGE
+
+        cfg, local = self.cfg, self.local
+        image = cfg.get("image") or (
+            (self.params.get("local") or {}).get("image", LOCAL_IMAGE) if local
+            else self.params.get("image"))
+        if not image:
+            raise SmtaskError(f"steps.{self.step}.image: no image for {self.params['mode']} mode")
+        return {
+            "job_name": self.job_name,
+            "image": image,
+            "role": self.params.get("role"),
+            # local mode runs one container per instance on this machine
+            "instance_type": "local" if local else cfg.get("instance_type", default_instance),
+            "instance_count": cfg.get("instance_count", 1),
+            "volume_size_gb": cfg.get("volume_size_gb", 30),
+            "max_runtime_seconds": cfg.get("max_runtime_seconds", 86400),
+            "environment": dict(cfg.get("environment", {})),
+            "tags": {**self.params.get("tags", {}), **cfg.get("tags", {}),
+                     "smtask:step": self.step},
+        }
+
+
+def check_uri(step: str, name: str, value: Any) -> str:
+    """A data location the user function returned: an s3:// or file:// URI, or a local path."""
+    if isinstance(value, Path) or (isinstance(value, str) and value.startswith("/")):
+        return Path(value).resolve().as_uri()
+    if not isinstance(value, str) or urlparse(value).scheme not in ("s3", "file"):
+        raise TypeError(f"step '{step}': {name} must be an s3:// or file:// URI, got {value!r}")
+    return value
+
+
+def check_uri_map(step: str, what: str, value: Any) -> dict[str, str]:
+    """The function's ``{name: URI}`` return value (processing inputs, training channels)."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(
+            f"step '{step}': the function must return a dict of {what} name -> URI, "
+            f"got {type(value).__name__}")
+    return {name: check_uri(step, f"{what} '{name}'", uri) for name, uri in value.items()}
+
+
+def local_path(uri: str) -> Path:
+    return Path(urlparse(uri).path)

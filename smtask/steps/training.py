@@ -1,0 +1,82 @@
+"""Training: a ``ModelTrainer`` job over the step's source dir; channels come from the function."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from smtask import waiting
+from smtask.steps import StepContext, check_uri_map, local_path
+from smtask.steps.processing import prepare_output
+
+KIND = "training"
+
+
+def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
+    """``returned`` is ``{channel name: URI}``; each lands in ``/opt/ml/input/data/<name>``."""
+    cfg = ctx.cfg
+    return {
+        **ctx.common("ml.m5.large"),
+        "source_dir": ctx.path(cfg["source_dir"]),
+        "entry_script": cfg["entry_script"],
+        "requirements": cfg.get("requirements"),
+        "hyperparameters": dict(cfg.get("hyperparameters", {})),
+        "channels": check_uri_map(ctx.step, "channel", returned),
+        "output_path": ctx.prefix,
+    }
+
+
+def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
+    from sagemaker.core.training.configs import Compute, InputData, SourceCode, StoppingCondition
+    from sagemaker.train import model_trainer
+    from sagemaker.train.model_trainer import Mode, ModelTrainer
+
+    local = session.local_mode
+    root = Path(session.config["local"]["container_root"]) / job["job_name"] if local else None
+    channels = [InputData(channel_name=name, data_source=str(local_path(uri)) if local else uri)
+                for name, uri in job["channels"].items()]
+    trainer = ModelTrainer(
+        training_mode=Mode.LOCAL_CONTAINER if local else Mode.SAGEMAKER_TRAINING_JOB,
+        sagemaker_session=session,
+        role=None if local else job["role"],
+        training_image=job["image"],
+        base_job_name=job["job_name"],
+        source_code=SourceCode(source_dir=job["source_dir"], entry_script=job["entry_script"],
+                               requirements=job["requirements"]),
+        compute=Compute(instance_type=job["instance_type"], instance_count=job["instance_count"],
+                        volume_size_in_gb=job["volume_size_gb"]),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_runtime_seconds"]),
+        hyperparameters=job["hyperparameters"],
+        environment=job["environment"],
+        tags=[{"key": k, "value": v} for k, v in job["tags"].items()],
+        **({"local_container_root": str(root)} if local else {}),
+    )
+    # ModelTrainer appends a timestamp to every name; the task's name must stay deterministic.
+    with mock.patch.object(model_trainer, "_get_unique_name", lambda *_a, **_k: job["job_name"]):
+        if local:
+            assert root is not None
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                trainer.train(input_data_config=channels, wait=True, logs=False)
+                model_uri = _keep_artifacts(root, job["output_path"])
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+        else:
+            trainer.train(input_data_config=channels, wait=False, logs=False)
+            description = waiting.wait(session.sagemaker_client, KIND, job["job_name"])
+            model_uri = description["ModelArtifacts"]["S3ModelArtifacts"]
+    return {"job_name": job["job_name"], "model": model_uri, "image": job["image"],
+            "outputs": {"model": model_uri}}
+
+
+def _keep_artifacts(root: Path, output_path: str) -> str:
+    """Local ModelTrainer leaves model.tar.gz in its container root: move it to the run's prefix."""
+    prepare_output(output_path)
+    target = local_path(output_path)
+    for name in ("model.tar.gz", "output.tar.gz"):
+        produced = root / "compressed_artifacts" / name
+        if produced.exists():
+            shutil.move(str(produced), target / name)
+    return (target / "model.tar.gz").as_uri()

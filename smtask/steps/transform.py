@@ -1,0 +1,101 @@
+"""Batch transform: a model from the upstream training result, then a ``Transformer`` job."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from smtask import waiting
+from smtask.errors import SmtaskError
+from smtask.steps import StepContext, check_uri
+from smtask.steps.processing import prepare_output
+
+KIND = "transform"
+SERVING_PORT = 8080
+_LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
+
+
+def is_training_result(value: Any) -> bool:
+    return isinstance(value, dict) and {"job_name", "model", "image"} <= value.keys()
+
+
+def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, Any]:
+    """``returned`` is the data URI to score, or ``{"data": URI, "model": training result}``;
+    with a plain URI the model is the one training result among the function's arguments."""
+    if isinstance(returned, dict):
+        data, model = returned.get("data"), returned.get("model")
+    else:
+        data, models = returned, [v for v in upstream if is_training_result(v)]
+        if len(models) != 1:
+            raise TypeError(
+                f"step '{ctx.step}': pass exactly one training result to the function "
+                f"(found {len(models)}), or return {{'data': URI, 'model': training result}}")
+        model = models[0]
+    if not is_training_result(model):
+        raise TypeError(f"step '{ctx.step}': 'model' must be a training task's result, got {model!r}")
+    cfg = ctx.cfg
+    job = ctx.common("ml.m5.large")
+    job["image"] = cfg.get("image") or model["image"]
+    return {
+        **job,
+        "model_name": ctx.job_name,
+        "model_data": model["model"],
+        "data": check_uri(ctx.step, "data", data),
+        "content_type": cfg.get("content_type", "text/csv"),
+        "accept": cfg.get("accept", "text/csv"),
+        "split_type": cfg.get("split_type", "Line"),
+        "assemble_with": cfg.get("assemble_with", "Line"),
+        "strategy": cfg.get("strategy", "MultiRecord"),
+        "max_payload_mb": cfg.get("max_payload_mb", 6),
+        "max_concurrent_transforms": cfg.get("max_concurrent_transforms", 1),
+        "output_path": f"{ctx.prefix}/predictions",
+    }
+
+
+def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
+    from sagemaker.core.transformer import Transformer
+
+    if session.local_mode:
+        _require_free_port(job["job_name"])
+    prepare_output(job["output_path"])
+    session.sagemaker_client.create_model(
+        ModelName=job["model_name"],
+        PrimaryContainer={"Image": job["image"], "ModelDataUrl": job["model_data"],
+                          "Environment": job["environment"]},
+        ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
+        Tags=[{"Key": k, "Value": v} for k, v in job["tags"].items()],
+    )
+    transformer = Transformer(
+        model_name=job["model_name"],
+        instance_count=job["instance_count"],
+        instance_type=job["instance_type"],
+        strategy=job["strategy"],
+        assemble_with=job["assemble_with"],
+        output_path=job["output_path"],
+        accept=job["accept"],
+        max_concurrent_transforms=job["max_concurrent_transforms"],
+        max_payload=job["max_payload_mb"],
+        env=job["environment"] or None,
+        tags=[{"Key": k, "Value": v} for k, v in job["tags"].items()],
+        sagemaker_session=session,
+    )
+    transformer.transform(
+        job["data"],
+        content_type=job["content_type"],
+        split_type=job["split_type"],
+        job_name=job["job_name"],  # without a name the SDK calls the real DescribeModel API
+        wait=False,
+        logs=False,
+    )
+    waiting.wait(session.sagemaker_client, KIND, job["job_name"])
+    return {"job_name": job["job_name"], "model_name": job["model_name"],
+            "outputs": {"predictions": job["output_path"]}}
+
+
+def _require_free_port(job_name: str) -> None:
+    """Local serving binds 8080 on the host; a server already there would answer instead."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if probe.connect_ex(("127.0.0.1", SERVING_PORT)) == 0:
+            raise SmtaskError(f"transform job {job_name}: port {SERVING_PORT} on this machine "
+                              "is in use; local batch transform serves the model there")

@@ -1,0 +1,50 @@
+"""Reading and writing artifacts by URI from plain tasks (``file://`` or ``s3://``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from smtask import naming
+
+
+def run_prefix(context: Any, step: str | None = None) -> str:
+    """The URI of this run's artifacts (the same one the smtask tasks of the run write under),
+    or of one step's folder in it. For plain tasks, e.g. a data source."""
+    from smtask.sessions import artifacts_root
+
+    params = context["params"]
+    prefix = naming.run_prefix(artifacts_root(params), params["pipeline_name"], context["run_id"],
+                               getattr(context["ti"], "map_index", -1) or -1)
+    return f"{prefix}/{step}" if step else prefix
+
+
+def _s3(context_params: dict[str, Any] | None) -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    params = context_params or {}
+    return S3Hook(aws_conn_id=params.get("aws_conn_id", "aws_default"))
+
+
+def write_text(uri: str, text: str, params: dict[str, Any] | None = None) -> str:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        Path(parsed.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(parsed.path).write_text(text)
+    else:
+        _s3(params).load_string(text, key=parsed.path.lstrip("/"), bucket_name=parsed.netloc,
+                                replace=True)
+    return uri
+
+
+def read_text(uri: str, params: dict[str, Any] | None = None) -> str:
+    """One file's text; for a folder (prefix), the files under it joined in name order."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(parsed.path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        return "".join(p.read_text() for p in files)
+    hook, key = _s3(params), parsed.path.lstrip("/")
+    keys = sorted(hook.list_keys(bucket_name=parsed.netloc, prefix=key) or [key])
+    return "".join(hook.read_key(k, bucket_name=parsed.netloc) for k in keys)
