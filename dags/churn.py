@@ -13,7 +13,7 @@ from pathlib import Path
 
 from airflow.sdk import dag, get_current_context, task
 
-from smtask import pipeline_params, sm_processing, sm_training, sm_transform
+from smtask import pipeline_params, run_params, sm_processing, sm_training, sm_transform
 from smtask.storage import read_text, run_prefix, write_text
 
 CONFIG = Path(__file__).resolve().parent.parent / "config.json"
@@ -27,12 +27,13 @@ def churn():
         from sklearn import datasets
 
         context = get_current_context()
-        cfg = context["params"]["steps"]["data-source"]
+        params = run_params(context)  # deep-merged with the run's conf, and validated
+        cfg = params["steps"]["data-source"]
         bunch = getattr(datasets, f"load_{cfg['dataset']}")(as_frame=True)
         frame = bunch.frame.rename(columns={"target": cfg["label_column"]})
         frame.columns = [str(c).replace(" ", "_") for c in frame.columns]
         folder = run_prefix(context, "data-source")
-        write_text(f"{folder}/data.csv", frame.to_csv(index=False), context["params"])
+        write_text(f"{folder}/data.csv", frame.to_csv(index=False), params)
         return folder
 
     @sm_processing(step="splitor")
@@ -52,7 +53,7 @@ def churn():
         """Accuracy of the batch predictions against the held-out labels."""
         import pandas as pd
 
-        params = get_current_context()["params"]
+        params = run_params()
         label = params["steps"]["evaluate"]["label_column"]
         truth = pd.read_csv(io.StringIO(read_text(splits["outputs"]["test"], params)))[label]
         predicted = read_text(predictions["outputs"]["predictions"], params).split()

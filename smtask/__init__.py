@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from smtask.decorators import sm_processing, sm_training, sm_transform
     from smtask.errors import JobFailed, ParamsError, SmtaskError
-    from smtask.params import load_config, pipeline_params
+    from smtask.params import load_config, pipeline_params, run_params
 
 _PUBLIC = {
     "sm_processing": "smtask.decorators",
@@ -24,6 +24,7 @@ _PUBLIC = {
     "SmtaskError": "smtask.errors",
     "load_config": "smtask.params",
     "pipeline_params": "smtask.params",
+    "run_params": "smtask.params",
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

@@ -89,14 +89,10 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         return self._run(job, run_params)
 
     def _params(self, context: Context) -> dict[str, Any]:
-        """Defaults of the DAG's params deep-merged with the run's conf, then validated for
-        every smtask step of the DAG, so a typo in a later step fails the first task."""
-        dag = context["dag"]
-        defaults = dag.params.dump() if hasattr(dag.params, "dump") else dict(dag.params)
-        dag_run = context.get("dag_run")
-        conf = getattr(dag_run, "conf", None) or {}
-        steps = {t.step: t.kind for t in dag.tasks if isinstance(t, _SageMakerDecoratedOperator)}
-        run_params = params.resolve(defaults, conf, steps)
+        """Validated for every smtask step of the DAG, so a typo in a later step fails the
+        first task; the decorator's ``mode`` applies unless the run's conf sets one."""
+        run_params = params.run_params(context)
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
         if self.mode and "mode" not in conf:
             run_params["mode"] = self.mode
         return run_params

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from pathlib import Path
 
 MAX_JOB_NAME = 63
+# The SDK's local mode refuses to mount folders under these (common_utils._SENSITIVE_SYSTEM_PATHS)
+_SDK_RESTRICTED_ROOTS = ("/root", "/etc", "/var/lib")
+
+
+def smtask_home() -> Path:
+    """``$SMTASK_HOME``, else ``~/.smtask`` (``/var/tmp/smtask`` where the SDK refuses ~)."""
+    if os.environ.get("SMTASK_HOME"):
+        return Path(os.environ["SMTASK_HOME"]).resolve()
+    home = Path.home() / ".smtask"
+    return Path("/var/tmp/smtask") if str(home).startswith(_SDK_RESTRICTED_ROOTS) else home
 
 
 def _slug(text: str, allowed: str = "A-Za-z0-9-") -> str:

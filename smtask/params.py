@@ -229,3 +229,22 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     params = deep_merge(defaults, run_conf or {})
     validate(params, steps)
     return params
+
+
+def smtask_steps(dag: Any) -> dict[str, str]:
+    """The DAG's smtask steps, step -> job kind."""
+    return {t.step: t.kind for t in dag.tasks
+            if isinstance(getattr(t, "step", None), str) and getattr(t, "kind", None) in STEP_SCHEMAS}
+
+
+def run_params(context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The params a task of this run sees: the DAG's defaults deep-merged with the run's conf,
+    validated for every smtask step of the DAG. Use it in plain tasks instead of
+    ``context["params"]``, where a run's conf replaces a top-level key whole."""
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    dag = context["dag"]
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    return resolve(dag.params.dump(), conf, smtask_steps(dag))

@@ -17,22 +17,13 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from smtask.errors import ParamsError
+from smtask.naming import smtask_home
 
 LOCAL_IMAGE = "smtask-local:latest"
 DEFAULT_REGION = "us-east-1"
-_SDK_RESTRICTED_ROOTS = ("/root", "/etc", "/var/lib")
-
-
-def smtask_home() -> Path:
-    """``$SMTASK_HOME``, else ``~/.smtask`` (``/var/tmp/smtask`` where the SDK refuses ~)."""
-    if os.environ.get("SMTASK_HOME"):
-        return Path(os.environ["SMTASK_HOME"]).resolve()
-    home = Path.home() / ".smtask"
-    return Path("/var/tmp/smtask") if str(home).startswith(_SDK_RESTRICTED_ROOTS) else home
 
 
 def artifacts_root(params: Mapping[str, Any]) -> str:

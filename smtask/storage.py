@@ -12,9 +12,10 @@ from smtask import naming
 def run_prefix(context: Any, step: str | None = None) -> str:
     """The URI of this run's artifacts (the same one the smtask tasks of the run write under),
     or of one step's folder in it. For plain tasks, e.g. a data source."""
+    from smtask.params import run_params
     from smtask.sessions import artifacts_root
 
-    params = context["params"]
+    params = run_params(context)
     prefix = naming.run_prefix(artifacts_root(params), params["pipeline_name"], context["run_id"],
                                getattr(context["ti"], "map_index", -1) or -1)
     return f"{prefix}/{step}" if step else prefix
