@@ -11,7 +11,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STATE="$ROOT/.smtask"
+STATE="${SMTASK_STATE:-$ROOT/.smtask}"
 IMAGE="${SMTASK_LOCAL_IMAGE:-smtask-local:latest}"
 BASE_TAG="smtask-base:bookworm"
 mkdir -p "$STATE"

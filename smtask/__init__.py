@@ -26,7 +26,17 @@ _PUBLIC = {
     "pipeline_params": "smtask.params",
     "run_params": "smtask.params",
 }
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "JobFailed",
+    "ParamsError",
+    "SmtaskError",
+    "load_config",
+    "pipeline_params",
+    "run_params",
+    "sm_processing",
+    "sm_training",
+    "sm_transform",
+]
 __version__ = "0.1.0"
 
 

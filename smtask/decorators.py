@@ -7,10 +7,9 @@ static comes from the step's entry in the DAG params (``steps.<step>``).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
@@ -30,24 +29,22 @@ if TYPE_CHECKING:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-class _TaskLogWriter(io.TextIOBase):
-    """Forwards the containers' output (the SDK prints it) to the task log, line by line,
-    keeping the last lines so a failure message can quote the script's error."""
+class _ContainerOutput:
+    """Puts the containers' output in the task log, keeping the last lines so a failure
+    message can quote the script's own error."""
 
     def __init__(self, log: logging.Logger, keep: int = 40) -> None:
-        self.log, self.tail, self._partial = log, deque(maxlen=keep), ""
+        self.log, self.tail = log, deque(maxlen=keep)
 
-    def write(self, text: str) -> int:
-        lines = (self._partial + text.replace("\r", "")).split("\n")
-        self._partial = lines.pop()
-        for line in lines:
-            if line.strip():
-                self.tail.append(line)
-                self.log.info("%s", line)
-        return len(text)
+    def __call__(self, line: str) -> None:
+        line = line.replace("\r", "").rstrip("\n")
+        if line.strip():
+            self.tail.append(line)
+            self.log.info("%s", line)
 
     def error_summary(self) -> str:
-        lines = [line.split("|", 1)[-1].strip() for line in self.tail]
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).split("|", 1)[-1].strip()
+                 for line in self.tail]
         lines = [line for line in lines if line and not line.startswith(("Exiting", "Aborting"))]
         errors = [line for line in lines if "Error" in line or "Exception" in line]
         return (errors or lines or ["the container exited without output"])[-1]
@@ -72,7 +69,6 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
             raise TypeError(f"@sm_{self.kind}: step must be a non-empty string, got {step!r}")
         if mode is not None and mode not in params.MODES:
             raise TypeError(f"@sm_{self.kind}(step={step!r}): mode must be one of {params.MODES}")
-        kwargs.setdefault("task_id", step)
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs,
                          **kwargs)
         self.step, self.mode = step, mode
@@ -127,8 +123,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
     def _run(self, job: dict[str, Any], run_params: dict[str, Any]) -> dict[str, Any]:
         from smtask.sessions import open_session
 
-        writer = _TaskLogWriter(self.log)
-        with open_session(run_params) as session, contextlib.redirect_stdout(writer):
+        output = _ContainerOutput(self.log)
+        with open_session(run_params, output) as session:
             try:
                 return self._module().run(job, session)
             except SmtaskError:
@@ -137,7 +133,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                 if not session.local_mode:
                     raise
                 raise JobFailed(self.kind, job["job_name"],
-                                f"{writer.error_summary()} ({exc})") from exc
+                                f"{output.error_summary()} ({exc})") from exc
 
 
 class _ProcessingOperator(_SageMakerDecoratedOperator):

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from smtask.errors import ParamsError
@@ -117,8 +117,36 @@ def _no_telemetry() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def local_session(params: Mapping[str, Any]) -> Iterator[Any]:
-    """A ``LocalSession`` whose jobs run in Docker on this machine, cleaned up on exit."""
+def _container_output(sink: Callable[[str], None]) -> Iterator[None]:
+    """Send the containers' output to ``sink`` line by line (the SDK prints it to stdout)."""
+    from sagemaker.core.local import image
+    from sagemaker.train.local import local_container
+
+    def stream_output(process: subprocess.Popen) -> int:
+        for raw in iter(process.stdout.readline, b""):  # type: ignore[union-attr]
+            sink(raw.decode("utf-8", "replace"))
+        exit_code = process.wait()
+        if exit_code not in (0, 130):  # the SDK's own rule: 130 is a stopped container
+            raise RuntimeError(f"Failed to run: {process.args}. Process exited with code: "
+                               f"{exit_code}")
+        return exit_code
+
+    modules = (image, local_container)
+    originals = [m._stream_output for m in modules]
+    for module in modules:
+        module._stream_output = stream_output
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals, strict=True):
+            module._stream_output = original
+
+
+@contextlib.contextmanager
+def local_session(params: Mapping[str, Any],
+                  output: Callable[[str], None] = print) -> Iterator[Any]:
+    """A ``LocalSession`` whose jobs run in Docker on this machine, cleaned up on exit;
+    the containers' output goes to ``output``, a line at a time."""
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     import boto3
     from sagemaker.core.local import LocalSession
@@ -132,7 +160,7 @@ def local_session(params: Mapping[str, Any]) -> Iterator[Any]:
         aws_secret_access_key="smtask-local",
     )
     _Compose.install()
-    with _no_telemetry(), _Compose.labelled() as session_id:
+    with _no_telemetry(), _container_output(output), _Compose.labelled() as session_id:
         # the SDK leaves its temp folders behind: give them one folder per session to remove
         container_root = smtask_home() / "tmp" / session_id
         container_root.mkdir(parents=True)
@@ -159,8 +187,11 @@ def cloud_session(params: Mapping[str, Any]) -> Iterator[Any]:
                   default_bucket=bucket)
 
 
-def open_session(params: Mapping[str, Any]) -> contextlib.AbstractContextManager[Any]:
-    return local_session(params) if params["mode"] == "local" else cloud_session(params)
+def open_session(params: Mapping[str, Any],
+                 output: Callable[[str], None] = print) -> contextlib.AbstractContextManager[Any]:
+    if params["mode"] == "local":
+        return local_session(params, output)
+    return cloud_session(params)
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:

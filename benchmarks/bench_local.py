@@ -1,0 +1,77 @@
+"""Prints, from one run, two ratios for local mode:
+
+1. parse time of dags/churn.py (smtask) / parse time of the same DAG with plain @task bodies
+   (benchmarks/plain_churn.py), each the median of N fresh interpreters with Airflow imported;
+2. wall time of the example pipeline (``smtask run dags/churn.py``) / the sum of its
+   containers' run times (``docker events`` start -> die), i.e. what smtask, Airflow and the
+   SDK add around the jobs themselves.
+
+Needs the local runtime (``./run example`` sets it up). Usage: .venv/bin/python benchmarks/bench_local.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+N = int(os.environ.get("BENCH_N", "7"))
+PARSE = ("import time, runpy, airflow.sdk; t = time.perf_counter(); runpy.run_path({!r}); "
+         "print(time.perf_counter() - t)")
+
+
+def parse_seconds(dag_file: Path) -> float:
+    runs = [float(subprocess.run([sys.executable, "-c", PARSE.format(str(dag_file))],
+                                 capture_output=True, text=True, check=True).stdout)
+            for _ in range(N)]
+    return statistics.median(runs)
+
+
+def pipeline_seconds() -> tuple[float, float, int]:
+    """(wall time, summed container run time, containers) of one local run of the example."""
+    events = subprocess.Popen(
+        ["docker", "events", "--filter", "type=container", "--filter", "label=smtask.session",
+         "--format", "{{json .}}"], stdout=subprocess.PIPE, text=True)
+    seen: list[dict] = []
+    reader = threading.Thread(target=lambda: seen.extend(json.loads(line) for line in events.stdout),
+                              daemon=True)
+    reader.start()
+    with tempfile.TemporaryDirectory() as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env["SMTASK_HOME"] = home
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env={
+            **env, "AIRFLOW_HOME": f"{home}/airflow"}, check=True, capture_output=True)
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "smtask.cli", "run", str(ROOT / "dags/churn.py")],
+                              env=env, capture_output=True, text=True)
+        wall = time.monotonic() - started
+    time.sleep(1)
+    events.terminate()
+    reader.join(timeout=5)
+    if done.returncode:
+        sys.exit(f"the pipeline failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    starts = {e["id"]: e["timeNano"] for e in seen if e.get("status") == "start"}
+    dies = {e["id"]: e["timeNano"] for e in seen if e.get("status") == "die"}
+    busy = sum(dies[c] - starts[c] for c in starts if c in dies) / 1e9
+    return wall, busy, len(starts)
+
+
+def main() -> None:
+    smtask_parse = parse_seconds(ROOT / "dags" / "churn.py")
+    plain_parse = parse_seconds(ROOT / "benchmarks" / "plain_churn.py")
+    print(f"parse: smtask {smtask_parse * 1000:.1f} ms, plain @task {plain_parse * 1000:.1f} ms "
+          f"(median of {N}); ratio {smtask_parse / plain_parse:.2f}")
+    wall, busy, count = pipeline_seconds()
+    print(f"local pipeline: wall {wall:.1f} s (DB migrate excluded), {count} containers ran "
+          f"{busy:.1f} s in all; ratio {wall / busy:.2f}")
+
+
+if __name__ == "__main__":
+    main()

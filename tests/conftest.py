@@ -1,0 +1,182 @@
+"""Test harness: a throw-away Airflow (SQLite) and SMTASK_HOME, DAG runs through
+``dag.test()``, a Docker gate, and a guard that fails a test on any non-loopback connection."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_HOME = Path(tempfile.mkdtemp(prefix="smtask-tests-"))
+DAGS = _HOME / "dags"
+DAGS.mkdir()
+# Airflow reads its configuration once, at first import: set it before anything imports it.
+os.environ.update({
+    "AIRFLOW_HOME": str(_HOME / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+    "SMTASK_HOME": str(_HOME / "smtask"),
+    "AWS_EC2_METADATA_DISABLED": "true",
+})
+os.environ.pop("SMTASK_MODE", None)
+LOCAL_IMAGE = "smtask-local:latest"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+# --- Docker ---------------------------------------------------------------------------------
+
+def _docker_problem() -> str | None:
+    if not shutil.which("docker"):
+        return "no docker client"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return "no Docker engine answers (run scripts/runtime.sh up)"
+    if subprocess.run(["docker", "image", "inspect", LOCAL_IMAGE], capture_output=True).returncode:
+        return f"image {LOCAL_IMAGE} missing (run scripts/runtime.sh up)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker() -> None:
+    """Skips without Docker on a user's machine; CI sets SMTASK_REQUIRE_DOCKER=1 to fail."""
+    problem = _docker_problem()
+    if problem:
+        if os.environ.get("SMTASK_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"Docker is required (SMTASK_REQUIRE_DOCKER=1): {problem}")
+        pytest.skip(problem)
+
+
+def containers_with_label(label: str = "smtask.session") -> list[str]:
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+# --- loopback guard ------------------------------------------------------------------------
+
+# Airflow looks up this machine's own name for every task record; a connect to whatever it
+# resolves to is still checked below.
+_OWN_NAMES = {"localhost", "localhost.localdomain", "", None, socket.gethostname()}
+
+
+def is_loopback(host: Any) -> bool:
+    if host in _OWN_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False  # any other name needs a DNS lookup, which is itself a connection
+
+
+@dataclass
+class LoopbackGuard:
+    attempts: list[str] = field(default_factory=list)
+
+    def check(self, what: str, host: Any) -> None:
+        if not is_loopback(host):
+            self.attempts.append(f"{what} {host}")
+            raise OSError(f"loopback guard: {what} to {host} refused in a test")
+
+
+@pytest.fixture
+def loopback_guard(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Refuses and records every DNS lookup or connect outside 127.0.0.0/8 and ::1 from this
+    process (the SDK's telemetry runs on a thread and swallows errors: hence the record)."""
+    guard = LoopbackGuard()
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(sock: socket.socket, address: Any) -> Any:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            guard.check("connect", address[0])
+        return real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> Any:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            guard.check("connect", address[0])
+        return real_connect_ex(sock, address)
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        guard.check("getaddrinfo", host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield guard
+    assert not guard.attempts, f"connections outside loopback: {guard.attempts}"
+
+
+# --- DAG runs ------------------------------------------------------------------------------
+
+def write_config(tmp_path: Path, **overrides: Any) -> Path:
+    """The example's config.json, deep-merged with ``overrides``, code paths kept."""
+    from smtask.params import deep_merge
+
+    config = json.loads((ROOT / "config.json").read_text())
+    config["code_root"] = str(ROOT)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(deep_merge(config, overrides)))
+    return path
+
+
+@dataclass
+class DagResult:
+    state: str
+    run_id: str
+    states: dict[str, str]
+    xcom: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "success"
+
+
+def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None) -> DagResult:
+    """Write a DAG file into the dags folder (dag.test needs it there), run it once."""
+    from smtask.cli import xcom_results
+
+    dag_id = f"t_{uuid.uuid4().hex[:10]}"
+    source = textwrap.dedent('''\
+        from airflow.sdk import dag, task
+        from smtask import pipeline_params, sm_processing, sm_training, sm_transform
+
+        @dag(dag_id=DAG_ID, schedule=None, params=pipeline_params(CONFIG))
+        def pipeline():
+        ''').replace("DAG_ID", repr(dag_id)).replace("CONFIG", repr(str(config)))
+    source += textwrap.indent(textwrap.dedent(body), "    ") + "\nthe_dag = pipeline()\n"
+    path = DAGS / f"{dag_id}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(dag_id, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag_run = module.the_dag.test(run_conf=conf or {})
+    return DagResult(
+        state=str(getattr(dag_run.state, "value", dag_run.state)),
+        run_id=dag_run.run_id,
+        states={ti.task_id: str(getattr(ti.state, "value", ti.state))
+                for ti in dag_run.get_task_instances()},
+        xcom=xcom_results(dag_id, dag_run.run_id),
+    )

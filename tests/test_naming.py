@@ -1,0 +1,44 @@
+"""Job names: valid for SageMaker, deterministic per task instance, distinct across them."""
+
+from __future__ import annotations
+
+import re
+
+from smtask import naming
+
+RUN = "manual__2026-11-21T16:39:49.123456+00:00"
+VALID = re.compile(r"^[A-Za-z0-9](-*[A-Za-z0-9])*$")
+
+
+def name(**kw):
+    args = {"dag_id": "churn", "run_id": RUN, "task_id": "split", "map_index": -1} | kw
+    return naming.job_name(kw.pop("pipeline", "churn"), kw.pop("step", "splitor"), **{
+        k: v for k, v in args.items() if k not in ("pipeline", "step")})
+
+
+def test_name_is_readable_and_valid():
+    job = name()
+    assert job.startswith("churn-splitor-20261121163949-")
+    assert VALID.match(job) and len(job) <= 63
+
+
+def test_same_task_instance_gets_the_same_name():
+    assert name() == name()
+
+
+def test_names_differ_across_runs_tasks_and_map_indexes():
+    names = {name(), name(run_id=RUN.replace("49.", "50.")), name(task_id="other"),
+             name(map_index=0), name(map_index=1), name(dag_id="other")}
+    assert len(names) == 6
+
+
+def test_long_and_odd_inputs_still_give_a_valid_name():
+    job = name(pipeline="a" * 40, step="feature_selection.v2 (big)", map_index=1234, attempt=3)
+    assert VALID.match(job) and len(job) <= 63
+    assert job.endswith(tuple(f"-m1234-r3-{h}" for h in [job[-8:]]))
+
+
+def test_run_prefix_is_per_pipeline_run_and_map_index():
+    assert naming.run_prefix("file:///a/", "churn", RUN) == \
+        "file:///a/churn/manual__2026-11-21T16-39-49.123456-00-00"
+    assert naming.run_prefix("s3://b/p", "churn", RUN, 2).endswith("/2")

@@ -1,0 +1,99 @@
+"""Params: deep-merge of a run's conf, and bad params rejected with the step and key named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smtask import params
+from smtask.errors import ParamsError
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = {"splitor": "processing", "trainer": "training", "transformer": "transform"}
+
+
+@pytest.fixture
+def defaults() -> dict:
+    return params.load_config(ROOT / "config.json")
+
+
+def test_run_conf_overrides_one_nested_key_and_keeps_its_siblings(defaults):
+    conf = {"steps": {"trainer": {"hyperparameters": {"max_depth": 2}}}}
+    merged = params.resolve(defaults, conf, STEPS)
+    assert merged["steps"]["trainer"]["hyperparameters"] == {
+        **defaults["steps"]["trainer"]["hyperparameters"], "max_depth": 2}
+    assert merged["steps"]["splitor"] == defaults["steps"]["splitor"]
+
+
+def test_null_in_run_conf_falls_back_to_the_default(defaults):
+    merged = params.resolve(defaults, {"steps": {"trainer": {"max_runtime_seconds": None}}}, STEPS)
+    assert "max_runtime_seconds" not in merged["steps"]["trainer"]
+
+
+def test_lists_in_run_conf_replace_rather_than_append(defaults):
+    merged = params.resolve(defaults, {"steps": {"splitor": {"arguments": ["--seed", "1"]}}}, STEPS)
+    assert merged["steps"]["splitor"]["arguments"] == ["--seed", "1"]
+
+
+@pytest.mark.parametrize(("conf", "expected"), [
+    ({"steps": {"trainer": {"instance_count": "two"}}},
+     "steps.trainer.instance_count: 'two' is not of type 'integer'"),
+    ({"steps": {"splitor": {"instnce_type": "ml.m5.large"}}},
+     "steps.splitor.instnce_type: unknown key"),
+    ({"steps": {"transformer": None}},
+     "steps.transformer: missing; the DAG's task uses this step"),
+    ({"steps": {"splitor": {"code_path": None}}},
+     "steps.splitor.code_path: required key is missing"),
+    ({"mode": "cloud"}, "mode: 'cloud' is not one of ['local', 'sagemaker']"),
+    ({"steps": {"splitor": {"code_path": "code/missing.py"}}},
+     "steps.splitor.code_path: no file"),
+    ({"steps": {"trainer": {"entry_script": "nope.py"}}},
+     "steps.trainer.entry_script: no file nope.py"),
+    ({"steps": {"splitor": {"outputs": {"train": {"source": "/tmp/train"}}}}},
+     "steps.splitor.outputs.train.source: '/tmp/train' does not match"),
+    ({"pipelin_name": "x"}, "pipelin_name: unknown key"),
+    ({"steps": {"transformer": {"split_type": "Lines"}}},
+     "steps.transformer.split_type: 'Lines' is not one of"),
+], ids=["wrong-type", "unknown-step-key", "missing-step", "missing-required-key", "bad-mode",
+        "code-not-found", "entry-script-not-found", "output-outside-opt-ml",
+        "unknown-top-level-key", "bad-enum"])
+def test_bad_params_are_rejected_naming_the_key(defaults, conf, expected):
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, conf, STEPS)
+    assert expected in str(excinfo.value)
+
+
+def test_every_problem_is_reported_at_once(defaults):
+    conf = {"steps": {"trainer": {"instance_count": 0, "bogus": 1}, "splitor": {"command": []}}}
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, conf, STEPS)
+    message = str(excinfo.value)
+    for key in ("steps.trainer.instance_count", "steps.trainer.bogus", "steps.splitor.command"):
+        assert key in message
+
+
+def test_run_conf_that_is_not_an_object_is_rejected(defaults):
+    with pytest.raises(ParamsError, match="must be a JSON object"):
+        params.resolve(defaults, ["steps"], STEPS)  # type: ignore[arg-type]
+
+
+def test_mode_defaults_to_the_environment(tmp_path, monkeypatch):
+    config = json.loads((ROOT / "config.json").read_text())
+    del config["mode"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("SMTASK_MODE", "sagemaker")
+    assert params.load_config(tmp_path / "config.json")["mode"] == "sagemaker"
+    monkeypatch.delenv("SMTASK_MODE")
+    assert params.load_config(tmp_path / "config.json")["mode"] == "local"
+
+
+def test_relative_code_paths_resolve_against_the_config_folder(defaults):
+    assert defaults["code_root"] == str(ROOT)
+
+
+def test_unreadable_config_is_a_params_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ParamsError, match="cannot read pipeline config"):
+        params.load_config(tmp_path / "config.json")
