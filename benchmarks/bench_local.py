@@ -4,7 +4,9 @@
    (benchmarks/plain_churn.py), each the median of N fresh interpreters with Airflow imported;
 2. wall time of the example pipeline (``smtask run dags/churn.py``) / the sum of its
    containers' run times (``docker events`` start -> die), i.e. what smtask, Airflow and the
-   SDK add around the jobs themselves.
+   SDK add around the jobs themselves; and, narrower, the duration of the three smtask tasks
+   / the same container time (what smtask and the SDK add, without Airflow's start-up and
+   the example's plain tasks).
 
 Needs the local runtime (``./run example`` sets it up). Usage: .venv/bin/python benchmarks/bench_local.py
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -34,8 +37,9 @@ def parse_seconds(dag_file: Path) -> float:
     return statistics.median(runs)
 
 
-def pipeline_seconds() -> tuple[float, float, int]:
-    """(wall time, summed container run time, containers) of one local run of the example."""
+def pipeline_seconds() -> tuple[float, float, int, float]:
+    """(wall time, summed container run time, containers, smtask tasks' time) of one local
+    run of the example."""
     events = subprocess.Popen(
         ["docker", "events", "--filter", "type=container", "--filter", "label=smtask.session",
          "--format", "{{json .}}"], stdout=subprocess.PIPE, text=True)
@@ -60,7 +64,9 @@ def pipeline_seconds() -> tuple[float, float, int]:
     starts = {e["id"]: e["timeNano"] for e in seen if e.get("status") == "start"}
     dies = {e["id"]: e["timeNano"] for e in seen if e.get("status") == "die"}
     busy = sum(dies[c] - starts[c] for c in starts if c in dies) / 1e9
-    return wall, busy, len(starts)
+    durations = dict(re.findall(r"^-- (\S+): \S+ \(([\d.]+) s\)$", done.stdout, re.M))
+    smtask_tasks = sum(float(durations[t]) for t in ("split", "train", "predict"))
+    return wall, busy, len(starts), smtask_tasks
 
 
 def main() -> None:
@@ -68,9 +74,11 @@ def main() -> None:
     plain_parse = parse_seconds(ROOT / "benchmarks" / "plain_churn.py")
     print(f"parse: smtask {smtask_parse * 1000:.1f} ms, plain @task {plain_parse * 1000:.1f} ms "
           f"(median of {N}); ratio {smtask_parse / plain_parse:.2f}")
-    wall, busy, count = pipeline_seconds()
+    wall, busy, count, smtask_tasks = pipeline_seconds()
     print(f"local pipeline: wall {wall:.1f} s (DB migrate excluded), {count} containers ran "
           f"{busy:.1f} s in all; ratio {wall / busy:.2f}")
+    print(f"smtask tasks (split, train, predict): {smtask_tasks:.1f} s for the same {busy:.1f} s "
+          f"of containers; ratio {smtask_tasks / busy:.2f}")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = xcom_results(dag.dag_id, dag_run.run_id)
     print(f"\n== {dag.dag_id} {dag_run.run_id}: {dag_run.state} in {elapsed:.1f} s")
     for ti in sorted(dag_run.get_task_instances(), key=lambda t: t.start_date or dag_run.start_date):
-        print(f"-- {ti.task_id}: {ti.state}")
+        print(f"-- {ti.task_id}: {ti.state} ({ti.duration or 0:.1f} s)")
         if ti.task_id in results:
             print(json.dumps(results[ti.task_id], indent=2))
     return 0 if str(dag_run.state) in ("success", "DagRunState.SUCCESS") else 1

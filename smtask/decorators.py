@@ -8,7 +8,6 @@ static comes from the step's entry in the DAG params (``steps.<step>``).
 from __future__ import annotations
 
 import importlib
-import logging
 import re
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
@@ -33,8 +32,9 @@ class _ContainerOutput:
     """Puts the containers' output in the task log, keeping the last lines so a failure
     message can quote the script's own error."""
 
-    def __init__(self, log: logging.Logger, keep: int = 40) -> None:
-        self.log, self.tail = log, deque(maxlen=keep)
+    def __init__(self, log: Any, keep: int = 40) -> None:
+        self.log = log
+        self.tail: deque[str] = deque(maxlen=keep)
 
     def __call__(self, line: str) -> None:
         line = line.replace("\r", "").rstrip("\n")
@@ -59,6 +59,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
     """
 
     kind: ClassVar[str]
+    custom_operator_name: ClassVar[str]
     template_fields = DecoratedOperator.template_fields
     shallow_copy_attrs = ("python_callable",)
 

@@ -174,7 +174,8 @@ def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
     Raises one :class:`ParamsError` that lists every problem as ``<key path>: <why>``.
     """
     problems = list(_schema_problems(params, TOP_SCHEMA, ()))
-    configured = params.get("steps") if isinstance(params.get("steps"), Mapping) else {}
+    steps_param = params.get("steps")
+    configured: Mapping[str, Any] = steps_param if isinstance(steps_param, Mapping) else {}
     for step, kind in sorted(steps.items()):
         if step not in configured:
             known = ", ".join(sorted(configured)) or "none"

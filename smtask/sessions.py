@@ -1,11 +1,13 @@
 """The mode switch: an SDK ``LocalSession`` (hardened) or a cloud ``Session``.
 
-Local mode runs the SDK's own local mode with four corrections, each pinned by a test:
+Local mode runs the SDK's own local mode with these corrections, each pinned by a test:
 
 - the compose files the SDK generates use host networking (no bridge network, no ``ports``);
 - telemetry is not sent (the SDK sends it to an amazonaws.com host on every call);
-- containers are removed (``compose down``) and temp folders deleted after every job;
-- no credentials of the worker reach the containers (``file://`` needs none).
+- containers are removed and the SDK's temp folders deleted after every job;
+- no credentials of the worker reach the containers (``file://`` needs none);
+- the containers' output goes to the task log, not to stdout;
+- the serving container's /ping is polled every 0.1-1 s, not every 5 s.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -103,43 +106,63 @@ def remove_containers(session_id: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _no_telemetry() -> Iterator[None]:
-    from sagemaker.core.telemetry import telemetry_logging
-
-    send, shown = telemetry_logging._send_telemetry_request, telemetry_logging._telemetry_msg_shown
-    telemetry_logging._send_telemetry_request = lambda *args, **kwargs: None
-    telemetry_logging._telemetry_msg_shown = True  # its "will collect telemetry" notice is moot
+def _replaced(*swaps: tuple[Any, str, Any]) -> Iterator[None]:
+    """Set ``obj.name = value`` for each swap while inside; restore the originals after."""
+    originals = [(obj, name, getattr(obj, name)) for obj, name, _ in swaps]
+    for obj, name, value in swaps:
+        setattr(obj, name, value)
     try:
         yield
     finally:
-        telemetry_logging._send_telemetry_request = send
-        telemetry_logging._telemetry_msg_shown = shown
+        for obj, name, value in originals:
+            setattr(obj, name, value)
 
 
-@contextlib.contextmanager
-def _container_output(sink: Callable[[str], None]) -> Iterator[None]:
-    """Send the containers' output to ``sink`` line by line (the SDK prints it to stdout)."""
-    from sagemaker.core.local import image
-    from sagemaker.train.local import local_container
+def _stream_output(sink: Callable[[str], None]) -> Callable[[subprocess.Popen], int]:
+    """The SDK's ``_stream_output`` (it prints to stdout), sending each line to ``sink``."""
 
     def stream_output(process: subprocess.Popen) -> int:
         for raw in iter(process.stdout.readline, b""):  # type: ignore[union-attr]
             sink(raw.decode("utf-8", "replace"))
         exit_code = process.wait()
         if exit_code not in (0, 130):  # the SDK's own rule: 130 is a stopped container
-            raise RuntimeError(f"Failed to run: {process.args}. Process exited with code: "
+            raise RuntimeError(f"Failed to run: {process.args!r}. Process exited with code: "
                                f"{exit_code}")
         return exit_code
 
-    modules = (image, local_container)
-    originals = [m._stream_output for m in modules]
-    for module in modules:
-        module._stream_output = stream_output
-    try:
-        yield
-    finally:
-        for module, original in zip(modules, originals, strict=True):
-            module._stream_output = original
+    return stream_output
+
+
+def _wait_for_serving_container(serving_port: int, timeout: float = 120) -> None:
+    """The SDK's health wait, polling /ping from 0.1 s up to 1 s instead of every 5 s."""
+    import urllib3
+
+    http, delay, deadline = urllib3.PoolManager(), 0.1, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if http.request("GET", f"http://localhost:{serving_port}/ping", retries=False,
+                            timeout=2).status == 200:
+                return
+        except urllib3.exceptions.HTTPError:
+            pass
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    raise RuntimeError("Giving up, endpoint didn't launch correctly")
+
+
+def _sdk_corrections(output: Callable[[str], None]) -> contextlib.AbstractContextManager[None]:
+    from sagemaker.core.local import entities, image
+    from sagemaker.core.telemetry import telemetry_logging
+    from sagemaker.train.local import local_container
+
+    stream = _stream_output(output)
+    return _replaced(
+        (telemetry_logging, "_send_telemetry_request", lambda *args, **kwargs: None),
+        (telemetry_logging, "_telemetry_msg_shown", True),  # its opt-out notice is moot
+        (image, "_stream_output", stream),
+        (local_container, "_stream_output", stream),
+        (entities, "_wait_for_serving_container", _wait_for_serving_container),
+    )
 
 
 @contextlib.contextmanager
@@ -160,7 +183,7 @@ def local_session(params: Mapping[str, Any],
         aws_secret_access_key="smtask-local",
     )
     _Compose.install()
-    with _no_telemetry(), _container_output(output), _Compose.labelled() as session_id:
+    with _sdk_corrections(output), _Compose.labelled() as session_id:
         # the SDK leaves its temp folders behind: give them one folder per session to remove
         container_root = smtask_home() / "tmp" / session_id
         container_root.mkdir(parents=True)

@@ -64,13 +64,56 @@ def test_sdk_compose_generators_are_wrapped_once():
         assert hasattr(generate, "__wrapped__") and not hasattr(generate.__wrapped__, "__wrapped__")
 
 
-def test_telemetry_is_not_sent_inside_a_local_session_and_restored_after():
+def test_sdk_functions_are_replaced_inside_a_local_session_and_restored_after():
+    from sagemaker.core.local import entities, image
     from sagemaker.core.telemetry import telemetry_logging
+    from sagemaker.train.local import local_container
 
-    original = telemetry_logging._send_telemetry_request
-    with sessions._no_telemetry():
+    names = [(telemetry_logging, "_send_telemetry_request"), (image, "_stream_output"),
+             (local_container, "_stream_output"), (entities, "_wait_for_serving_container")]
+    originals = [getattr(module, name) for module, name in names]
+    with sessions._sdk_corrections(print):
         assert telemetry_logging._send_telemetry_request(1, [1], None) is None
-    assert telemetry_logging._send_telemetry_request is original
+        for (module, name), original in zip(names, originals, strict=True):
+            assert getattr(module, name) is not original, f"{module.__name__}.{name}"
+    assert [getattr(module, name) for module, name in names] == originals
+
+
+def test_container_output_goes_to_the_sink_and_a_failure_raises():
+    import subprocess
+
+    lines: list[str] = []
+    stream = sessions._stream_output(lines.append)
+    assert stream(subprocess.Popen(["printf", "one\\ntwo\\n"], stdout=subprocess.PIPE)) == 0
+    assert lines == ["one\n", "two\n"]
+    with pytest.raises(RuntimeError, match="exited with code: 1"):
+        stream(subprocess.Popen(["false"], stdout=subprocess.PIPE))
+
+
+def test_serving_health_wait_returns_as_soon_as_ping_answers(loopback_guard):
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Ping(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Ping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        sessions._wait_for_serving_container(server.server_port, timeout=10)
+        assert time.monotonic() - started < 1  # the SDK's own wait sleeps 5 s after a miss
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(RuntimeError, match="Giving up"):
+        sessions._wait_for_serving_container(server.server_port, timeout=0.5)
 
 
 def test_local_session_needs_no_aws_and_hands_containers_no_worker_credentials(

@@ -58,6 +58,11 @@ class StepContext:
         }
 
 
+def aws_tags(job: dict[str, Any]) -> list[dict[str, str]]:
+    """The job's tags in the API's ``[{"Key": ..., "Value": ...}]`` form."""
+    return [{"Key": key, "Value": value} for key, value in job["tags"].items()]
+
+
 def check_uri(step: str, name: str, value: Any) -> str:
     """A data location the user function returned: an s3:// or file:// URI, or a local path."""
     if isinstance(value, Path) or (isinstance(value, str) and value.startswith("/")):

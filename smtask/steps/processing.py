@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from smtask import waiting
-from smtask.steps import StepContext, check_uri_map, local_path
+from smtask.steps import StepContext, aws_tags, check_uri_map, local_path
 
 KIND = "processing"
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
         volume_size_in_gb=job["volume_size_gb"],
         max_runtime_in_seconds=job["max_runtime_seconds"],
         env=job["environment"] or None,
-        tags=[{"Key": k, "Value": v} for k, v in job["tags"].items()],
+        tags=aws_tags(job),
         sagemaker_session=session,
     )
     processor.run(

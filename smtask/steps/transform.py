@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 from smtask import waiting
 from smtask.errors import SmtaskError
-from smtask.steps import StepContext, check_uri
+from smtask.steps import StepContext, aws_tags, check_uri
 from smtask.steps.processing import prepare_output
 
 KIND = "transform"
@@ -16,7 +16,7 @@ SERVING_PORT = 8080
 _LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
 
 
-def is_training_result(value: Any) -> bool:
+def is_training_result(value: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(value, dict) and {"job_name", "model", "image"} <= value.keys()
 
 
@@ -64,7 +64,7 @@ def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
         PrimaryContainer={"Image": job["image"], "ModelDataUrl": job["model_data"],
                           "Environment": job["environment"]},
         ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
-        Tags=[{"Key": k, "Value": v} for k, v in job["tags"].items()],
+        Tags=aws_tags(job),
     )
     transformer = Transformer(
         model_name=job["model_name"],
@@ -77,7 +77,7 @@ def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
         max_concurrent_transforms=job["max_concurrent_transforms"],
         max_payload=job["max_payload_mb"],
         env=job["environment"] or None,
-        tags=[{"Key": k, "Value": v} for k, v in job["tags"].items()],
+        tags=aws_tags(job),
         sagemaker_session=session,
     )
     transformer.transform(
