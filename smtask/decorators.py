@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
 from airflow.sdk.definitions.context import context_merge
 
-from smtask import naming, params
+from smtask import naming, params, waiting
 from smtask.errors import JobFailed, SmtaskError
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
     :param step: the key of this task's settings under the ``steps`` param.
     :param mode: ``local`` or ``sagemaker``; a run's conf ``mode`` still wins. Defaults to the
         ``mode`` param (``$SMTASK_MODE`` or ``local``).
+    :param deferrable: hand the wait to a trigger (sagemaker mode), holding no worker slot
+        while the job runs; the step setting ``deferrable`` does the same per run.
     """
 
     kind: ClassVar[str]
@@ -64,7 +66,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
     shallow_copy_attrs = ("python_callable",)
 
     def __init__(self, *, python_callable: Callable, step: str, mode: str | None = None,
-                 op_args: Collection[Any] | None = None,
+                 deferrable: bool = False, op_args: Collection[Any] | None = None,
                  op_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         if not isinstance(step, str) or not step:
             raise TypeError(f"@sm_{self.kind}: step must be a non-empty string, got {step!r}")
@@ -72,7 +74,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
             raise TypeError(f"@sm_{self.kind}(step={step!r}): mode must be one of {params.MODES}")
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs,
                          **kwargs)
-        self.step, self.mode = step, mode
+        self.step, self.mode, self.deferrable = step, mode, deferrable
+        self._active: tuple[Any, str] | None = None
 
     def execute(self, context: Context) -> Any:
         run_params = self._params(context)
@@ -122,19 +125,85 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         return importlib.import_module(f"smtask.steps.{cls.kind}")
 
     def _run(self, job: dict[str, Any], run_params: dict[str, Any]) -> dict[str, Any]:
+        """Find this task instance's job by name (re-attach to a running one, reuse a
+        completed one, rename past a failed one), else submit it; wait; return its outputs."""
         from smtask.sessions import open_session
 
+        cfg = run_params["steps"][self.step]
         output = _ContainerOutput(self.log)
         with open_session(run_params, output) as session:
+            client, base = session.sagemaker_client, job["job_name"]
+            name, existing = waiting.claim(client, self.kind,
+                                           lambda n: naming.attempt_name(base, n),
+                                           rerun_failed=cfg.get("if_job_failed") != "fail")
+            job = {**job, "job_name": name}
+            self._active = (session, name)
             try:
-                return self._module().run(job, session)
+                description = existing
+                if existing is None:
+                    description = self._module().submit(job, session)
+                elif waiting.status(self.kind, existing) in waiting.DONE:
+                    self.log.info("%s job %s already completed: reusing its outputs", self.kind, name)
+                else:
+                    self.log.info("re-attaching to %s job %s (%s)", self.kind, name,
+                                  waiting.status(self.kind, existing))
+                if description is None or waiting.status(self.kind, description) not in waiting.DONE:
+                    if self.deferrable or cfg.get("deferrable"):
+                        self._defer(job, run_params, cfg)
+                    tail = None if session.local_mode else waiting.LogTail(
+                        session.boto_session.client("logs"), self.kind, name, output)
+                    description = waiting.wait(client, self.kind, name, tail=tail,
+                                               timeout=cfg.get("wait_timeout_seconds"),
+                                               cap=cfg.get("poll_max_seconds", 30.0))
             except SmtaskError:
                 raise
             except Exception as exc:  # the SDK raises bare RuntimeErrors for container failures
                 if not session.local_mode:
                     raise
-                raise JobFailed(self.kind, job["job_name"],
-                                f"{output.error_summary()} ({exc})") from exc
+                raise JobFailed(self.kind, name, f"{output.error_summary()} ({exc})") from exc
+            finally:
+                self._active = None
+        return self._module().outputs(job, description)
+
+    def _defer(self, job: dict[str, Any], run_params: dict[str, Any], cfg: dict[str, Any]) -> None:
+        from smtask.triggers import SageMakerJobTrigger
+
+        self.defer(
+            trigger=SageMakerJobTrigger(
+                kind=self.kind, job=job,
+                aws_conn_id=run_params.get("aws_conn_id", "aws_default"),
+                region_name=run_params.get("region_name"),
+                timeout=cfg.get("wait_timeout_seconds"), poll_max=cfg.get("poll_max_seconds", 30.0)),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resumes a deferred task: the trigger's event says how the job ended."""
+        job = event["job"]
+        if event["status"] == "Timeout":
+            from smtask.sessions import cloud_session
+
+            with cloud_session(params.run_params(context)) as session:
+                waiting.stop(session.sagemaker_client, self.kind, job["job_name"])
+        if event["status"] not in waiting.DONE:
+            raise JobFailed(self.kind, job["job_name"], event["reason"])
+        return self._module().outputs(job, event["description"])
+
+    def on_kill(self) -> None:
+        """Stops the job this task started: SageMaker's StopXJob, or in local mode its
+        containers."""
+        active = getattr(self, "_active", None)
+        if active is None:
+            return
+        session, name = active
+        if session.local_mode:
+            from smtask.sessions import remove_containers
+
+            removed = remove_containers(session.smtask_session_id)
+            self.log.info("killed: removed %d container(s) of %s job %s", len(removed), self.kind, name)
+        else:
+            waiting.stop(session.sagemaker_client, self.kind, name)
+            self.log.info("killed: asked SageMaker to stop %s job %s", self.kind, name)
 
 
 class _ProcessingOperator(_SageMakerDecoratedOperator):

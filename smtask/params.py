@@ -41,6 +41,7 @@ TOP_SCHEMA: dict[str, Any] = {
         "aws_conn_id": {"type": "string"},
         "region_name": {"type": "string"},
         "tags": _STRING_MAP,
+        "sdk_telemetry": {"type": "boolean"},
         "local": {
             "type": "object",
             "additionalProperties": False,
@@ -62,6 +63,11 @@ _COMMON_STEP_KEYS: dict[str, Any] = {
     "max_runtime_seconds": _POSITIVE,
     "environment": _STRING_MAP,
     "tags": _STRING_MAP,
+    # how the task waits (not sent to SageMaker)
+    "wait_timeout_seconds": _POSITIVE,
+    "poll_max_seconds": {"type": "number", "exclusiveMinimum": 0},
+    "if_job_failed": {"enum": ["rerun", "fail"]},
+    "deferrable": {"type": "boolean"},
 }
 
 _CONTAINER_PATH = {"type": "string", "pattern": "^/opt/ml/"}

@@ -3,7 +3,8 @@
 Local mode runs the SDK's own local mode with these corrections, each pinned by a test:
 
 - the compose files the SDK generates use host networking (no bridge network, no ``ports``);
-- telemetry is not sent (the SDK sends it to an amazonaws.com host on every call);
+- telemetry is not sent (the SDK sends it to an amazonaws.com host on every call; cloud
+  mode turns it off too unless the ``sdk_telemetry`` param is true);
 - containers are removed and the SDK's temp folders deleted after every job;
 - no credentials of the worker reach the containers (``file://`` needs none);
 - the containers' output goes to the task log, not to stdout;
@@ -150,15 +151,21 @@ def _wait_for_serving_container(serving_port: int, timeout: float = 120) -> None
     raise RuntimeError("Giving up, endpoint didn't launch correctly")
 
 
+def _telemetry_off() -> list[tuple[Any, str, Any]]:
+    """The SDK sends an HTTPS GET to an amazonaws.com host after every call it decorates."""
+    from sagemaker.core.telemetry import telemetry_logging
+
+    return [(telemetry_logging, "_send_telemetry_request", lambda *args, **kwargs: None),
+            (telemetry_logging, "_telemetry_msg_shown", True)]  # its opt-out notice is moot
+
+
 def _sdk_corrections(output: Callable[[str], None]) -> contextlib.AbstractContextManager[None]:
     from sagemaker.core.local import entities, image
-    from sagemaker.core.telemetry import telemetry_logging
     from sagemaker.train.local import local_container
 
     stream = _stream_output(output)
     return _replaced(
-        (telemetry_logging, "_send_telemetry_request", lambda *args, **kwargs: None),
-        (telemetry_logging, "_telemetry_msg_shown", True),  # its opt-out notice is moot
+        *_telemetry_off(),
         (image, "_stream_output", stream),
         (local_container, "_stream_output", stream),
         (entities, "_wait_for_serving_container", _wait_for_serving_container),
@@ -190,6 +197,7 @@ def local_session(params: Mapping[str, Any],
         session = LocalSession(boto_session=boto, s3_endpoint_url=local.get("s3_endpoint"),
                                default_bucket="smtask-local")
         session.config = {"local": {"local_code": True, "container_root": str(container_root)}}
+        session.smtask_session_id = session_id  # what on_kill removes
         try:
             yield session
         finally:
@@ -205,9 +213,11 @@ def cloud_session(params: Mapping[str, Any]) -> Iterator[Any]:
     hook = AwsBaseHook(aws_conn_id=params.get("aws_conn_id", "aws_default"),
                        region_name=params.get("region_name"), client_type="sagemaker")
     bucket = params["artifacts"].removeprefix("s3://").split("/", 1)[0]
-    # An explicit bucket: the SDK's default-bucket lookup would call STS.
-    yield Session(boto_session=hook.get_session(region_name=params.get("region_name")),
-                  default_bucket=bucket)
+    telemetry = [] if params.get("sdk_telemetry") else _telemetry_off()
+    with _replaced(*telemetry):
+        # An explicit bucket: the SDK's default-bucket lookup would call STS.
+        yield Session(boto_session=hook.get_session(region_name=params.get("region_name")),
+                      default_bucket=bucket)
 
 
 def open_session(params: Mapping[str, Any],

@@ -1,39 +1,166 @@
-"""Waiting for a submitted job: what counts as done or failed is data shared by every kind."""
+"""A job's life after its spec: find it by name, wait for it, tail its logs, stop it.
+
+What counts as running, done or failed is data shared by every kind; so is which API
+errors are transient (retried while waiting) rather than fatal.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from smtask.errors import JobFailed
 
-# kind -> (describe method, name argument, status key)
-DESCRIBE = {
-    "processing": ("describe_processing_job", "ProcessingJobName", "ProcessingJobStatus"),
-    "training": ("describe_training_job", "TrainingJobName", "TrainingJobStatus"),
-    "transform": ("describe_transform_job", "TransformJobName", "TransformJobStatus"),
+log = logging.getLogger(__name__)
+
+# kind -> (describe method, name argument, status key, stop method, CloudWatch log group)
+API = {
+    "processing": ("describe_processing_job", "ProcessingJobName", "ProcessingJobStatus",
+                   "stop_processing_job", "/aws/sagemaker/ProcessingJobs"),
+    "training": ("describe_training_job", "TrainingJobName", "TrainingJobStatus",
+                 "stop_training_job", "/aws/sagemaker/TrainingJobs"),
+    "transform": ("describe_transform_job", "TransformJobName", "TransformJobStatus",
+                  "stop_transform_job", "/aws/sagemaker/TransformJobs"),
 }
+RUNNING = {"InProgress", "Stopping"}
 DONE = {"Completed"}
 FAILED = {"Failed", "Stopped"}
+TRANSIENT = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+             "ServiceUnavailable", "InternalFailure", "InternalServerError", "InternalError"}
+NOT_FOUND = {"ValidationException", "ResourceNotFound", "ResourceNotFoundException"}
 
 
-def wait(client: Any, kind: str, job_name: str, *, first_poll: float = 0.2, cap: float = 30.0,
-         sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    """Poll ``describe`` from a short first interval, doubling to ``cap``, until the job ends.
+def _code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
 
-    Returns the last description of a Completed job; raises :class:`JobFailed` with
-    SageMaker's FailureReason for a Failed or Stopped one.
+
+def call(fn: Callable[..., Any], kwargs: dict[str, Any], *, attempts: int = 6,
+         sleep: Callable[[float], None] = time.sleep) -> Any:
+    """``fn(**kwargs)``, retrying throttling and transient service or connection errors."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(**kwargs)
+        except (ClientError, ConnectionError, HTTPClientError) as exc:
+            transient = not isinstance(exc, ClientError) or _code(exc) in TRANSIENT
+            if not transient or attempt == attempts:
+                raise
+            log.warning("transient error from %s (attempt %d): %s", fn.__name__, attempt, exc)
+            sleep(min(0.5 * 2**attempt, 20))
+    raise AssertionError("unreachable")
+
+
+def status(kind: str, description: dict[str, Any]) -> str:
+    return str(description[API[kind][2]])
+
+
+def find(client: Any, kind: str, job_name: str) -> dict[str, Any] | None:
+    """The job's description, or None when no job has that name."""
+    from botocore.exceptions import ClientError
+
+    method, name_arg = API[kind][:2]
+    try:
+        return call(getattr(client, method), {name_arg: job_name})
+    except ClientError as exc:
+        if _code(exc) in NOT_FOUND:
+            return None
+        raise
+
+
+def claim(client: Any, kind: str, name: Callable[[int], str], *,
+          rerun_failed: bool = True) -> tuple[str, dict[str, Any] | None]:
+    """The name this task's job has or gets, and the job already under it, if any.
+
+    Names are ``name(1)``, ``name(2)``, ...: a running or completed job under one is this
+    task's job (re-attach or reuse it); a failed or stopped one moves on to the next name,
+    unless ``rerun_failed`` is false, which fails the task instead.
     """
-    method, name_arg, status_key = DESCRIBE[kind]
+    attempt = 1
+    while True:
+        job_name = name(attempt)
+        description = find(client, kind, job_name)
+        if description is None or status(kind, description) not in FAILED:
+            return job_name, description
+        if not rerun_failed:
+            raise JobFailed(kind, job_name, "an earlier attempt's job ended "
+                            f"{status(kind, description)} and if_job_failed is 'fail': "
+                            f"{description.get('FailureReason') or 'no reason given'}")
+        log.info("%s job %s ended %s; this attempt starts a new one", kind, job_name,
+                 status(kind, description))
+        attempt += 1
+
+
+def stop(client: Any, kind: str, job_name: str) -> None:
+    """Ask SageMaker to stop the job; a job that already ended is left as it is."""
+    from botocore.exceptions import ClientError
+
+    try:
+        call(getattr(client, API[kind][3]), {API[kind][1]: job_name})
+    except ClientError as exc:
+        if _code(exc) not in NOT_FOUND:
+            raise
+
+
+class LogTail:
+    """Copies the job's CloudWatch log streams into ``sink``, from where it left off."""
+
+    def __init__(self, logs_client: Any, kind: str, job_name: str,
+                 sink: Callable[[str], None]) -> None:
+        self.client, self.group, self.prefix, self.sink = logs_client, API[kind][4], job_name, sink
+        self.tokens: dict[str, str | None] = {}
+
+    def poll(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            streams = call(self.client.describe_log_streams, {
+                "logGroupName": self.group, "logStreamNamePrefix": self.prefix})["logStreams"]
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND:  # the group appears with the job's first line
+                return
+            raise
+        for stream in sorted(streams, key=lambda s: s["logStreamName"]):
+            name = stream["logStreamName"]
+            kwargs: dict[str, Any] = {"logGroupName": self.group, "logStreamName": name,
+                                      "startFromHead": True}
+            if self.tokens.get(name):
+                kwargs["nextToken"] = self.tokens[name]
+            page = call(self.client.get_log_events, kwargs)
+            for event in page["events"]:
+                self.sink(f"[{name}] {event['message']}")
+            self.tokens[name] = page.get("nextForwardToken")
+
+
+def wait(client: Any, kind: str, job_name: str, *, timeout: float | None = None,
+         first_poll: float = 0.2, cap: float = 30.0, tail: LogTail | None = None,
+         sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Poll from a short first interval, doubling to ``cap``, until the job ends.
+
+    Returns the description of a Completed job. A Failed or Stopped job raises
+    :class:`JobFailed` with SageMaker's FailureReason; past ``timeout`` seconds the job is
+    stopped and :class:`JobFailed` raised.
+    """
+    deadline = None if timeout is None else clock() + timeout
     delay = first_poll
     while True:
-        description = getattr(client, method)(**{name_arg: job_name})
-        status = description[status_key]
-        if status in DONE:
+        description = find(client, kind, job_name)
+        if description is None:
+            raise JobFailed(kind, job_name, "the job disappeared while waiting for it")
+        if tail is not None:
+            tail.poll()
+        current = status(kind, description)
+        if current in DONE:
             return description
-        if status in FAILED:
-            reason = description.get("FailureReason") or f"the job ended {status}"
+        if current in FAILED:
+            reason = description.get("FailureReason") or f"the job ended {current}"
             raise JobFailed(kind, job_name, reason)
-        sleep(delay)
+        if deadline is not None and clock() >= deadline:
+            stop(client, kind, job_name)
+            raise JobFailed(kind, job_name, f"still {current} after the {timeout:g} s "
+                            "wait_timeout_seconds; the job was asked to stop")
+        sleep(delay if deadline is None else max(0.0, min(delay, deadline - clock())))
         delay = min(delay * 2, cap)

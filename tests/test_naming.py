@@ -33,9 +33,18 @@ def test_names_differ_across_runs_tasks_and_map_indexes():
 
 
 def test_long_and_odd_inputs_still_give_a_valid_name():
-    job = name(pipeline="a" * 40, step="feature_selection.v2 (big)", map_index=1234, attempt=3)
+    job = naming.attempt_name(
+        name(pipeline="a" * 40, step="feature_selection.v2 (big)", map_index=1234), 3)
     assert VALID.match(job) and len(job) <= 63
-    assert job.endswith(tuple(f"-m1234-r3-{h}" for h in [job[-8:]]))
+    assert job.endswith(f"-m1234-r3-{job[-8:]}")
+
+
+def test_later_attempts_keep_the_hash_and_differ_from_the_first():
+    first = name()
+    assert naming.attempt_name(first, 1) == first
+    second, third = naming.attempt_name(first, 2), naming.attempt_name(first, 3)
+    assert len({first, second, third}) == 3 and second[-8:] == first[-8:]
+    assert second.endswith(f"-r2-{first[-8:]}") and len(second) <= 63
 
 
 def test_run_prefix_is_per_pipeline_run_and_map_index():

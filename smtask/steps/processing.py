@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from smtask import waiting
 from smtask.steps import StepContext, aws_tags, check_uri_map, local_path
 
 KIND = "processing"
@@ -32,6 +31,7 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
                    for n, uri in inputs.items()},
         "outputs": {n: {"source": o["source"], "destination": f"{ctx.prefix}/{n}"}
                     for n, o in cfg["outputs"].items()},
+        "code_prefix": f"{ctx.prefix}/code",
     }
 
 
@@ -55,7 +55,8 @@ def _local_processor_class() -> type:
     return LocalScriptProcessor
 
 
-def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
+def submit(job: dict[str, Any], session: Any) -> None:
+    """Start the job (in local mode the SDK runs it to the end before returning)."""
     from sagemaker.core.processing import ScriptProcessor
     from sagemaker.core.shapes import (
         ProcessingInput,
@@ -79,8 +80,11 @@ def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
         tags=aws_tags(job),
         sagemaker_session=session,
     )
+    code = job["code"]
+    if not session.local_mode:  # under the run's prefix, not the SDK's default-bucket root
+        code = upload(session, code, f"{job['code_prefix']}/{job['job_name']}")
     processor.run(
-        code=job["code"],
+        code=code,
         inputs=[ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
                     s3_uri=i["source"], local_path=i["destination"], s3_data_type="S3Prefix",
                     s3_input_mode="File", s3_data_distribution_type="FullyReplicated"))
@@ -93,9 +97,20 @@ def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
         wait=False,  # the SDK's own wait sleeps 10 s before its first poll
         logs=False,
     )
-    waiting.wait(session.sagemaker_client, KIND, job["job_name"])
+
+
+def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
     return {"job_name": job["job_name"],
             "outputs": {name: o["destination"] for name, o in job["outputs"].items()}}
+
+
+def upload(session: Any, path: str, prefix: str) -> str:
+    """Upload a local file or folder under ``prefix`` (an s3:// URI); returns its URI."""
+    from urllib.parse import urlparse as parse
+
+    target = parse(prefix)
+    uri = session.upload_data(path, bucket=target.netloc, key_prefix=target.path.strip("/"))
+    return str(uri)
 
 
 def prepare_output(uri: str) -> None:

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 from unittest import mock
+from urllib.parse import urlparse
 
-from smtask import waiting
 from smtask.steps import StepContext, check_uri_map, local_path
 from smtask.steps.processing import prepare_output
 
@@ -28,7 +28,10 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
     }
 
 
-def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
+def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
+    """Start the job. Local mode runs it to the end and returns its description: the SDK's
+    local ModelTrainer keeps no job to describe."""
+    from sagemaker.core.shapes import OutputDataConfig
     from sagemaker.core.training.configs import Compute, InputData, SourceCode, StoppingCondition
     from sagemaker.train import model_trainer
     from sagemaker.train.model_trainer import Mode, ModelTrainer
@@ -37,6 +40,11 @@ def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
     root = Path(session.config["local"]["container_root"]) / job["job_name"] if local else None
     channels = [InputData(channel_name=name, data_source=str(local_path(uri)) if local else uri)
                 for name, uri in job["channels"].items()]
+    where = ({"local_container_root": str(root)} if local else {
+        # model and uploaded source dir under the run's prefix, not the default-bucket root
+        "output_data_config": OutputDataConfig(s3_output_path=job["output_path"]),
+        "input_s3_key_prefix": urlparse(job["output_path"]).path.strip("/"),
+    })
     trainer = ModelTrainer(
         training_mode=Mode.LOCAL_CONTAINER if local else Mode.SAGEMAKER_TRAINING_JOB,
         sagemaker_session=session,
@@ -51,22 +59,25 @@ def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
         hyperparameters=job["hyperparameters"],
         environment=job["environment"],
         tags=[{"key": k, "value": v} for k, v in job["tags"].items()],
-        **({"local_container_root": str(root)} if local else {}),
+        **where,
     )
     # ModelTrainer appends a timestamp to every name; the task's name must stay deterministic.
     with mock.patch.object(model_trainer, "_get_unique_name", lambda *_a, **_k: job["job_name"]):
-        if local:
-            assert root is not None
-            root.mkdir(parents=True, exist_ok=True)
-            try:
-                trainer.train(input_data_config=channels, wait=True, logs=False)
-                model_uri = _keep_artifacts(root, job["output_path"])
-            finally:
-                shutil.rmtree(root, ignore_errors=True)
-        else:
+        if not local:
             trainer.train(input_data_config=channels, wait=False, logs=False)
-            description = waiting.wait(session.sagemaker_client, KIND, job["job_name"])
-            model_uri = description["ModelArtifacts"]["S3ModelArtifacts"]
+            return None
+        assert root is not None
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            trainer.train(input_data_config=channels, wait=True, logs=False)
+            model_uri = _keep_artifacts(root, job["output_path"])
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": model_uri}}
+
+
+def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
+    model_uri = description["ModelArtifacts"]["S3ModelArtifacts"]
     return {"job_name": job["job_name"], "model": model_uri, "image": job["image"],
             "outputs": {"model": model_uri}}
 

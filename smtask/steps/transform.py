@@ -6,7 +6,6 @@ import socket
 from collections.abc import Iterable
 from typing import Any, TypeGuard
 
-from smtask import waiting
 from smtask.errors import SmtaskError
 from smtask.steps import StepContext, aws_tags, check_uri
 from smtask.steps.processing import prepare_output
@@ -39,7 +38,6 @@ def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, 
     job["image"] = cfg.get("image") or model["image"]
     return {
         **job,
-        "model_name": ctx.job_name,
         "model_data": model["model"],
         "data": check_uri(ctx.step, "data", data),
         "content_type": cfg.get("content_type", "text/csv"),
@@ -53,21 +51,22 @@ def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, 
     }
 
 
-def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
+def submit(job: dict[str, Any], session: Any) -> None:
+    """Create the model (named like the job), then start the transform job."""
     from sagemaker.core.transformer import Transformer
 
     if session.local_mode:
         _require_free_port(job["job_name"])
     prepare_output(job["output_path"])
     session.sagemaker_client.create_model(
-        ModelName=job["model_name"],
+        ModelName=job["job_name"],
         PrimaryContainer={"Image": job["image"], "ModelDataUrl": job["model_data"],
                           "Environment": job["environment"]},
         ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
         Tags=aws_tags(job),
     )
     transformer = Transformer(
-        model_name=job["model_name"],
+        model_name=job["job_name"],
         instance_count=job["instance_count"],
         instance_type=job["instance_type"],
         strategy=job["strategy"],
@@ -88,8 +87,10 @@ def run(job: dict[str, Any], session: Any) -> dict[str, Any]:
         wait=False,
         logs=False,
     )
-    waiting.wait(session.sagemaker_client, KIND, job["job_name"])
-    return {"job_name": job["job_name"], "model_name": job["model_name"],
+
+
+def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
+    return {"job_name": job["job_name"], "model_name": job["job_name"],
             "outputs": {"predictions": job["output_path"]}}
 
 
