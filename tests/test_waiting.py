@@ -1,0 +1,88 @@
+"""Waiting rules, without a server: backoff, transient errors, failure reasons, timeouts."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError
+
+from smtask import waiting
+from smtask.errors import JobFailed
+
+
+def error(code: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code}}, "DescribeTrainingJob")
+
+
+class Client:
+    """Answers describe_training_job from a script of statuses or errors."""
+
+    def __init__(self, *script):
+        self.script, self.calls, self.stopped = list(script), 0, []
+
+    def describe_training_job(self, TrainingJobName):
+        self.calls += 1
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, Exception):
+            raise step
+        return {"TrainingJobName": TrainingJobName, "TrainingJobStatus": step[0],
+                "FailureReason": step[1]}
+
+    def stop_training_job(self, TrainingJobName):
+        self.stopped.append(TrainingJobName)
+
+
+def test_polls_start_short_and_double_up_to_the_cap():
+    sleeps = []
+    client = Client(*[("InProgress", None)] * 7, ("Completed", None))
+    waiting.wait(client, "training", "job", first_poll=0.2, cap=3.0, sleep=sleeps.append)
+    assert sleeps == [0.2, 0.4, 0.8, 1.6, 3.0, 3.0, 3.0]
+
+
+def test_throttling_and_service_errors_are_retried_while_waiting(monkeypatch):
+    monkeypatch.setattr(waiting.time, "sleep", lambda s: None)
+    client = Client(error("ThrottlingException"), error("InternalFailure"), ("Completed", None))
+    assert waiting.wait(client, "training", "job", sleep=lambda s: None)["TrainingJobStatus"] == \
+        "Completed"
+    assert client.calls == 3
+
+
+def test_other_api_errors_are_not_retried():
+    client = Client(error("AccessDeniedException"))
+    with pytest.raises(ClientError):
+        waiting.wait(client, "training", "job", sleep=lambda s: None)
+    assert client.calls == 1
+
+
+def test_failed_job_raises_with_its_failure_reason_and_name():
+    with pytest.raises(JobFailed, match="training job job-1 failed: ClientError: bad channel"):
+        waiting.wait(Client(("Failed", "ClientError: bad channel")), "training", "job-1")
+
+
+def test_timeout_stops_the_job():
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    client = Client(("InProgress", None))
+    with pytest.raises(JobFailed, match="after the 5 s wait_timeout_seconds"):
+        waiting.wait(client, "training", "job", timeout=5, sleep=sleep, clock=lambda: now[0])
+    assert client.stopped == ["job"] and 5 <= now[0] < 6
+
+
+def test_claim_moves_past_failed_jobs_and_stops_at_a_running_or_new_one():
+    jobs = {"n1": ("Failed", "x"), "n2": ("Stopped", None), "n3": ("InProgress", None)}
+
+    class Jobs:
+        def describe_training_job(self, TrainingJobName):
+            if TrainingJobName not in jobs:
+                raise error("ValidationException")
+            status, reason = jobs[TrainingJobName]
+            return {"TrainingJobStatus": status, "FailureReason": reason}
+
+    name, existing = waiting.claim(Jobs(), "training", lambda n: f"n{n}")
+    assert name == "n3" and existing["TrainingJobStatus"] == "InProgress"
+    del jobs["n3"]
+    assert waiting.claim(Jobs(), "training", lambda n: f"n{n}") == ("n3", None)
+    with pytest.raises(JobFailed, match="if_job_failed is 'fail'"):
+        waiting.claim(Jobs(), "training", lambda n: f"n{n}", rerun_failed=False)
