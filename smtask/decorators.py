@@ -98,23 +98,17 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         return run_params
 
     def _step_context(self, context: Context, run_params: dict[str, Any]) -> StepContext:
-        from smtask.sessions import artifacts_root
+        from smtask import storage
         from smtask.steps import StepContext
 
         ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        if map_index is None:
-            map_index = -1
-        run_id = context["run_id"]
-        prefix = naming.run_prefix(artifacts_root(run_params), run_params["pipeline_name"],
-                                   run_id, map_index)
         return StepContext(
             step=self.step,
             params=run_params,
             job_name=naming.job_name(run_params["pipeline_name"], self.step,
-                                     dag_id=ti.dag_id, run_id=run_id, task_id=ti.task_id,
-                                     map_index=map_index),
-            prefix=f"{prefix}/{self.step}",
+                                     dag_id=ti.dag_id, run_id=context["run_id"],
+                                     task_id=ti.task_id, map_index=storage.map_index(context)),
+            prefix=storage.run_prefix(context, self.step, run_params),
         )
 
     def build_spec(self, ctx: StepContext, returned: Any, upstream: list[Any]) -> dict[str, Any]:
@@ -148,7 +142,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                     self.log.info("re-attaching to %s job %s (%s)", self.kind, name,
                                   waiting.status(self.kind, existing))
                 if description is None or waiting.status(self.kind, description) not in waiting.DONE:
-                    if self.deferrable or cfg.get("deferrable"):
+                    # local jobs run inside submit(); only SageMaker's can be waited on elsewhere
+                    if (self.deferrable or cfg.get("deferrable")) and not session.local_mode:
                         self._defer(job, run_params, cfg)
                     tail = None if session.local_mode else waiting.LogTail(
                         session.boto_session.client("logs"), self.kind, name, output)

@@ -9,15 +9,22 @@ from urllib.parse import urlparse
 from smtask import naming
 
 
-def run_prefix(context: Any, step: str | None = None) -> str:
+def map_index(context: Any) -> int:
+    """The task instance's map index; -1 when it is not mapped."""
+    index = getattr(context["ti"], "map_index", None)
+    return -1 if index is None else int(index)
+
+
+def run_prefix(context: Any, step: str | None = None,
+               params: dict[str, Any] | None = None) -> str:
     """The URI of this run's artifacts (the same one the smtask tasks of the run write under),
     or of one step's folder in it. For plain tasks, e.g. a data source."""
     from smtask.params import run_params
     from smtask.sessions import artifacts_root
 
-    params = run_params(context)
+    params = params or run_params(context)
     prefix = naming.run_prefix(artifacts_root(params), params["pipeline_name"], context["run_id"],
-                               getattr(context["ti"], "map_index", -1) or -1)
+                               map_index(context))
     return f"{prefix}/{step}" if step else prefix
 
 

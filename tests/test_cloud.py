@@ -205,6 +205,8 @@ def test_training_job_is_created_from_the_step_settings(tmp_path, sagemaker):
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
                 for c in job["InputDataConfig"]}
     assert channels["train"] == "s3://smtask-cloud-tests/splits/train/"
+    # the source dir (and ModelTrainer's drivers) uploaded under the run's prefix
+    assert channels["code"].startswith(f"s3://{BUCKET}/pipelines/churn/")
     assert job["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{BUCKET}/pipelines/churn/")
     described = client().describe_training_job(TrainingJobName=out["job_name"])
     assert out["model"] == described["ModelArtifacts"]["S3ModelArtifacts"]

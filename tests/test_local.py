@@ -155,3 +155,13 @@ def test_on_kill_in_local_mode_removes_the_jobs_containers(loopback_guard):
     dag.tasks[0].on_kill()
     assert containers_with_label("smtask.session=kill-test-session") == []
     assert running  # it was there to remove
+
+
+def test_deferrable_steps_run_in_place_in_local_mode(tmp_path, loopback_guard, capfd):
+    """Local jobs finish inside the task; there is nothing for a trigger to wait on."""
+    config = write_config(tmp_path, steps={"splitor": {"deferrable": True},
+                                           "trainer": {"deferrable": True}})
+    result = run_dag(SPLIT_AND_TRAIN, config=config)
+    assert result.ok, result.states
+    captured = capfd.readouterr()
+    assert "new_state=deferred" not in captured.out + captured.err

@@ -51,3 +51,19 @@ def test_run_prefix_is_per_pipeline_run_and_map_index():
     assert naming.run_prefix("file:///a/", "churn", RUN) == \
         "file:///a/churn/manual__2026-11-21T16-39-49.123456-00-00"
     assert naming.run_prefix("s3://b/p", "churn", RUN, 2).endswith("/2")
+
+
+def test_map_index_zero_is_its_own_prefix_and_unmapped_is_not():
+    from types import SimpleNamespace
+
+    from smtask import storage
+
+    def context(index):
+        return {"ti": SimpleNamespace(map_index=index), "run_id": RUN}
+
+    params = {"mode": "local", "pipeline_name": "churn", "local": {"artifacts": "file:///a"}}
+    assert storage.map_index(context(0)) == 0 and storage.map_index(context(None)) == -1
+    assert storage.run_prefix(context(0), "splitor", params).endswith(
+        "/manual__2026-11-21T16-39-49.123456-00-00/0/splitor")
+    assert storage.run_prefix(context(-1), "splitor", params).endswith(
+        "/manual__2026-11-21T16-39-49.123456-00-00/splitor")
