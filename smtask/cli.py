@@ -90,11 +90,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     dag_file = Path(args.dag_file).resolve()
     _prepare_airflow(dag_file, migrate=False)
     from smtask import params
-    from smtask.decorators import _SageMakerDecoratedOperator
     from smtask.errors import ParamsError
 
     dag = _load_dag(dag_file, args.dag_id)
-    steps = {t.step: t.kind for t in dag.tasks if isinstance(t, _SageMakerDecoratedOperator)}
+    steps = params.smtask_steps(dag)
     try:
         params.resolve(dag.params.dump(), _conf(args), steps)
     except ParamsError as exc:

@@ -201,7 +201,7 @@ def local_session(params: Mapping[str, Any],
         try:
             yield session
         finally:
-            remove_tree(container_root)
+            shutil.rmtree(container_root, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -225,7 +225,3 @@ def open_session(params: Mapping[str, Any],
     if params["mode"] == "local":
         return local_session(params, output)
     return cloud_session(params)
-
-
-def remove_tree(path: str | os.PathLike[str]) -> None:
-    shutil.rmtree(path, ignore_errors=True)

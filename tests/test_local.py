@@ -125,7 +125,7 @@ def test_failing_script_fails_its_task_with_the_scripts_error(tmp_path, loopback
 
 def test_an_earlier_attempts_outputs_are_replaced_not_merged(tmp_path, loopback_guard):
     """A re-run of the same run and step starts from empty output folders."""
-    from smtask.steps.processing import prepare_output
+    from smtask.steps import prepare_output
 
     stale = tmp_path / "out" / "train"
     stale.mkdir(parents=True)

@@ -4,12 +4,16 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from smtask.errors import SmtaskError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,3 +87,15 @@ def check_uri_map(step: str, what: str, value: Any) -> dict[str, str]:
 
 def local_path(uri: str) -> Path:
     return Path(urlparse(uri).path)
+
+
+def prepare_output(uri: str) -> None:
+    """A file:// output starts empty: the SDK merges into what is there, so an earlier
+    attempt's files of the same run and step would otherwise survive beside the new ones."""
+    if urlparse(uri).scheme != "file":
+        return
+    path = local_path(uri)
+    if path.exists() and any(path.iterdir()):
+        log.warning("replacing the outputs an earlier attempt of this step wrote in %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)

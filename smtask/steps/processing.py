@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import posixpath
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from smtask.steps import StepContext, aws_tags, check_uri_map, local_path
+from smtask.steps import StepContext, aws_tags, check_uri_map, prepare_output
 
 KIND = "processing"
-log = logging.getLogger(__name__)
-
 
 def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
     """``returned`` is ``{input name: URI}``; each lands in ``<input_destination>/<name>``."""
@@ -106,22 +103,6 @@ def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
 
 def upload(session: Any, path: str, prefix: str) -> str:
     """Upload a local file or folder under ``prefix`` (an s3:// URI); returns its URI."""
-    from urllib.parse import urlparse as parse
-
-    target = parse(prefix)
+    target = urlparse(prefix)
     uri = session.upload_data(path, bucket=target.netloc, key_prefix=target.path.strip("/"))
     return str(uri)
-
-
-def prepare_output(uri: str) -> None:
-    """A file:// output starts empty: the SDK merges into what is there, so an earlier
-    attempt's files of the same run and step would otherwise survive beside the new ones."""
-    if urlparse(uri).scheme != "file":
-        return
-    path = local_path(uri)
-    if path.exists() and any(path.iterdir()):
-        log.warning("replacing the outputs an earlier attempt of this step wrote in %s", path)
-        from smtask.sessions import remove_tree
-
-        remove_tree(path)
-    path.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,7 @@ from typing import Any
 from unittest import mock
 from urllib.parse import urlparse
 
-from smtask.steps import StepContext, check_uri_map, local_path
-from smtask.steps.processing import prepare_output
+from smtask.steps import StepContext, check_uri_map, local_path, prepare_output
 
 KIND = "training"
 

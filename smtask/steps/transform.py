@@ -7,8 +7,7 @@ from collections.abc import Iterable
 from typing import Any, TypeGuard
 
 from smtask.errors import SmtaskError
-from smtask.steps import StepContext, aws_tags, check_uri
-from smtask.steps.processing import prepare_output
+from smtask.steps import StepContext, aws_tags, check_uri, prepare_output
 
 KIND = "transform"
 SERVING_PORT = 8080
