@@ -1,6 +1,7 @@
-"""SageMaker batch-transform server: GET /ping, POST /invocations on port 8080.
+"""SageMaker batch-transform server: GET /ping, POST /invocations on $SAGEMAKER_BIND_TO_PORT.
 
-Loads the scikit-learn model that training wrote (``/opt/ml/model/model.joblib``) and
+Loads the scikit-learn model that training wrote (``/opt/ml/model/model.joblib``) when it
+starts, so a model that cannot load stops the server with the loader's own error, and
 scores CSV rows (features only, no header), answering one prediction per line.
 """
 
@@ -16,23 +17,11 @@ from flask import Flask, Response, request
 MODEL_PATH = os.path.join(os.environ.get("SM_MODEL_DIR", "/opt/ml/model"), "model.joblib")
 
 app = Flask(__name__)
-_model = None
-
-
-def model():
-    global _model
-    if _model is None:
-        _model = joblib.load(MODEL_PATH)
-    return _model
+MODEL = joblib.load(MODEL_PATH)
 
 
 @app.get("/ping")
 def ping() -> Response:
-    # Healthy only once the model loads: SageMaker waits on /ping before sending data.
-    try:
-        model()
-    except Exception as exc:  # noqa: BLE001 - report any load failure as unhealthy
-        return Response(f"model not loadable: {exc}\n", status=500)
     return Response("ok\n", status=200)
 
 
@@ -49,5 +38,5 @@ def invocations() -> Response:
     if not body.strip():
         return Response("", status=200, mimetype="text/csv")
     features = pd.read_csv(io.StringIO(body), header=None)
-    predictions = model().predict(features.to_numpy())
+    predictions = MODEL.predict(features.to_numpy())
     return Response("\n".join(str(p) for p in predictions), status=200, mimetype="text/csv")

@@ -8,8 +8,6 @@ static comes from the step's entry in the DAG params (``steps.<step>``).
 from __future__ import annotations
 
 import importlib
-import re
-from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
@@ -17,7 +15,7 @@ from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factor
 from airflow.sdk.definitions.context import context_merge
 
 from smtask import naming, params, waiting
-from smtask.errors import JobFailed, SmtaskError
+from smtask.errors import JobFailed, SmtaskError, TaskInterrupted
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -26,28 +24,6 @@ if TYPE_CHECKING:
     from smtask.steps import StepContext
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-class _ContainerOutput:
-    """Puts the containers' output in the task log, keeping the last lines so a failure
-    message can quote the script's own error."""
-
-    def __init__(self, log: Any, keep: int = 40) -> None:
-        self.log = log
-        self.tail: deque[str] = deque(maxlen=keep)
-
-    def __call__(self, line: str) -> None:
-        line = line.replace("\r", "").rstrip("\n")
-        if line.strip():
-            self.tail.append(line)
-            self.log.info("%s", line)
-
-    def error_summary(self) -> str:
-        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).split("|", 1)[-1].strip()
-                 for line in self.tail]
-        lines = [line for line in lines if line and not line.startswith(("Exiting", "Aborting"))]
-        errors = [line for line in lines if "Error" in line or "Exception" in line]
-        return (errors or lines or ["the container exited without output"])[-1]
 
 
 class _SageMakerDecoratedOperator(DecoratedOperator):
@@ -76,8 +52,16 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                          **kwargs)
         self.step, self.mode, self.deferrable = step, mode, deferrable
         self._active: tuple[Any, str] | None = None
+        self._executing = False
 
     def execute(self, context: Context) -> Any:
+        self._executing = True  # from here on a kill interrupts the task (see on_kill)
+        try:
+            return self._execute(context)
+        finally:
+            self._executing = False
+
+    def _execute(self, context: Context) -> Any:
         run_params = self._params(context)
         step_ctx = self._step_context(context, run_params)
         context_merge(context, self.op_kwargs)
@@ -121,11 +105,13 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
     def _run(self, job: dict[str, Any], run_params: dict[str, Any]) -> dict[str, Any]:
         """Find this task instance's job by name (re-attach to a running one, reuse a
         completed one, rename past a failed one), else submit it; wait; return its outputs."""
+        from smtask.local import ContainerFailed, ContainerOutput
         from smtask.sessions import open_session
 
         cfg = run_params["steps"][self.step]
-        output = _ContainerOutput(self.log)
+        output = ContainerOutput(lambda line: self.log.info("%s", line))
         with open_session(run_params, output) as session:
+            self._active = (session, job["job_name"])
             client, base = session.sagemaker_client, job["job_name"]
             name, existing = waiting.claim(client, self.kind,
                                            lambda n: naming.attempt_name(base, n),
@@ -150,12 +136,14 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                     description = waiting.wait(client, self.kind, name, tail=tail,
                                                timeout=cfg.get("wait_timeout_seconds"),
                                                cap=cfg.get("poll_max_seconds", 30.0))
+            except ContainerFailed as exc:
+                raise JobFailed(self.kind, name, exc.reason) from exc
             except SmtaskError:
                 raise
             except Exception as exc:  # the SDK raises bare RuntimeErrors for container failures
                 if not session.local_mode:
                     raise
-                raise JobFailed(self.kind, name, f"{output.error_summary()} ({exc})") from exc
+                raise JobFailed(self.kind, name, f"{exc} ({output.failure(None)})") from exc
             finally:
                 self._active = None
         return self._module().outputs(job, description)
@@ -185,20 +173,25 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         return self._module().outputs(job, event["description"])
 
     def on_kill(self) -> None:
-        """Stops the job this task started: SageMaker's StopXJob, or in local mode its
-        containers."""
-        active = getattr(self, "_active", None)
-        if active is None:
-            return
-        session, name = active
-        if session.local_mode:
-            from smtask.sessions import remove_containers
-
-            removed = remove_containers(session.smtask_session_id)
-            self.log.info("killed: removed %d container(s) of %s job %s", len(removed), self.kind, name)
-        else:
+        """Airflow calls this when the task is killed (SIGTERM to the task process). In local
+        mode the job's compose processes and containers are stopped and the task interrupted
+        at once, whatever it was doing; in sagemaker mode SageMaker is asked to stop the job."""
+        if not getattr(self, "_executing", False):
+            return  # the task is not running its job (it finished, or never started)
+        session, name = getattr(self, "_active", None) or (None, "")
+        if session is not None and not session.local_mode:
             waiting.stop(session.sagemaker_client, self.kind, name)
             self.log.info("killed: asked SageMaker to stop %s job %s", self.kind, name)
+            return
+        if session is not None:
+            if session.smtask_closing:
+                return  # the session is already removing its containers; let it finish
+            from smtask.local import stop
+
+            removed = stop(session)
+            self.log.info("killed: removed %d container(s) of %s job %s", len(removed), self.kind, name)
+        raise TaskInterrupted(f"{self.custom_operator_name} task {self.task_id} (step "
+                              f"'{self.step}') was killed; its job was stopped")
 
 
 class _ProcessingOperator(_SageMakerDecoratedOperator):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTerminated
 
 
 class SmtaskError(AirflowException):
@@ -22,3 +22,11 @@ class JobFailed(SmtaskError):
     def __init__(self, kind: str, job_name: str, reason: str) -> None:
         self.kind, self.job_name, self.reason = kind, job_name, reason
         super().__init__(f"{kind} job {job_name} failed: {reason}")
+
+
+class TaskInterrupted(AirflowTaskTerminated):
+    """The task was killed (a signal) while it ran its job; the job was stopped.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` on the way out
+    (the SDK has many) may swallow it. Airflow fails the task without a retry.
+    """

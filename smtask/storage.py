@@ -7,6 +7,22 @@ from typing import Any
 from urllib.parse import urlparse
 
 from smtask import naming
+from smtask.errors import SmtaskError
+
+
+def confined(target: str | Path, root: str | Path) -> Path:
+    """``target`` resolved (``..`` and symlinks followed), refused unless it lies inside
+    ``root``. Every path smtask writes or deletes goes through here first."""
+    resolved, base = Path(target).resolve(), Path(root).resolve()
+    if not resolved.is_relative_to(base):
+        raise SmtaskError(f"refusing to write or delete {target}: it is outside {base}")
+    return resolved
+
+
+def local_path(uri: str, root: str | None = None) -> Path:
+    """The path of a ``file://`` URI; with ``root`` (a URI or path), confined to it."""
+    path = Path(urlparse(uri).path)
+    return confined(path, urlparse(root).path) if root else path
 
 
 def map_index(context: Any) -> int:
@@ -36,10 +52,15 @@ def _s3(context_params: dict[str, Any] | None) -> Any:
 
 
 def write_text(uri: str, text: str, params: dict[str, Any] | None = None) -> str:
+    """Write one file; a ``file://`` one only under the artifacts root of the params' mode."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
-        Path(parsed.path).parent.mkdir(parents=True, exist_ok=True)
-        Path(parsed.path).write_text(text)
+        from smtask.sessions import artifacts_root
+
+        root = artifacts_root(params or {"mode": "local"})
+        path = local_path(uri, root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     else:
         _s3(params).load_string(text, key=parsed.path.lstrip("/"), bucket_name=parsed.netloc,
                                 replace=True)

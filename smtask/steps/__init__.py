@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from smtask.errors import SmtaskError
+from smtask.storage import local_path
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class StepContext:
 
     def common(self, default_instance: str) -> dict[str, Any]:
         """The settings every job kind shares, with local mode's substitutions."""
-        from smtask.sessions import LOCAL_IMAGE
+        from smtask.local import LOCAL_IMAGE
 
         cfg, local = self.cfg, self.local
         image = cfg.get("image") or (
@@ -49,6 +50,7 @@ class StepContext:
             raise SmtaskError(f"steps.{self.step}.image: no image for {self.params['mode']} mode")
         return {
             "job_name": self.job_name,
+            "prefix": self.prefix,
             "image": image,
             "role": self.params.get("role"),
             # local mode runs one container per instance on this machine
@@ -85,16 +87,13 @@ def check_uri_map(step: str, what: str, value: Any) -> dict[str, str]:
     return {name: check_uri(step, f"{what} '{name}'", uri) for name, uri in value.items()}
 
 
-def local_path(uri: str) -> Path:
-    return Path(urlparse(uri).path)
-
-
-def prepare_output(uri: str) -> None:
+def prepare_output(uri: str, root: str) -> None:
     """A file:// output starts empty: the SDK merges into what is there, so an earlier
-    attempt's files of the same run and step would otherwise survive beside the new ones."""
+    attempt's files of the same run and step would otherwise survive beside the new ones.
+    Only a folder inside ``root`` (the step's prefix) is ever emptied."""
     if urlparse(uri).scheme != "file":
         return
-    path = local_path(uri)
+    path = local_path(uri, root)
     if path.exists() and any(path.iterdir()):
         log.warning("replacing the outputs an earlier attempt of this step wrote in %s", path)
         shutil.rmtree(path, ignore_errors=True)

@@ -8,7 +8,8 @@ from typing import Any
 from unittest import mock
 from urllib.parse import urlparse
 
-from smtask.steps import StepContext, check_uri_map, local_path, prepare_output
+from smtask.steps import StepContext, check_uri_map, prepare_output
+from smtask.storage import local_path
 
 KIND = "training"
 
@@ -69,7 +70,7 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         root.mkdir(parents=True, exist_ok=True)
         try:
             trainer.train(input_data_config=channels, wait=True, logs=False)
-            model_uri = _keep_artifacts(root, job["output_path"])
+            model_uri = _keep_artifacts(root, job["output_path"], job["prefix"])
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": model_uri}}
@@ -81,10 +82,10 @@ def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
             "outputs": {"model": model_uri}}
 
 
-def _keep_artifacts(root: Path, output_path: str) -> str:
+def _keep_artifacts(root: Path, output_path: str, prefix: str) -> str:
     """Local ModelTrainer leaves model.tar.gz in its container root: move it to the run's prefix."""
-    prepare_output(output_path)
-    target = local_path(output_path)
+    prepare_output(output_path, prefix)
+    target = local_path(output_path, prefix)
     for name in ("model.tar.gz", "output.tar.gz"):
         produced = root / "compressed_artifacts" / name
         if produced.exists():

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable
 from typing import Any, TypeGuard
 
-from smtask.errors import SmtaskError
 from smtask.steps import StepContext, aws_tags, check_uri, prepare_output
 
 KIND = "transform"
-SERVING_PORT = 8080
 _LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
 
 
@@ -54,12 +51,16 @@ def submit(job: dict[str, Any], session: Any) -> None:
     """Create the model (named like the job), then start the transform job."""
     from sagemaker.core.transformer import Transformer
 
+    model_data = job["model_data"]
     if session.local_mode:
-        _require_free_port(job["job_name"])
-    prepare_output(job["output_path"])
+        from smtask.local import scratch_copy, serve_on_own_port
+
+        serve_on_own_port(session)
+        model_data = scratch_copy(session, model_data)  # the SDK unpacks the model beside it
+    prepare_output(job["output_path"], job["prefix"])
     session.sagemaker_client.create_model(
         ModelName=job["job_name"],
-        PrimaryContainer={"Image": job["image"], "ModelDataUrl": job["model_data"],
+        PrimaryContainer={"Image": job["image"], "ModelDataUrl": model_data,
                           "Environment": job["environment"]},
         ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
         Tags=aws_tags(job),
@@ -91,11 +92,3 @@ def submit(job: dict[str, Any], session: Any) -> None:
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
     return {"job_name": job["job_name"], "model_name": job["job_name"],
             "outputs": {"predictions": job["output_path"]}}
-
-
-def _require_free_port(job_name: str) -> None:
-    """Local serving binds 8080 on the host; a server already there would answer instead."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        if probe.connect_ex(("127.0.0.1", SERVING_PORT)) == 0:
-            raise SmtaskError(f"transform job {job_name}: port {SERVING_PORT} on this machine "
-                              "is in use; local batch transform serves the model there")

@@ -1,0 +1,489 @@
+"""Local mode: the SDK's ``LocalSession``, corrected so that a job cannot hurt the machine.
+
+The SDK's local mode is used as it is, with these corrections, each pinned by a test:
+
+- the compose files it generates use host networking (no bridge network, no ``ports``);
+- inputs and code are mounted read-only, a single-file input as that file only; the SDK's
+  own scratch folders (outputs, config, the model a server loads) are the only writable mounts;
+- every batch-transform server listens on a port of its own, reserved host-wide for the
+  server's whole life, so parallel transforms never score with each other's model;
+- the containers' output goes to the task log, and a failing container's message carries
+  its last error line, its exit code and its last lines; a server that exits fails at once;
+- telemetry is not sent; no credentials of the worker reach the containers;
+- containers are removed and scratch folders deleted when the session ends, however it ends;
+  containers and folders of a process that died (SIGKILL) are removed by the next session
+  and by ``smtask cleanup``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import json
+import os
+import posixpath
+import random
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smtask.errors import SmtaskError
+from smtask.naming import smtask_home
+from smtask.storage import confined
+
+LOCAL_IMAGE = "smtask-local:latest"
+DEFAULT_REGION = "us-east-1"
+LABEL = "smtask.session"
+OWNER_LABEL = "smtask.owner"  # "<host>:<pid>:<process start time>" of the task process
+SCRATCH_LABEL = "smtask.scratch"  # the session's scratch folder, removed with its containers
+OWNER_FILE = ".smtask-owner"
+# Serving ports come from below Linux's ephemeral range (32768-60999), so no outgoing
+# connection of the machine holds one; a lock file per port keeps smtask processes apart.
+PORT_RANGE = (20000, 32000)
+PORT_LOCKS = Path(tempfile.gettempdir()) / "smtask-ports"
+
+
+class ContainerFailed(RuntimeError):
+    """A job's container exited non-zero; ``reason`` quotes its own last error line."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+# --- who owns a container ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Owner:
+    """The process a local session belongs to; its start time tells a reused PID apart."""
+
+    host: str
+    pid: int
+    started: float
+
+    @classmethod
+    def current(cls) -> Owner:
+        import psutil
+
+        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time())
+
+    @classmethod
+    def parse(cls, text: str) -> Owner | None:
+        try:
+            host, pid, started = text.rsplit(":", 2)
+            return cls(host, int(pid), float(started))
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}:{self.started:.2f}"
+
+    def alive(self) -> bool:
+        """False only when this machine's process table says the owner is gone."""
+        import psutil
+
+        if self.host != socket.gethostname():
+            return True  # another machine's process: not ours to judge
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.started) < 1.0
+        except psutil.NoSuchProcess:
+            return False
+
+
+def _docker(*args: str) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    return done.stdout
+
+
+def remove_containers(session_id: str) -> list[str]:
+    """``docker rm -f`` every container of one local session; returns their ids."""
+    ids = _docker("ps", "-aq", "--filter", f"label={LABEL}={session_id}").split()
+    if ids:
+        _docker("rm", "-f", *ids)
+    return ids
+
+
+def _scratch_root() -> Path:
+    return smtask_home() / "tmp"
+
+
+def _remove_scratch(folder: Path) -> None:
+    """Delete a session's scratch folder; refuses anything but a folder under the scratch root."""
+    shutil.rmtree(confined(folder, _scratch_root()), ignore_errors=True)
+
+
+def cleanup_orphans() -> list[str]:
+    """Remove containers and scratch folders whose owning process is gone (it was killed).
+
+    Returns what was removed, one line each. Containers of live processes are left alone.
+    """
+    removed: list[str] = []
+    ids = _docker("ps", "-aq", "--filter", f"label={OWNER_LABEL}").split()
+    described = _docker("inspect", "-f", "{{.Id}} {{json .Config.Labels}}", *ids) if ids else ""
+    for line in described.splitlines():
+        cid, _, labels_json = line.partition(" ")
+        labels = json.loads(labels_json or "{}")
+        owner = Owner.parse(labels.get(OWNER_LABEL, ""))
+        if owner is None or owner.alive():
+            continue
+        _docker("rm", "-f", cid)
+        removed.append(f"container {cid[:12]} of dead process {owner.pid}")
+        scratch = Path(labels.get(SCRATCH_LABEL, ""))
+        if scratch.name and (scratch / OWNER_FILE).is_file():
+            with contextlib.suppress(SmtaskError):
+                _remove_scratch(scratch)
+    root = _scratch_root()
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        marker = folder / OWNER_FILE
+        owner = Owner.parse(marker.read_text()) if marker.is_file() else None
+        if owner is not None and not owner.alive():
+            _remove_scratch(folder)
+            removed.append(f"scratch folder {folder} of dead process {owner.pid}")
+    return removed
+
+
+def _stop_compose(scratch: Path) -> None:
+    """Stop the compose processes this process started for a session, so that none of them
+    creates a container after the session's containers were removed."""
+    import psutil
+
+    mine = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any(str(scratch) in part for part in child.cmdline()):
+                mine.append(child)
+    for child in mine:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=3)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+# --- compose files ----------------------------------------------------------------------
+
+def _mount(volume: str, scratch: Path) -> str:
+    """The SDK's scratch folders stay writable; anything else (the user's inputs and code) is
+    mounted read-only, and a single file as that one file inside the container folder."""
+    host, container, *options = volume.split(":")
+    if Path(host).resolve().is_relative_to(scratch.resolve()):
+        return volume
+    if os.path.isfile(host) and posixpath.basename(container) != os.path.basename(host):
+        container = posixpath.join(container, os.path.basename(host))
+    return ":".join([host, container, *(o for o in options if o not in ("ro", "rw")), "ro"])
+
+
+def harden(content: dict[str, Any], session: Any) -> dict[str, Any]:
+    """A copy of an SDK compose file: host networking, read-only inputs, labels, own port."""
+    content = copy.deepcopy(content)
+    content.pop("networks", None)
+    scratch = Path(session.smtask_scratch)
+    for service in content.get("services", {}).values():
+        service.pop("networks", None)
+        service.pop("ports", None)  # with host networking the server binds its port itself
+        service["network_mode"] = "host"
+        service["labels"] = {LABEL: session.smtask_session_id, OWNER_LABEL: str(session.smtask_owner),
+                             SCRATCH_LABEL: str(scratch)}
+        service["volumes"] = [_mount(v, scratch) for v in service.get("volumes", [])]
+        if service.get("command") == "serve" and session.smtask_serving_port:
+            service.setdefault("environment", []).append(
+                f"SAGEMAKER_BIND_TO_PORT={session.smtask_serving_port}")
+    return content
+
+
+class _SDKPatches:
+    """Wraps the SDK's compose-file generators and processing volumes, once per process.
+
+    The wrapped generator writes the hardened file but hands the SDK its own content back:
+    the SDK parses its volumes again later (``host:container``) to collect the model.
+    """
+
+    installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        from sagemaker.core.local.image import _SageMakerContainer
+        from sagemaker.train.local.local_container import _LocalContainer
+
+        if cls.installed:
+            return
+        for klass in (_SageMakerContainer, _LocalContainer):
+            klass._generate_compose_file = cls._compose(klass._generate_compose_file)
+        _SageMakerContainer._prepare_processing_volumes = cls._single_files(
+            _SageMakerContainer._prepare_processing_volumes)
+        cls.installed = True
+
+    @staticmethod
+    def _compose(generate: Any) -> Any:
+        import yaml
+
+        def generate_hardened(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            content = generate(self, *args, **kwargs)
+            with open(os.path.join(self.container_root, "docker-compose.yaml"), "w") as f:
+                yaml.safe_dump(harden(content, self.sagemaker_session), f, default_flow_style=False)
+            return content
+
+        generate_hardened.__wrapped__ = generate  # type: ignore[attr-defined]
+        return generate_hardened
+
+    @staticmethod
+    def _single_files(prepare: Any) -> Any:
+        from urllib.parse import urlparse
+
+        def prepare_volumes(self: Any, data_dir: str, inputs: Any, outputs: Any) -> list[Any]:
+            """The SDK mounts a file input's whole parent folder; mount the file itself."""
+            volumes = prepare(self, data_dir, inputs, outputs)
+            sources = {i["S3Input"]["LocalPath"]: urlparse(i["DataUri"]) for i in inputs or []}
+            files = {where: uri.path for where, uri in sources.items()
+                     if uri.scheme == "file" and os.path.isfile(uri.path)}
+            for volume in volumes:
+                if volume.container_dir in files:
+                    volume.host_dir = files[volume.container_dir]
+                    volume.map = f"{volume.host_dir}:{volume.container_dir}"
+            return volumes
+
+        prepare_volumes.__wrapped__ = prepare  # type: ignore[attr-defined]
+        return prepare_volumes
+
+
+# --- serving ports ----------------------------------------------------------------------
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def reserved_port(attempts: int = 200) -> Iterator[int]:
+    """A port no other smtask process holds while inside (an exclusive lock file per port,
+    host-wide) and that nothing listened on when it was taken."""
+    PORT_LOCKS.mkdir(exist_ok=True)
+    with contextlib.suppress(PermissionError):
+        PORT_LOCKS.chmod(0o1777)  # every user of the machine shares the locks
+    for _ in range(attempts):
+        port = random.randrange(*PORT_RANGE)
+        fd = os.open(PORT_LOCKS / f"{port}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            if _bindable(port):
+                yield port
+                return
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+    raise SmtaskError(f"no free port for a local batch-transform server in {PORT_RANGE}")
+
+
+def serve_on_own_port(session: Any) -> int:
+    """Give the session's serving container a port of its own, held until the session ends."""
+    if not session.smtask_serving_port:
+        port = session.smtask_exit.enter_context(reserved_port())
+        session.smtask_serving_port = port
+        session.config["local"]["serving_port"] = port
+        session.sagemaker_runtime_client.serving_port = port  # where the SDK sends the data
+    return int(session.smtask_serving_port)
+
+
+def scratch_copy(session: Any, uri: str) -> str:
+    """A copy of a ``file://`` artifact in the session's scratch folder, for the SDK to
+    unpack and mount (it unpacks a model next to its ``model.tar.gz``: the training
+    output must not change, nor be writable to the server)."""
+    from urllib.parse import urlparse
+
+    if urlparse(uri).scheme != "file":
+        return uri
+    source = Path(urlparse(uri).path)
+    target = Path(tempfile.mkdtemp(dir=session.smtask_scratch)) / source.name
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+    return target.as_uri()
+
+
+# --- container output and health --------------------------------------------------------
+
+class ContainerOutput:
+    """The containers' output: each line to ``sink`` (the task log); the last lines kept so a
+    failure message can quote the script's own error."""
+
+    def __init__(self, sink: Callable[[str], None], keep: int = 40) -> None:
+        self.sink = sink
+        self.tail: deque[str] = deque(maxlen=keep)
+
+    def __call__(self, line: str) -> None:
+        line = line.replace("\r", "").rstrip("\n")
+        if line.strip():
+            self.tail.append(line)
+            self.sink(line)
+
+    def failure(self, exit_code: int | None, lines: list[str] | None = None) -> str:
+        """``<the container's last error line> (exit code N; last lines: ...)``."""
+        raw = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in
+               (lines if lines is not None else self.tail)]
+        # compose prefixes the container's own lines with "<container> | "; its own are noise
+        own = [m.group(1).strip() for m in map(_CONTAINER_LINE.match, raw) if m]
+        own = [line for line in own or raw if line]
+        last = " | ".join(own[-5:]) or "no output"
+        code = f"exit code {exit_code}; " if exit_code is not None else ""
+        return f"{_cause(own)} ({code}last lines: {last})"
+
+
+_CONTAINER_LINE = re.compile(r"^[\w.-]+\s+\|(.*)$")
+# Drivers that run the user's script re-raise its failure as their own; the user's error is
+# the one to quote.
+_WRAPPERS = ("subprocess.CalledProcessError", "ExecuteUserScriptError", "SystemExit")
+
+
+def _cause(lines: list[str]) -> str:
+    errors = [line for line in lines
+              if re.match(r"^([\w.]+\.)?\w*(Error|Exception|Interrupt|Exit)\b", line)
+              and not line.startswith(_WRAPPERS)]
+    return (errors or lines or ["the container exited without output"])[-1]
+
+
+def _stream_output(output: ContainerOutput) -> Callable[[subprocess.Popen], int]:
+    """The SDK's ``_stream_output`` (it prints to stdout), sending each line to ``output`` and
+    failing with the container's own reason."""
+
+    def stream_output(process: subprocess.Popen) -> int:
+        own: deque[str] = deque(maxlen=40)
+        for raw in iter(process.stdout.readline, b""):  # type: ignore[union-attr]
+            line = raw.decode("utf-8", "replace")
+            own.append(line)
+            output(line)
+        exit_code = process.wait()
+        if exit_code not in (0, 130):  # the SDK's own rule: 130 is a stopped container
+            container_code = _container_exit_code(list(own))
+            raise ContainerFailed(output.failure(container_code or exit_code, list(own)))
+        return exit_code
+
+    return stream_output
+
+
+def _container_exit_code(lines: list[str]) -> int | None:
+    """Compose's ``<container> exited with code N`` line, if it printed one."""
+    for line in reversed(lines):
+        match = re.search(r"exited with code (\d+)", line)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _exited_container(session_id: str) -> tuple[int, list[str]] | None:
+    """The exit code and last log lines of a container of the session that has exited."""
+    ids = _docker("ps", "-aq", "--filter", f"label={LABEL}={session_id}",
+                  "--filter", "status=exited").split()
+    if not ids:
+        return None
+    code = _docker("inspect", "-f", "{{.State.ExitCode}}", ids[0]).strip()
+    logs = subprocess.run(["docker", "logs", "--tail", "40", ids[0]], capture_output=True,
+                          text=True, check=False)
+    return int(code or -1), (logs.stdout + logs.stderr).splitlines()
+
+
+def _wait_for_serving_container(session: Any, output: ContainerOutput) -> Callable[..., None]:
+    """The SDK's health wait, polling /ping from 0.1 s up to 1 s instead of every 5 s, and
+    failing at once, with the server's own reason, if the serving container exits."""
+
+    def wait(serving_port: int, timeout: float = 120) -> None:
+        import urllib3
+
+        http, delay, deadline = urllib3.PoolManager(), 0.1, time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                answer = http.request("GET", f"http://localhost:{serving_port}/ping",
+                                      retries=False, timeout=2)
+                if answer.status == 200:
+                    return
+                last = f"/ping answered {answer.status}: {answer.data.decode(errors='replace')[:200]}"
+            except urllib3.exceptions.HTTPError as exc:
+                last = f"/ping: {exc}"
+            exited = _exited_container(session.smtask_session_id)
+            if exited is not None:
+                code, lines = exited
+                raise ContainerFailed("the serving container exited before it was healthy: "
+                                      + output.failure(code, lines))
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        raise ContainerFailed(f"the serving container was not healthy after {timeout:g} s ({last})")
+
+    return wait
+
+
+# --- the session ------------------------------------------------------------------------
+
+def _sdk_corrections(session: Any, output: ContainerOutput) -> contextlib.AbstractContextManager[None]:
+    from sagemaker.core.local import entities, image
+    from sagemaker.train.local import local_container
+
+    from smtask.sessions import replaced, telemetry_off
+
+    stream = _stream_output(output)
+    return replaced(
+        *telemetry_off(),
+        (image, "_stream_output", stream),
+        (local_container, "_stream_output", stream),
+        (entities, "_wait_for_serving_container", _wait_for_serving_container(session, output)),
+    )
+
+
+def stop(session: Any) -> list[str]:
+    """Stop a session's jobs now: its compose processes, then its containers."""
+    _stop_compose(Path(session.smtask_scratch))
+    return remove_containers(session.smtask_session_id)
+
+
+@contextlib.contextmanager
+def local_session(params: Mapping[str, Any], output: ContainerOutput) -> Iterator[Any]:
+    """A ``LocalSession`` whose jobs run in Docker on this machine. On exit, however it
+    comes (an error, a signal), its compose processes and containers are stopped and its
+    scratch folder deleted; orphans of killed processes are removed on entry."""
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    import boto3
+    from sagemaker.core.local import LocalSession
+
+    cleanup_orphans()
+    local = params.get("local") or {}
+    # Static placeholder credentials: the SDK copies the session's credentials into every
+    # container's environment, and file:// artifacts need none.
+    boto = boto3.Session(region_name=params.get("region_name") or DEFAULT_REGION,
+                         aws_access_key_id="smtask-local", aws_secret_access_key="smtask-local")
+    _SDKPatches.install()
+    session_id, owner = uuid.uuid4().hex, Owner.current()
+    scratch = _scratch_root() / session_id
+    scratch.mkdir(parents=True)
+    (scratch / OWNER_FILE).write_text(str(owner))
+    with contextlib.ExitStack() as exit_stack:
+        session = LocalSession(boto_session=boto, s3_endpoint_url=local.get("s3_endpoint"),
+                               default_bucket="smtask-local")
+        session.config = {"local": {"local_code": True, "container_root": str(scratch)}}
+        session.smtask_session_id, session.smtask_owner = session_id, owner
+        session.smtask_scratch, session.smtask_serving_port = str(scratch), None
+        session.smtask_exit, session.smtask_closing = exit_stack, False
+        try:
+            with _sdk_corrections(session, output):
+                yield session
+        finally:
+            session.smtask_closing = True  # a signal from here on must not cut the clean-up short
+            stop(session)
+            _remove_scratch(scratch)
