@@ -3,18 +3,34 @@ validate its params, without a scheduler.
 
     smtask run dags/churn.py [-c '{"steps": {...}}'] [--mode local|sagemaker]
     smtask validate dags/churn.py [-c '{...}']
+    smtask cleanup        remove local containers and scratch folders of killed processes
+
+SIGINT or SIGTERM stops ``smtask run``: the running task is interrupted (an smtask task
+stops its job's containers first), no other task starts, and the run is marked failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
+
+
+class RunInterrupted(BaseException):
+    """``smtask run`` received SIGINT or SIGTERM (a BaseException: nothing may swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
 
 
 def _prepare_airflow(dag_file: Path, *, migrate: bool) -> None:
@@ -70,19 +86,111 @@ def _conf(args: argparse.Namespace) -> dict[str, Any]:
     return conf
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    dag_file = Path(args.dag_file).resolve()
-    _prepare_airflow(dag_file, migrate=True)
-    dag = _load_dag(dag_file, args.dag_id)
-    started = time.monotonic()
-    dag_run = dag.test(run_conf=_conf(args))
-    elapsed = time.monotonic() - started
+@contextlib.contextmanager
+def _signals_stop_the_run() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`RunInterrupted` inside the running task and again
+    between tasks, so that it leaves ``dag.test()``, which catches only ``Exception``.
+
+    Airflow's in-process task runner installs its own SIGTERM handler for each task (it calls
+    the task's ``on_kill`` and lets the task go on); that handler is chained, not lost.
+    """
+    from airflow.sdk.definitions import dag as dag_module
+
+    from smtask.sessions import replaced
+
+    received: list[int] = []
+    real_signal, real_run_task = signal.signal, dag_module._run_task
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise RunInterrupted(signum)
+
+    def install(signum: int, handler: Any) -> Any:
+        if signum != signal.SIGTERM or not callable(handler) or handler is interrupt:
+            return real_signal(signum, handler)
+
+        def chained(signum: int, frame: Any) -> None:
+            received.append(signum)
+            handler(signum, frame)  # Airflow's: the task's on_kill (an smtask task raises)
+            raise RunInterrupted(signum)
+
+        return real_signal(signum, chained)
+
+    def run_task(**kwargs: Any) -> Any:
+        if received:
+            raise RunInterrupted(received[0])
+        result = real_run_task(**kwargs)
+        if received:  # the task caught the interruption and failed; start no other
+            raise RunInterrupted(received[0])
+        return result
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        real_signal(signum, interrupt)
+    try:
+        with replaced((signal, "signal", install), (dag_module, "_run_task", run_task)):
+            yield
+    finally:
+        for signum, handler in previous.items():
+            real_signal(signum, handler)
+
+
+def _fail_run(dag_id: str, since: float) -> Any:
+    """Mark the run that ``dag.test()`` left running failed, as Airflow's "mark failed" does:
+    unfinished tasks that started fail, the others are skipped."""
+    from datetime import datetime
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    started = datetime.fromtimestamp(since, tz=UTC)
+    with create_session() as session:
+        dag_run = (session.query(DagRun)
+                   .filter(DagRun.dag_id == dag_id, DagRun.state == DagRunState.RUNNING,
+                           DagRun.start_date >= started)
+                   .order_by(DagRun.id.desc()).first())
+        if dag_run is None:
+            return None
+        for ti in dag_run.get_task_instances(session=session):
+            if ti.state in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED,
+                            TaskInstanceState.UP_FOR_RETRY, TaskInstanceState.DEFERRED):
+                ti.state = TaskInstanceState.FAILED
+            elif ti.state is None or ti.state == TaskInstanceState.SCHEDULED:
+                ti.state = TaskInstanceState.SKIPPED
+        dag_run.state = DagRunState.FAILED
+        dag_run.end_date = datetime.now(tz=UTC)
+        run_id = dag_run.run_id
+    return DagRun.find(dag_id=dag_id, run_id=run_id)[0]
+
+
+def _print_run(dag: Any, dag_run: Any, summary: str) -> None:
     results = xcom_results(dag.dag_id, dag_run.run_id)
-    print(f"\n== {dag.dag_id} {dag_run.run_id}: {dag_run.state} in {elapsed:.1f} s")
+    print(f"\n== {dag.dag_id} {dag_run.run_id}: {summary}")
     for ti in sorted(dag_run.get_task_instances(), key=lambda t: t.start_date or dag_run.start_date):
         print(f"-- {ti.task_id}: {ti.state} ({ti.duration or 0:.1f} s)")
         if ti.task_id in results:
             print(json.dumps(results[ti.task_id], indent=2))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    dag_file = Path(args.dag_file).resolve()
+    _prepare_airflow(dag_file, migrate=True)
+    dag = _load_dag(dag_file, args.dag_id)
+    conf = _conf(args)
+    started, since = time.monotonic(), time.time()
+    try:
+        with _signals_stop_the_run():
+            dag_run = dag.test(run_conf=conf)
+    except RunInterrupted as stopped:
+        name = signal.Signals(stopped.signum).name
+        dag_run = _fail_run(dag.dag_id, since - 1)
+        if dag_run is not None:
+            _print_run(dag, dag_run, f"failed: stopped by {name}")
+        print(f"smtask: stopped by {name}; the run is marked failed", file=sys.stderr)
+        return 128 + stopped.signum
+    elapsed = time.monotonic() - started
+    _print_run(dag, dag_run, f"{dag_run.state} in {elapsed:.1f} s")
     return 0 if str(dag_run.state) in ("success", "DagRunState.SUCCESS") else 1
 
 
@@ -103,6 +211,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from smtask.local import cleanup_orphans
+
+    removed = cleanup_orphans()
+    for line in removed:
+        print(f"removed {line}")
+    print(f"smtask cleanup: removed {len(removed)} orphan(s) of killed processes")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smtask", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--mode", choices=("local", "sagemaker"))
         sub.add_argument("--dag-id")
         sub.set_defaults(func=func)
+    cleanup = commands.add_parser("cleanup", help="remove local containers and scratch folders "
+                                  "whose owning process was killed")
+    cleanup.set_defaults(func=cmd_cleanup)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
