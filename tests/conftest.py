@@ -153,10 +153,8 @@ class DagResult:
         return self.state == "success"
 
 
-def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None) -> DagResult:
-    """Write a DAG file into the dags folder (dag.test needs it there), run it once."""
-    from smtask.cli import xcom_results
-
+def write_dag(body: str, *, config: Path, folder: Path = DAGS) -> tuple[str, Path]:
+    """A DAG file of ``body`` (the inside of the ``@dag`` function) in ``folder``."""
     dag_id = f"t_{uuid.uuid4().hex[:10]}"
     source = textwrap.dedent('''\
         from airflow.sdk import dag, task
@@ -166,8 +164,17 @@ def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None) -> D
         def pipeline():
         ''').replace("DAG_ID", repr(dag_id)).replace("CONFIG", repr(str(config)))
     source += textwrap.indent(textwrap.dedent(body), "    ") + "\nthe_dag = pipeline()\n"
-    path = DAGS / f"{dag_id}.py"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dag_id}.py"
     path.write_text(source)
+    return dag_id, path
+
+
+def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None) -> DagResult:
+    """Write a DAG file into the dags folder (dag.test needs it there), run it once."""
+    from smtask.cli import xcom_results
+
+    dag_id, path = write_dag(body, config=config)
     spec = importlib.util.spec_from_file_location(dag_id, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -180,3 +187,36 @@ def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None) -> D
                 for ti in dag_run.get_task_instances()},
         xcom=xcom_results(dag_id, dag_run.run_id),
     )
+
+
+@dataclass
+class CliHome:
+    """An SMTASK_HOME for ``smtask`` subprocesses, its Airflow DB migrated once per session."""
+
+    root: Path
+
+    def env(self, airflow_home: Path | None = None) -> dict[str, str]:
+        env = {**os.environ, "SMTASK_HOME": str(self.root)}
+        env.pop("AIRFLOW__CORE__DAGS_FOLDER")
+        env["AIRFLOW_HOME"] = str(airflow_home or self.root / "airflow")
+        return env
+
+    def own_airflow(self, name: str) -> Path:
+        """A separate Airflow home (a copy of the migrated DB) for a run beside others."""
+        home = self.root / f"airflow-{name}"
+        home.mkdir()
+        shutil.copy(self.root / "airflow" / "airflow.db", home / "airflow.db")
+        return home
+
+    def smtask(self, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "smtask.cli", *args], env=env or self.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def cli_home() -> CliHome:
+    home = CliHome(_HOME / "cli")
+    (home.root / "airflow").mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=home.env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return home

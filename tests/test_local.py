@@ -130,31 +130,8 @@ def test_an_earlier_attempts_outputs_are_replaced_not_merged(tmp_path, loopback_
     stale = tmp_path / "out" / "train"
     stale.mkdir(parents=True)
     (stale / "stale.csv").write_text("old")
-    prepare_output(stale.as_uri())
+    prepare_output(stale.as_uri(), (tmp_path / "out").as_uri())
     assert stale.is_dir() and list(stale.iterdir()) == []
-
-
-def test_on_kill_in_local_mode_removes_the_jobs_containers(loopback_guard):
-    import subprocess as sp
-    from unittest import mock
-
-    from airflow.sdk import DAG
-
-    from smtask import sm_processing
-
-    def split():
-        return {}
-
-    with DAG("local_kill", schedule=None) as dag:
-        sm_processing(step="splitor")(split)()
-    session = mock.Mock(local_mode=True, smtask_session_id="kill-test-session")
-    running = sp.run(["docker", "run", "-d", "--network", "host", "--label",
-                      "smtask.session=kill-test-session", "smtask-local:latest", "sleep", "300"],
-                     capture_output=True, text=True, check=True).stdout.strip()
-    dag.tasks[0]._active = (session, "churn-splitor-x")
-    dag.tasks[0].on_kill()
-    assert containers_with_label("smtask.session=kill-test-session") == []
-    assert running  # it was there to remove
 
 
 def test_deferrable_steps_run_in_place_in_local_mode(tmp_path, loopback_guard, capfd):

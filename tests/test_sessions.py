@@ -1,5 +1,6 @@
-"""Pins on the SageMaker SDK internals that local mode corrects. If the SDK changes, these
-fail loudly instead of local mode silently creating bridge networks or sending telemetry."""
+"""Pins on the SageMaker SDK internals that local mode corrects, and the corrections' rules.
+If the SDK changes, these fail loudly instead of local mode silently creating bridge networks,
+mounting the user's folders writable or sending telemetry."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import pytest
 import yaml
 from conftest import LoopbackGuard, is_loopback
 
-from smtask import sessions
+from smtask import local
 
 
 @pytest.fixture(autouse=True)
 def installed():
-    sessions._Compose.install()
+    local._SDKPatches.install()
 
 
 def _sdk_compose(tmp_path, klass_name: str, command: str = "serve") -> dict:
@@ -26,6 +27,8 @@ def _sdk_compose(tmp_path, klass_name: str, command: str = "serve") -> dict:
     class FakeSession:
         config = None
         boto_session = None
+        smtask_session_id, smtask_owner = "s1", local.Owner("h", 1, 2.0)
+        smtask_scratch, smtask_serving_port = str(tmp_path), 23456
 
     if klass_name == "core":
         container = object.__new__(_SageMakerContainer)
@@ -38,7 +41,7 @@ def _sdk_compose(tmp_path, klass_name: str, command: str = "serve") -> dict:
         container = _LocalContainer.model_construct(
             training_job_name="j", instance_type="local", instance_count=1, image="img",
             container_root=str(tmp_path), is_studio=False, hosts=["algo-1"],
-            sagemaker_session=None, container_entrypoint=["bash"], container_arguments=["x"],
+            sagemaker_session=FakeSession(), container_entrypoint=["bash"], container_arguments=["x"],
             environment={}, hyper_parameters={}, input_data_config=[])
         _LocalContainer._generate_compose_file(container, {"A": "1"}, [])
     return yaml.safe_load((tmp_path / "docker-compose.yaml").read_text())
@@ -51,17 +54,45 @@ def test_sdk_compose_files_use_host_networking_only(tmp_path, klass):
     for service in content["services"].values():
         assert service["network_mode"] == "host"
         assert "networks" not in service and "ports" not in service
-        assert sessions._Compose.LABEL in service["labels"]
+        assert service["labels"][local.LABEL] == "s1"
+        assert service["labels"][local.OWNER_LABEL] == "h:1:2.00"
 
 
-def test_sdk_compose_generators_are_wrapped_once():
+def test_sdk_serving_compose_file_binds_the_sessions_own_port(tmp_path):
+    service = next(iter(_sdk_compose(tmp_path, "core", "serve")["services"].values()))
+    assert "SAGEMAKER_BIND_TO_PORT=23456" in service["environment"]
+
+
+def test_sdk_patches_are_installed_once():
     from sagemaker.core.local.image import _SageMakerContainer
     from sagemaker.train.local.local_container import _LocalContainer
 
-    sessions._Compose.install()
-    for klass in (_SageMakerContainer, _LocalContainer):
-        generate = klass._generate_compose_file
-        assert hasattr(generate, "__wrapped__") and not hasattr(generate.__wrapped__, "__wrapped__")
+    local._SDKPatches.install()
+    for function in (_SageMakerContainer._generate_compose_file,
+                     _LocalContainer._generate_compose_file,
+                     _SageMakerContainer._prepare_processing_volumes):
+        assert hasattr(function, "__wrapped__") and not hasattr(function.__wrapped__, "__wrapped__")
+
+
+def test_user_folders_are_mounted_read_only_and_scratch_folders_writable(tmp_path):
+    scratch, user = tmp_path / "scratch", tmp_path / "user"
+    (scratch / "out").mkdir(parents=True)
+    user.mkdir()
+    (user / "data.csv").write_text("1\n")
+    content = {"services": {"algo-1": {"volumes": [
+        f"{scratch / 'out'}:/opt/ml/processing/train",
+        f"{user}:/opt/ml/processing/input/data-source",
+        f"{user / 'data.csv'}:/opt/ml/input/data/train",
+        f"{user}:/opt/ml/code:rw"]}}}
+    session = type("S", (), {"smtask_scratch": str(scratch), "smtask_session_id": "s",
+                             "smtask_owner": "o", "smtask_serving_port": None})
+    hardened = local.harden(content, session)
+    assert hardened["services"]["algo-1"]["volumes"] == [
+        f"{scratch / 'out'}:/opt/ml/processing/train",
+        f"{user}:/opt/ml/processing/input/data-source:ro",
+        f"{user / 'data.csv'}:/opt/ml/input/data/train/data.csv:ro",  # the file, not its folder
+        f"{user}:/opt/ml/code:ro"]
+    assert content["services"]["algo-1"]["volumes"][1].endswith("data-source")  # SDK's copy kept
 
 
 def test_sdk_functions_are_replaced_inside_a_local_session_and_restored_after():
@@ -72,25 +103,43 @@ def test_sdk_functions_are_replaced_inside_a_local_session_and_restored_after():
     names = [(telemetry_logging, "_send_telemetry_request"), (image, "_stream_output"),
              (local_container, "_stream_output"), (entities, "_wait_for_serving_container")]
     originals = [getattr(module, name) for module, name in names]
-    with sessions._sdk_corrections(print):
+    session = type("S", (), {"smtask_session_id": "s"})
+    with local._sdk_corrections(session, local.ContainerOutput(print)):
         assert telemetry_logging._send_telemetry_request(1, [1], None) is None
         for (module, name), original in zip(names, originals, strict=True):
             assert getattr(module, name) is not original, f"{module.__name__}.{name}"
     assert [getattr(module, name) for module, name in names] == originals
 
 
-def test_container_output_goes_to_the_sink_and_a_failure_raises():
+def test_container_output_goes_to_the_sink_and_a_failure_quotes_the_exit_code():
     import subprocess
 
     lines: list[str] = []
-    stream = sessions._stream_output(lines.append)
+    stream = local._stream_output(local.ContainerOutput(lines.append))
     assert stream(subprocess.Popen(["printf", "one\\ntwo\\n"], stdout=subprocess.PIPE)) == 0
-    assert lines == ["one\n", "two\n"]
-    with pytest.raises(RuntimeError, match="exited with code: 1"):
+    assert lines == ["one", "two"]
+    with pytest.raises(local.ContainerFailed, match=r"\(exit code 1; last lines: no output\)"):
         stream(subprocess.Popen(["false"], stdout=subprocess.PIPE))
 
 
-def test_serving_health_wait_returns_as_soon_as_ping_answers(loopback_guard):
+@pytest.mark.parametrize(("lines", "cause"), [
+    (["algo-1-x  | Traceback (most recent call last):",
+      'algo-1-x  |   File "/opt/ml/input/data/code/train.py", line 3, in <module>',
+      "algo-1-x  | ValueError: label column 'y' not found",
+      "algo-1-x  | Traceback (most recent call last):",
+      "algo-1-x  | subprocess.CalledProcessError: Command '['python3', 'train.py']' returned "
+      "non-zero exit status 1.",
+      "algo-1-x exited with code 1"], "ValueError: label column 'y' not found"),
+    (["Attaching to abc-algo-1", "abc-algo-1  | split 10 rows", "abc-algo-1 exited with code 3",
+      "Aborting on container exit...", "3"], "split 10 rows"),
+    (["\x1b[36mxyz-algo-1 |\x1b[0m KeyError: 'label'"], "KeyError: 'label'"),
+], ids=["driver-wraps-the-scripts-error", "exit-without-traceback", "colour-codes"])
+def test_failure_reason_quotes_the_scripts_own_error(lines, cause):
+    reason = local.ContainerOutput(print).failure(1, lines)
+    assert reason.startswith(cause + " (exit code 1; last lines: ")
+
+
+def test_serving_health_wait_returns_as_soon_as_ping_answers(loopback_guard, monkeypatch):
     import threading
     import time
     from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -103,24 +152,86 @@ def test_serving_health_wait_returns_as_soon_as_ping_answers(loopback_guard):
         def log_message(self, *args):
             pass
 
+    monkeypatch.setattr(local, "_exited_container", lambda session_id: None)
+    wait = local._wait_for_serving_container(type("S", (), {"smtask_session_id": "s"}),
+                                             local.ContainerOutput(print))
     server = HTTPServer(("127.0.0.1", 0), Ping)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         started = time.monotonic()
-        sessions._wait_for_serving_container(server.server_port, timeout=10)
+        wait(server.server_port, timeout=10)
         assert time.monotonic() - started < 1  # the SDK's own wait sleeps 5 s after a miss
     finally:
         server.shutdown()
         server.server_close()
-    with pytest.raises(RuntimeError, match="Giving up"):
-        sessions._wait_for_serving_container(server.server_port, timeout=0.5)
+    with pytest.raises(local.ContainerFailed, match="not healthy after 0.5 s"):
+        wait(server.server_port, timeout=0.5)
+
+
+def test_serving_health_wait_fails_at_once_when_the_server_exits(loopback_guard, monkeypatch):
+    import time
+
+    lines = ["srv-algo-1 | FileNotFoundError: [Errno 2] No such file: '/opt/ml/model/model.joblib'",
+             "srv-algo-1 | [INFO] Shutting down: Master"]
+    monkeypatch.setattr(local, "_exited_container", lambda session_id: (1, lines))
+    wait = local._wait_for_serving_container(type("S", (), {"smtask_session_id": "s"}),
+                                             local.ContainerOutput(print))
+    started = time.monotonic()
+    with pytest.raises(local.ContainerFailed, match=r"exited before it was healthy: "
+                       r"FileNotFoundError: .*model.joblib' \(exit code 1"):
+        wait(1, timeout=60)
+    assert time.monotonic() - started < 5
+
+
+def test_reserved_ports_are_distinct_while_held_and_skip_ports_in_use(monkeypatch):
+    import socket as sock
+
+    listener = sock.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen()
+    busy = listener.getsockname()[1]
+    picks = iter([busy, 25001, 25001, 25002])
+    monkeypatch.setattr(local.random, "randrange", lambda *_: next(picks))
+    try:
+        with local.reserved_port() as first, local.reserved_port() as second:
+            assert first == 25001  # the listening port was skipped
+            assert second == 25002  # 25001's lock is held
+    finally:
+        listener.close()
+
+
+def test_a_dead_owners_scratch_folder_is_removed_and_a_live_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
+    root = tmp_path / "tmp"
+    dead, live = root / "dead", root / "live"
+    for folder, owner in ((dead, local.Owner(socket.gethostname(), 2**22 + 7, 1.0)),
+                          (live, local.Owner.current())):
+        folder.mkdir(parents=True)
+        (folder / local.OWNER_FILE).write_text(str(owner))
+    monkeypatch.setattr(local, "_docker", lambda *args: "")
+    removed = local.cleanup_orphans()
+    assert not dead.exists() and live.exists()
+    assert removed == [f"scratch folder {dead} of dead process {2**22 + 7}"]
+
+
+def test_confined_refuses_paths_that_escape_the_root(tmp_path):
+    from smtask.errors import SmtaskError
+    from smtask.storage import confined
+
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    assert confined(root / "step" / "out", root) == (root / "step" / "out").resolve()
+    for escape in (root / "..", root / "step" / ".." / ".." / "x", root / "link" / "x", "/etc"):
+        with pytest.raises(SmtaskError, match="outside"):
+            confined(escape, root)
 
 
 def test_local_session_needs_no_aws_and_hands_containers_no_worker_credentials(
         monkeypatch, loopback_guard):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "worker-secret-key-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-secret")
-    with sessions.local_session({"mode": "local"}) as session:
+    with local.local_session({"mode": "local"}, local.ContainerOutput(print)) as session:
         assert session.local_mode
         credentials = session.boto_session.get_credentials()
         assert credentials.access_key == "smtask-local"

@@ -1,0 +1,362 @@
+"""What local mode guarantees, tried the way a careless or hostile user would, in real
+containers: confined paths, read-only inputs and code, parallel transforms each scored by
+their own model, signals at any moment, clean-up after SIGKILL, failure messages with the cause.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from conftest import (
+    LOCAL_IMAGE,
+    ROOT,
+    containers_with_label,
+    run_dag,
+    write_config,
+    write_dag,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker")]
+
+
+def path(uri: str) -> Path:
+    return Path(urlparse(uri).path)
+
+
+SOURCE = '''
+@task
+def source():
+    from airflow.sdk import get_current_context
+    from smtask.storage import run_prefix, write_text
+    folder = run_prefix(get_current_context(), "data-source")
+    write_text(folder + "/data.csv", "label,x\\n1,2\\n0,3\\n")
+    return folder
+'''
+
+
+# --- confinement ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("output", ["..", "../x", "../../../../../x", "/abs", "a b", "x\ny"])
+def test_a_hostile_output_name_is_refused_before_any_job_and_touches_nothing(
+        tmp_path, loopback_guard, capfd, output):
+    config = write_config(tmp_path)
+    conf = {"steps": {"splitor": {"outputs": {output: {"source": "/opt/ml/processing/x"}}}}}
+    body = SOURCE + '''
+@sm_processing(step="splitor")
+def split(uri):
+    return {"data-source": uri}
+
+split(source())
+'''
+    result = run_dag(body, config=config, conf=conf)
+    assert result.states == {"source": "failed", "split": "upstream_failed"}
+    assert "steps.splitor.outputs" in capfd.readouterr().out
+    assert containers_with_label() == []
+
+
+# --- read-only inputs and code ----------------------------------------------------------
+
+def test_a_processing_job_cannot_change_its_inputs_or_its_code(tmp_path, loopback_guard):
+    single = tmp_path / "lookup.csv"
+    single.write_text("a,b\n")
+    config = write_config(tmp_path, steps={"splitor": {
+        "code_path": "tests/scripts/writes_inputs.py", "arguments": [],
+        "outputs": {"report": {"source": "/opt/ml/processing/report"}}}})
+    body = SOURCE + f'''
+@sm_processing(step="splitor")
+def split(uri):
+    return {{"data-source": uri, "lookup": {str(single)!r}}}
+
+split(source())
+'''
+    result = run_dag(body, config=config)
+    assert result.ok, result.states
+    report = json.loads((path(result.xcom["split"]["outputs"]["report"]) / "report.json").read_text())
+    refused = "OSError: Read-only file system"
+    assert {report["attempts"][k] for k in ("code/writes_inputs.py", "data-source",
+                                            "data-source/data.csv", "lookup/lookup.csv")} == {refused}
+    # a file input is that one file (not its folder); a new file beside it stays in the container
+    assert report["visible"]["code"] == ["writes_inputs.py", "written-by-the-job"]
+    assert report["visible"]["lookup"] == ["lookup.csv", "written-by-the-job"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("lookup")) == ["lookup.csv"]
+    assert single.read_text() == "a,b\n"
+    assert (path(result.xcom["source"]) / "data.csv").read_text() == "label,x\n1,2\n0,3\n"
+    assert not (ROOT / "tests" / "scripts" / "written-by-the-job").exists()
+
+
+def test_a_training_job_cannot_change_its_channels_or_its_source_dir(tmp_path, loopback_guard):
+    config = write_config(tmp_path, steps={"trainer": {
+        "source_dir": "tests/scripts", "entry_script": "train_writes.py"}})
+    body = SOURCE + '''
+@sm_training(step="trainer")
+def train(uri):
+    return {"train": uri}
+
+train(source())
+'''
+    result = run_dag(body, config=config)
+    assert result.ok, result.states
+    with tarfile.open(path(result.xcom["train"]["model"])) as tar:
+        report = json.load(tar.extractfile("report.json"))  # type: ignore[arg-type]
+    assert report["attempts"] == {"train": "OSError: Read-only file system",
+                                  "code": "OSError: Read-only file system"}
+    assert report["visible"]["train"] == ["data.csv"]
+    assert not (ROOT / "tests" / "scripts" / "written-by-the-job").exists()
+
+
+def test_batch_transform_leaves_the_training_output_as_it_was(tmp_path, loopback_guard):
+    model = constant_model(tmp_path, 1)
+    before = sorted(p.name for p in model.parent.iterdir())
+    result = run_dag(transform_body(model), config=write_config(tmp_path))
+    assert result.ok, result.states
+    assert sorted(p.name for p in model.parent.iterdir()) == before  # nothing unpacked beside it
+
+
+# --- parallel transforms ----------------------------------------------------------------
+
+def constant_model(tmp_path: Path, constant: int) -> Path:
+    """A model.tar.gz whose model predicts ``constant`` for every row (made in the image, so
+    its scikit-learn version is the server's)."""
+    folder = tmp_path / f"model-{constant}"
+    folder.mkdir()
+    subprocess.run(["docker", "run", "--rm", "--network", "host", "-v", f"{folder}:/out", LOCAL_IMAGE,
+                    "python3", "-c",
+                    "import joblib; from sklearn.dummy import DummyClassifier; "
+                    f"m = DummyClassifier(strategy='constant', constant={constant}).fit([[0], [1]], "
+                    f"[{constant}, {constant + 1}]); joblib.dump(m, '/out/model.joblib')"],
+                   check=True, capture_output=True)
+    with tarfile.open(folder / "model.tar.gz", "w:gz") as tar:
+        tar.add(folder / "model.joblib", arcname="model.joblib")
+    (folder / "model.joblib").unlink()
+    return folder / "model.tar.gz"
+
+
+def transform_body(model: Path, rows: int = 200) -> str:
+    """Scores ``rows`` one-column rows with an existing ``model.tar.gz``."""
+    return f'''
+@task
+def data():
+    from airflow.sdk import get_current_context
+    from smtask.storage import run_prefix, write_text
+    folder = run_prefix(get_current_context(), "data-source")
+    write_text(folder + "/batch.csv", "".join(f"{{i}}\\n" for i in range({rows})))
+    return folder
+
+@task
+def model():
+    return {{"job_name": "given", "model": {model.as_uri()!r}, "image": {LOCAL_IMAGE!r}}}
+
+@sm_transform(step="transformer")
+def predict(model, uri):
+    return uri
+
+predict(model(), data())
+'''
+
+
+def test_parallel_transforms_each_score_with_their_own_model(tmp_path, cli_home):
+    runs = []
+    for constant in range(3):
+        folder = tmp_path / f"run-{constant}"
+        folder.mkdir()
+        _, dag_path = write_dag(transform_body(constant_model(folder, constant)),
+                                config=write_config(folder), folder=folder / "dags")
+        env = cli_home.env(cli_home.own_airflow(f"parallel-{constant}"))
+        runs.append((constant, cli_home.smtask("run", str(dag_path), env=env)))
+    for constant, proc in runs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+        predictions = json.loads(out.split("-- predict: success", 1)[1].split("\n", 1)[1]
+                                 .split("\n-- ", 1)[0])["outputs"]["predictions"]
+        scored = (path(predictions) / "batch.csv.out").read_text().split()
+        assert len(scored) == 200 and set(scored) == {str(constant)}, (constant, set(scored))
+    assert containers_with_label() == []
+
+
+# --- signals ----------------------------------------------------------------------------
+
+SLEEPER = SOURCE + '''
+@sm_processing(step="splitor")
+def split(uri):
+    return {"data-source": uri}
+
+@task
+def after(outputs):
+    print("AFTER RAN")
+
+after(split(source()))
+'''
+
+
+class Watched:
+    """A ``smtask run`` whose output is read as it comes."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.append(line)
+
+    def wait_for(self, predicate, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert self.proc.poll() is None, "".join(self.lines)[-3000:]
+            assert time.monotonic() < deadline, "".join(self.lines)[-3000:]
+            time.sleep(0.05)
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def finish(self, timeout: float = 60) -> str:
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return "".join(self.lines)
+
+
+def owned_containers(pid: int) -> list[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--format", "{{.ID}} {{.Labels}}"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if f":{pid}:" in line]
+
+
+def sleeper_run(tmp_path: Path, cli_home) -> Watched:
+    config = write_config(tmp_path, steps={"splitor": {"code_path": "tests/scripts/sleeps.py",
+                                                       "arguments": []}})
+    _, dag_path = write_dag(SLEEPER, config=config, folder=tmp_path / "dags")
+    return Watched(cli_home.smtask("run", str(dag_path)))
+
+
+def scratch_folders(cli_home) -> list[Path]:
+    root = cli_home.root / "tmp"
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+@pytest.mark.parametrize(("signum", "moment"), [
+    (signal.SIGTERM, "before the container exists"),
+    (signal.SIGTERM, "while the container runs"),
+    (signal.SIGINT, "while the container runs"),
+])
+def test_a_signal_stops_the_task_removes_its_containers_and_fails_the_run(
+        tmp_path, cli_home, signum, moment):
+    run = sleeper_run(tmp_path, cli_home)
+    if moment == "before the container exists":
+        run.wait_for(lambda: run.saw("processing job churn-splitor-"))
+        assert owned_containers(run.proc.pid) == []
+    else:
+        run.wait_for(lambda: run.saw("sleeps.py started"))
+        assert owned_containers(run.proc.pid)
+    sent = time.monotonic()
+    run.proc.send_signal(signum)
+    out = run.finish()
+    assert time.monotonic() - sent < 20, out[-3000:]
+    assert run.proc.returncode == 128 + signum, out[-3000:]
+    assert f"failed: stopped by {signal.Signals(signum).name}" in out
+    assert "-- split: failed" in out and "AFTER RAN" not in out
+    assert owned_containers(run.proc.pid) == []
+    assert scratch_folders(cli_home) == []
+
+
+def test_after_sigkill_cleanup_removes_the_orphaned_container_and_scratch(tmp_path, cli_home):
+    run = sleeper_run(tmp_path, cli_home)
+    run.wait_for(lambda: run.saw("sleeps.py started"))
+    run.proc.kill()
+    run.finish()
+    orphans = owned_containers(run.proc.pid)
+    assert orphans and scratch_folders(cli_home)  # SIGKILL left them behind
+    cleanup = cli_home.smtask("cleanup")
+    out, _ = cleanup.communicate(timeout=60)
+    assert cleanup.returncode == 0, out
+    assert f"container {orphans[0][:12]} of dead process {run.proc.pid}" in out
+    assert owned_containers(run.proc.pid) == []
+    assert scratch_folders(cli_home) == []
+
+
+def test_the_next_local_session_removes_a_dead_processes_container(tmp_path, monkeypatch,
+                                                                   loopback_guard):
+    from smtask import local
+
+    monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
+    scratch = tmp_path / "tmp" / "deadbeef"
+    scratch.mkdir(parents=True)
+    dead = local.Owner(local.socket.gethostname(), 2**22 + 11, 1.0)
+    (scratch / local.OWNER_FILE).write_text(str(dead))
+    orphan = subprocess.run(
+        ["docker", "run", "-d", "--network", "host", "--label", f"{local.LABEL}=deadbeef",
+         "--label", f"{local.OWNER_LABEL}={dead}", "--label", f"{local.SCRATCH_LABEL}={scratch}",
+         LOCAL_IMAGE, "sleep", "300"], capture_output=True, text=True, check=True).stdout.strip()
+    with local.local_session({"mode": "local"}, local.ContainerOutput(print)):
+        assert containers_with_label(f"{local.LABEL}=deadbeef") == []
+        assert not scratch.exists()
+    assert orphan
+
+
+# --- failure messages -------------------------------------------------------------------
+
+def failure_message(capfd) -> str:
+    out = capfd.readouterr().out
+    return next(line for line in out.splitlines() if "JobFailed:" in line)
+
+
+def test_a_processing_exit_code_fails_with_the_code_and_the_last_lines(tmp_path, loopback_guard,
+                                                                      capfd):
+    config = write_config(tmp_path, steps={"splitor": {"code_path": "tests/scripts/exits.py",
+                                                       "arguments": []}})
+    body = SOURCE + '''
+@sm_processing(step="splitor")
+def split(uri):
+    return {"data-source": uri}
+
+split(source())
+'''
+    result = run_dag(body, config=config)
+    assert result.states["split"] == "failed"
+    message = failure_message(capfd)
+    assert "failed: no usable rows in the input (exit code 3; last lines: " in message, message
+    assert "reading input" in message
+
+
+def test_a_training_script_error_is_quoted_not_the_drivers(tmp_path, loopback_guard, capfd):
+    config = write_config(tmp_path, steps={"trainer": {"source_dir": "tests/scripts",
+                                                       "entry_script": "train_fails.py"}})
+    body = SOURCE + '''
+@sm_training(step="trainer")
+def train(uri):
+    return {"train": uri}
+
+train(source())
+'''
+    result = run_dag(body, config=config)
+    assert result.states["train"] == "failed"
+    message = failure_message(capfd)
+    assert ("failed: ValueError: label column 'churned' not found in the train channel "
+            "(exit code 1; last lines: ") in message, message
+
+
+def test_a_model_that_cannot_load_fails_at_once_with_the_servers_reason(tmp_path, loopback_guard,
+                                                                       capfd):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with tarfile.open(broken / "model.tar.gz", "w:gz") as tar:
+        data = b"not a model"
+        info = tarfile.TarInfo("model.joblib")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    started = time.monotonic()
+    result = run_dag(transform_body(broken / "model.tar.gz"), config=write_config(tmp_path))
+    assert time.monotonic() - started < 60  # not the SDK's 120 s health wait
+    assert result.states["predict"] == "failed"
+    message = failure_message(capfd)
+    assert "the serving container exited before it was healthy: " in message, message
+    assert "UnpicklingError" in message or "Error" in message.split("healthy: ", 1)[1], message
