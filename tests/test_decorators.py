@@ -18,7 +18,7 @@ def sessions_opened(monkeypatch):
     """Records every session (hence every job) a run tries to open, and opens none."""
     opened = []
 
-    def refuse(params):
+    def refuse(params, *args, **kwargs):
         opened.append(params["mode"])
         raise AssertionError("a session was opened")
 
