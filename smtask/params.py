@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,18 @@ if TYPE_CHECKING:
 MODES = ("local", "sagemaker")
 MODE_ENV = "SMTASK_MODE"
 
+# Names that become path components and parts of AWS names: ASCII only, never "." or "..".
+NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    "pipeline": (re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,29}"),
+                 "1-30 of A-Z a-z 0-9 -, starting with a letter or digit"),
+    "step": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"),
+             "1-63 of A-Z a-z 0-9 _ -, starting with a letter or digit"),
+    # processing inputs and outputs, training channels (SageMaker: [A-Za-z0-9.-_], at most 64)
+    "data": (re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
+             "1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit, no '..'"),
+}
+
+
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _POSITIVE = {"type": "integer", "minimum": 1}
 
@@ -32,7 +45,7 @@ TOP_SCHEMA: dict[str, Any] = {
     "required": ["pipeline_name", "steps"],
     "additionalProperties": False,
     "properties": {
-        "pipeline_name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9-]{0,29}$"},
+        "pipeline_name": {"type": "string"},  # its form: NAME_RULES["pipeline"]
         "mode": {"enum": list(MODES)},
         "role": {"type": "string"},
         "image": {"type": "string"},
@@ -82,7 +95,7 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
             "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
             "arguments": {"type": "array", "items": {"type": "string"}},
             "input_destination": _CONTAINER_PATH,
-            "outputs": {
+            "outputs": {  # names: NAME_RULES["data"]
                 "type": "object",
                 "minProperties": 1,
                 "additionalProperties": {
@@ -174,24 +187,61 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+def name_problem(kind: str, name: Any) -> str | None:
+    """Why ``name`` cannot be a ``kind`` name (see :data:`NAME_RULES`), or None if it can."""
+    pattern, rule = NAME_RULES[kind]
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    return None if pattern.fullmatch(name) else f"{_quoted(name)} is not allowed: use {rule}"
+
+
+def check_name(step: str, what: str, name: Any) -> str:
+    """``name`` if it may be a ``what`` name of ``step`` (a processing input, a training
+    channel: it becomes a path in the container); else a TypeError, like the other checks of
+    the function's return value."""
+    problem = name_problem("data", name)
+    if problem:
+        raise TypeError(f"step '{step}': {what} name {problem}")
+    return str(name)
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    """``text`` quoted with escapes (a look-alike or a newline shows), cut to ``limit``."""
+    shown = ascii(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
+
+
+def _key_path(*keys: str) -> str:
+    """``steps.trainer.image``; an odd key is quoted so the path stays readable."""
+    return ".".join(k if NAME_RULES["step"][0].fullmatch(k) else _quoted(k) for k in keys)
+
+
 def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
     """Check the top level and every ``steps.<step>`` used by the DAG (step -> job kind).
 
     Raises one :class:`ParamsError` that lists every problem as ``<key path>: <why>``.
     """
     problems = list(_schema_problems(params, TOP_SCHEMA, ()))
+    pipeline = params.get("pipeline_name")
+    if isinstance(pipeline, str) and (problem := name_problem("pipeline", pipeline)):
+        problems.append(f"pipeline_name: {problem}")
     steps_param = params.get("steps")
     configured: Mapping[str, Any] = steps_param if isinstance(steps_param, Mapping) else {}
+    bad_names = {s: p for s in sorted({*configured, *steps}) if (p := name_problem("step", s))}
+    problems.extend(f"steps: step name {p}" for p in bad_names.values())
     for step, kind in sorted(steps.items()):
+        if step in bad_names:
+            continue
         if step not in configured:
             known = ", ".join(sorted(configured)) or "none"
             problems.append(f"steps.{step}: missing; the DAG's task uses this step (known: {known})")
             continue
         schema = {"type": "object", "additionalProperties": False, **STEP_SCHEMAS[kind]}
         problems.extend(_schema_problems(configured[step], schema, ("steps", step)))
+        problems.extend(_output_name_problems(step, kind, configured[step]))
         problems.extend(_file_problems(params, step, kind, configured[step]))
     if problems:
-        where = ", ".join(f"'{s}'" for s in sorted(steps)) or "the pipeline"
+        where = ", ".join(_quoted(s) for s in sorted(steps)) or "the pipeline"
         raise ParamsError(f"bad params for step {where}:\n  - " + "\n  - ".join(problems))
 
 
@@ -204,12 +254,21 @@ def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]
             allowed = error.schema.get("properties", {})
             for key in sorted(k for k in error.instance if k not in allowed):
                 known = ", ".join(sorted(allowed))
-                yield f"{'.'.join((*path, key))}: unknown key (known keys: {known})"
+                yield f"{_key_path(*path, key)}: unknown key (known keys: {known})"
         elif error.validator == "required":
             missing = error.message.split("'")[1]
-            yield f"{'.'.join((*path, missing))}: required key is missing"
+            yield f"{_key_path(*path, missing)}: required key is missing"
         else:
-            yield f"{'.'.join(path) or '<params>'}: {error.message}"
+            yield f"{_key_path(*path) or '<params>'}: {error.message}"
+
+
+def _output_name_problems(step: str, kind: str, cfg: Any) -> Iterable[str]:
+    """A processing output's name becomes a folder of the run's artifacts."""
+    outputs = cfg.get("outputs") if kind == "processing" and isinstance(cfg, Mapping) else None
+    for name in sorted(outputs) if isinstance(outputs, Mapping) else ():
+        problem = name_problem("data", name)
+        if problem:
+            yield f"steps.{step}.outputs: output name {problem}"
 
 
 def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -> Iterable[str]:

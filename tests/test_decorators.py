@@ -46,6 +46,22 @@ def test_mode_is_checked_when_the_dag_is_parsed():
         smtask.sm_training(step="trainer", mode="cloud")(lambda: {})()
 
 
+@pytest.mark.parametrize("step", ["..", "../x", "/abs", "a/b", "x y", "name\n", "", "a" * 300,
+                                  "spl\u0456tor"])
+def test_hostile_step_is_refused_when_the_dag_is_parsed_naming_it(step):
+    with pytest.raises(TypeError) as excinfo:
+        smtask.sm_processing(step=step)
+    assert f"@sm_processing: step {ascii(step)[:40]}" in str(excinfo.value)
+
+
+def test_hostile_step_given_by_override_is_refused_when_the_task_is_made():
+    from airflow.sdk import DAG
+
+    with DAG("parse_override", schedule=None), \
+            pytest.raises(TypeError, match=r"@sm_training: step '\.\./x' is not allowed"):
+        smtask.sm_training(step="trainer")(lambda: {}).override(step="../x")()
+
+
 def test_task_id_defaults_to_the_function_name_and_operator_shows_the_decorator():
     from airflow.sdk import DAG
 
@@ -95,7 +111,8 @@ train(split())
     ('"file:///tmp"', "must return a dict of input name -> URI"),
     ('{"data-source": "ftp://host/x"}', "must be an s3:// or file:// URI"),
     ('{"train": "file:///tmp"}', "are also output names"),
-])
+    ('{"../../x": "file:///tmp"}', "input name '../../x' is not allowed"),
+], ids=["not-a-dict", "not-a-uri", "input-is-output", "hostile-input-name"])
 def test_wrong_return_value_fails_before_any_job(tmp_path, sessions_opened, returned, message,
                                                  capfd):
     body = f'''

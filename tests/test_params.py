@@ -97,3 +97,49 @@ def test_unreadable_config_is_a_params_error(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ParamsError, match="cannot read pipeline config"):
         params.load_config(tmp_path / "config.json")
+
+
+# Names that must never become a path component or an AWS name.
+HOSTILE_NAMES = ["..", ".", "../x", "../../../../../x", "/abs", "a/b", "x y", "name\n", "",
+                 "a" * 300, "spl\u0456tor"]  # the last: a Cyrillic i, a look-alike
+HOSTILE_IDS = ["dotdot", "dot", "parent", "deep-parent", "absolute", "slash", "space",
+               "newline", "empty", "300-chars", "look-alike"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=HOSTILE_IDS)
+def test_hostile_step_name_in_config_is_refused_naming_it(defaults, name):
+    defaults["steps"][name] = {}
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, {}, STEPS)
+    assert f"steps: step name {ascii(name)[:40]}" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=HOSTILE_IDS)
+def test_hostile_output_name_is_refused_naming_it(defaults, name):
+    conf = {"steps": {"splitor": {"outputs": {name: {"source": "/opt/ml/processing/x"}}}}}
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, conf, STEPS)
+    assert f"steps.splitor.outputs: output name {ascii(name)[:40]}" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=HOSTILE_IDS)
+def test_hostile_input_or_channel_name_is_refused_naming_the_step_and_it(name):
+    with pytest.raises(TypeError) as excinfo:
+        params.check_name("trainer", "channel", name)
+    assert f"step 'trainer': channel name {ascii(name)[:40]}" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", ["train", "data-source", "model.v2", "a_b", "A" * 64])
+def test_input_and_channel_names_sagemaker_allows_are_accepted(name):
+    assert params.check_name("trainer", "channel", name) == name
+
+
+def test_step_name_the_dag_uses_is_checked_too(defaults):
+    with pytest.raises(ParamsError, match=r"steps: step name '\.\./x' is not allowed"):
+        params.resolve(defaults, {}, {**STEPS, "../x": "processing"})
+
+
+def test_pipeline_name_with_a_trailing_newline_is_refused(defaults):
+    with pytest.raises(ParamsError, match=r"pipeline_name: 'churn\\n' is not allowed"):
+        params.resolve(defaults, {"pipeline_name": "churn\n"}, STEPS)
+
