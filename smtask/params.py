@@ -221,6 +221,16 @@ def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
 
     Raises one :class:`ParamsError` that lists every problem as ``<key path>: <why>``.
     """
+    _raise(_problems(params, steps), steps)
+
+
+def _raise(problems: list[str], steps: Mapping[str, str]) -> None:
+    if problems:
+        where = ", ".join(_quoted(s) for s in sorted(steps)) or "the pipeline"
+        raise ParamsError(f"bad params for step {where}:\n  - " + "\n  - ".join(problems))
+
+
+def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
     problems = list(_schema_problems(params, TOP_SCHEMA, ()))
     pipeline = params.get("pipeline_name")
     if isinstance(pipeline, str) and (problem := name_problem("pipeline", pipeline)):
@@ -240,9 +250,7 @@ def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
         problems.extend(_schema_problems(configured[step], schema, ("steps", step)))
         problems.extend(_output_name_problems(step, kind, configured[step]))
         problems.extend(_file_problems(params, step, kind, configured[step]))
-    if problems:
-        where = ", ".join(_quoted(s) for s in sorted(steps)) or "the pipeline"
-        raise ParamsError(f"bad params for step {where}:\n  - " + "\n  - ".join(problems))
+    return problems
 
 
 def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]) -> Iterable[str]:
@@ -289,11 +297,25 @@ def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) ->
 
 def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
             steps: Mapping[str, str]) -> dict[str, Any]:
-    """The params a task runs with: ``defaults`` deep-merged with the run's conf, validated."""
+    """The params a task runs with: ``defaults`` deep-merged with the run's conf, validated.
+
+    A conf may only set steps the DAG knows (its default params' or its smtask tasks'): a
+    misspelt step would otherwise be ignored while the run uses the defaults.
+    """
     if run_conf is not None and not isinstance(run_conf, Mapping):
         raise ParamsError(f"the run's conf must be a JSON object, got {type(run_conf).__name__}")
-    params = deep_merge(defaults, run_conf or {})
-    validate(params, steps)
+    conf = dict(run_conf or {})
+    problems = []
+    if isinstance(conf.get("steps"), Mapping):
+        default_steps = defaults.get("steps")
+        known = {*(default_steps if isinstance(default_steps, Mapping) else ()), *steps}
+        unknown = [s for s in conf["steps"] if s not in known]
+        problems = [f"{_key_path('steps', s)}: not a step of this DAG (known steps: "
+                    f"{', '.join(sorted(known)) or 'none'})" for s in unknown]
+        # reported once, here: the merged params hold no step the DAG lacks
+        conf["steps"] = {s: v for s, v in conf["steps"].items() if s in known}
+    params = deep_merge(defaults, conf)
+    _raise(problems + _problems(params, steps), steps)
     return params
 
 

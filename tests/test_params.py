@@ -143,3 +143,21 @@ def test_pipeline_name_with_a_trailing_newline_is_refused(defaults):
     with pytest.raises(ParamsError, match=r"pipeline_name: 'churn\\n' is not allowed"):
         params.resolve(defaults, {"pipeline_name": "churn\n"}, STEPS)
 
+
+def test_conf_naming_a_step_the_dag_lacks_is_refused_listing_the_known_steps(defaults):
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, {"steps": {"trainr": {"max_depth": 3}}}, STEPS)
+    assert ("steps.trainr: not a step of this DAG (known steps: data-source, evaluate, "
+            "splitor, trainer, transformer)") in str(excinfo.value)
+
+
+def test_conf_may_set_a_plain_tasks_step_from_the_config(defaults):
+    merged = params.resolve(defaults, {"steps": {"evaluate": {"metric": "f1"}}}, STEPS)
+    assert merged["steps"]["evaluate"]["metric"] == "f1"
+
+
+def test_conf_may_set_a_step_the_dags_tasks_use_but_the_config_lacks(defaults):
+    transformer = defaults["steps"].pop("transformer")
+    merged = params.resolve(defaults, {"steps": {"transformer": transformer}}, STEPS)
+    assert merged["steps"]["transformer"] == transformer
+
