@@ -320,9 +320,16 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
 
 
 def smtask_steps(dag: Any) -> dict[str, str]:
-    """The DAG's smtask steps, step -> job kind."""
-    return {t.step: t.kind for t in dag.tasks
-            if isinstance(getattr(t, "step", None), str) and getattr(t, "kind", None) in STEP_SCHEMAS}
+    """The DAG's smtask steps, step -> job kind, mapped (``.expand``) tasks included."""
+    found = {}
+    for task in dag.tasks:
+        # a mapped task holds its operator's class and constructor kwargs, not an operator
+        kind = getattr(getattr(task, "operator_class", task), "kind", None)
+        kwargs = getattr(task, "partial_kwargs", None)
+        step = kwargs.get("step") if isinstance(kwargs, Mapping) else getattr(task, "step", None)
+        if isinstance(step, str) and kind in STEP_SCHEMAS:
+            found[step] = kind
+    return found
 
 
 def run_params(context: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -127,6 +127,19 @@ split()
     assert message in capfd.readouterr().out
 
 
+def test_bad_run_conf_fails_a_mapped_task_before_any_job(tmp_path, sessions_opened):
+    body = '''
+@sm_processing(step="splitor")
+def split(source):
+    return {"data-source": source}
+split.expand(source=["file:///tmp/a", "file:///tmp/b"])
+'''
+    result = run_dag(body, config=write_config(tmp_path),
+                     conf={"steps": {"splitor": {"instance_count": "two"}}})
+    assert result.states == {"split": "failed"}
+    assert sessions_opened == []
+
+
 def test_import_and_example_dag_parse_do_not_import_the_sdk():
     code = (
         "import sys, runpy; import smtask; assert 'sagemaker' not in sys.modules;"
