@@ -36,8 +36,23 @@ NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
 }
 
 
-_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+def _string(max_length: int, **schema: Any) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_length, **schema}
+
+
+def _string_map(key_max: int, value_max: int, entries: int) -> dict[str, Any]:
+    return {"type": "object", "maxProperties": entries, "propertyNames": {"maxLength": key_max},
+            "additionalProperties": _string(value_max)}
+
+
+# Lengths as SageMaker's API allows them (where it says), so a huge string fails here, named.
+_NAME = _string(256)
+_PATH = _string(1024)
+_URI = _string(1024, pattern="^(s3|file)://")
+_TAGS = _string_map(128, 256, 50)
+_ENVIRONMENT = _string_map(256, 1024, 100)
 _POSITIVE = {"type": "integer", "minimum": 1}
+_SIZE_LIMITS = ("maxLength", "maxItems", "maxProperties")  # their messages omit the limit
 
 # What each top-level key may hold. Unknown keys are rejected: a typo must not pass silently.
 TOP_SCHEMA: dict[str, Any] = {
@@ -47,21 +62,21 @@ TOP_SCHEMA: dict[str, Any] = {
     "properties": {
         "pipeline_name": {"type": "string"},  # its form: NAME_RULES["pipeline"]
         "mode": {"enum": list(MODES)},
-        "role": {"type": "string"},
-        "image": {"type": "string"},
-        "artifacts": {"type": "string", "pattern": "^(s3|file)://"},
-        "code_root": {"type": "string"},
-        "aws_conn_id": {"type": "string"},
-        "region_name": {"type": "string"},
-        "tags": _STRING_MAP,
+        "role": _string(2048),
+        "image": _NAME,
+        "artifacts": _URI,
+        "code_root": _PATH,
+        "aws_conn_id": _NAME,
+        "region_name": _NAME,
+        "tags": _TAGS,
         "sdk_telemetry": {"type": "boolean"},
         "local": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "image": {"type": "string"},
-                "artifacts": {"type": "string", "pattern": "^(s3|file)://"},
-                "s3_endpoint": {"type": "string", "pattern": "^https?://"},
+                "image": _NAME,
+                "artifacts": _URI,
+                "s3_endpoint": _string(1024, pattern="^https?://"),
             },
         },
         "steps": {"type": "object", "additionalProperties": {"type": "object"}},
@@ -69,13 +84,13 @@ TOP_SCHEMA: dict[str, Any] = {
 }
 
 _COMMON_STEP_KEYS: dict[str, Any] = {
-    "image": {"type": "string"},
-    "instance_type": {"type": "string"},
+    "image": _NAME,
+    "instance_type": _NAME,
     "instance_count": _POSITIVE,
     "volume_size_gb": _POSITIVE,
     "max_runtime_seconds": _POSITIVE,
-    "environment": _STRING_MAP,
-    "tags": _STRING_MAP,
+    "environment": _ENVIRONMENT,
+    "tags": _TAGS,
     # how the task waits (not sent to SageMaker)
     "wait_timeout_seconds": _POSITIVE,
     "poll_max_seconds": {"type": "number", "exclusiveMinimum": 0},
@@ -83,7 +98,8 @@ _COMMON_STEP_KEYS: dict[str, Any] = {
     "deferrable": {"type": "boolean"},
 }
 
-_CONTAINER_PATH = {"type": "string", "pattern": "^/opt/ml/"}
+_CONTAINER_PATH = _string(256, pattern="^/opt/ml/")
+_CONTAINER_ARGS = {"type": "array", "items": _string(256), "maxItems": 100}
 
 # Each job kind's step settings; the decorator says which kind a step is.
 STEP_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -91,13 +107,14 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["code_path", "outputs"],
         "properties": {
             **_COMMON_STEP_KEYS,
-            "code_path": {"type": "string"},
-            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            "arguments": {"type": "array", "items": {"type": "string"}},
+            "code_path": _PATH,
+            "command": {**_CONTAINER_ARGS, "minItems": 1},
+            "arguments": _CONTAINER_ARGS,
             "input_destination": _CONTAINER_PATH,
             "outputs": {  # names: NAME_RULES["data"]
                 "type": "object",
                 "minProperties": 1,
+                "maxProperties": 10,
                 "additionalProperties": {
                     "type": "object",
                     "required": ["source"],
@@ -111,12 +128,14 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["source_dir", "entry_script"],
         "properties": {
             **_COMMON_STEP_KEYS,
-            "source_dir": {"type": "string"},
-            "entry_script": {"type": "string"},
-            "requirements": {"type": "string"},
+            "source_dir": _PATH,
+            "entry_script": _PATH,
+            "requirements": _PATH,
             "hyperparameters": {
                 "type": "object",
-                "additionalProperties": {"type": ["string", "number", "boolean"]},
+                "maxProperties": 100,
+                "propertyNames": {"maxLength": 256},
+                "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": 2500},
             },
         },
     },
@@ -124,8 +143,8 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": [],
         "properties": {
             **_COMMON_STEP_KEYS,
-            "content_type": {"type": "string"},
-            "accept": {"type": "string"},
+            "content_type": _NAME,
+            "accept": _NAME,
             "split_type": {"enum": ["None", "Line", "RecordIO", "TFRecord"]},
             "assemble_with": {"enum": ["None", "Line"]},
             "strategy": {"enum": ["MultiRecord", "SingleRecord"]},
@@ -231,7 +250,8 @@ def _raise(problems: list[str], steps: Mapping[str, str]) -> None:
 
 
 def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
-    problems = list(_schema_problems(params, TOP_SCHEMA, ()))
+    top = list(_schema_problems(params, TOP_SCHEMA, ()))
+    problems = [*top]
     pipeline = params.get("pipeline_name")
     if isinstance(pipeline, str) and (problem := name_problem("pipeline", pipeline)):
         problems.append(f"pipeline_name: {problem}")
@@ -247,9 +267,11 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
             problems.append(f"steps.{step}: missing; the DAG's task uses this step (known: {known})")
             continue
         schema = {"type": "object", "additionalProperties": False, **STEP_SCHEMAS[kind]}
-        problems.extend(_schema_problems(configured[step], schema, ("steps", step)))
+        shape = list(_schema_problems(configured[step], schema, ("steps", step)))
+        problems.extend(shape)
         problems.extend(_output_name_problems(step, kind, configured[step]))
-        problems.extend(_file_problems(params, step, kind, configured[step]))
+        if not top and not shape:  # a path the schema refused is not looked up on disk
+            problems.extend(_file_problems(params, step, kind, configured[step]))
     return problems
 
 
@@ -267,7 +289,11 @@ def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]
             missing = error.message.split("'")[1]
             yield f"{_key_path(*path, missing)}: required key is missing"
         else:
-            yield f"{_key_path(*path) or '<params>'}: {error.message}"
+            # the message quotes the value, which may be huge: keep its start and end
+            message = error.message if len(error.message) <= 120 else \
+                f"{error.message[:60]}...{error.message[-40:]}"
+            limit = f" (at most {error.validator_value})" if error.validator in _SIZE_LIMITS else ""
+            yield f"{_key_path(*path) or '<params>'}: {message}{limit}"
 
 
 def _output_name_problems(step: str, kind: str, cfg: Any) -> Iterable[str]:
@@ -280,18 +306,17 @@ def _output_name_problems(step: str, kind: str, cfg: Any) -> Iterable[str]:
 
 
 def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -> Iterable[str]:
-    """The code a step names must exist on the worker before a job is created."""
-    if not isinstance(cfg, Mapping):
-        return
+    """The code a step names must exist on the worker before a job is created (called once
+    the schema holds, so the keys are there and are strings)."""
     root = Path(params.get("code_root") or ".")
-    if kind == "processing" and isinstance(cfg.get("code_path"), str):
-        if not (root / cfg["code_path"]).is_file():
-            yield f"steps.{step}.code_path: no file {root / cfg['code_path']}"
-    if kind == "training" and isinstance(cfg.get("source_dir"), str):
+    # os.path answers False for a name the OS refuses (e.g. too long) where Path would raise
+    if kind == "processing" and not os.path.isfile(root / cfg["code_path"]):
+        yield f"steps.{step}.code_path: no file {root / cfg['code_path']}"
+    if kind == "training":
         source = root / cfg["source_dir"]
-        if not source.is_dir():
+        if not os.path.isdir(source):
             yield f"steps.{step}.source_dir: no folder {source}"
-        elif isinstance(cfg.get("entry_script"), str) and not (source / cfg["entry_script"]).is_file():
+        elif not os.path.isfile(source / cfg["entry_script"]):
             yield f"steps.{step}.entry_script: no file {cfg['entry_script']} in {source}"
 
 

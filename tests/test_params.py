@@ -161,3 +161,34 @@ def test_conf_may_set_a_step_the_dags_tasks_use_but_the_config_lacks(defaults):
     merged = params.resolve(defaults, {"steps": {"transformer": transformer}}, STEPS)
     assert merged["steps"]["transformer"] == transformer
 
+
+@pytest.mark.parametrize(("conf", "expected"), [
+    ({"steps": {"trainer": {"image": "x" * 100_000}}},
+     "steps.trainer.image: 'xxxx"),
+    ({"steps": {"splitor": {"code_path": "x" * 100_000}}},
+     "steps.splitor.code_path: 'xxxx"),
+    ({"steps": {"trainer": {"hyperparameters": {"note": "x" * 2501}}}},
+     "steps.trainer.hyperparameters.note: 'xxxx"),
+    ({"steps": {"transformer": {"environment": {"K": "x" * 1025}}}},
+     "steps.transformer.environment.K: 'xxxx"),
+    ({"steps": {"splitor": {"arguments": ["x" * 257]}}},
+     "steps.splitor.arguments.0: 'xxxx"),
+    ({"role": "x" * 100_000}, "role: 'xxxx"),
+], ids=["image", "path", "hyperparameter", "environment", "argument", "role"])
+def test_too_long_string_is_refused_in_one_short_line_naming_the_key(defaults, conf, expected):
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, conf, STEPS)
+    line = next(p for p in str(excinfo.value).splitlines() if expected in p)
+    assert "is too long (at most" in line and len(line) < 300
+
+
+def test_map_with_too_many_entries_is_refused_naming_the_limit(defaults):
+    conf = {"steps": {"trainer": {"tags": {f"k{i}": "v" for i in range(51)}}}}
+    with pytest.raises(ParamsError, match=r"steps\.trainer\.tags: .* has too many properties "
+                                          r"\(at most 50\)"):
+        params.resolve(defaults, conf, STEPS)
+
+
+def test_path_the_os_refuses_is_reported_as_missing(defaults):
+    with pytest.raises(ParamsError, match="steps.splitor.code_path: no file"):
+        params.resolve(defaults, {"steps": {"splitor": {"code_path": "x" * 300}}}, STEPS)
