@@ -1,12 +1,14 @@
 """``smtask``: run a DAG file locally (``dag.test()`` on a project-local SQLite DB), or
 validate its params, without a scheduler.
 
-    smtask run dags/churn.py [-c '{"steps": {...}}'] [--mode local|sagemaker]
-    smtask validate dags/churn.py [-c '{...}']
+    smtask run dags/churn.py [-c '{"steps": {...}}'] [--mode local|sagemaker] [--dag-id ID]
+    smtask validate dags/churn.py [-c '{...}'] [--mode local|sagemaker] [--dag-id ID]
     smtask cleanup        remove local containers and scratch folders of killed processes
 
+A bad ``-c`` (not a JSON object, or an unknown mode) exits 2; bad params exit 1, before any run.
 SIGINT or SIGTERM stops ``smtask run``: the running task is interrupted (an smtask task
-stops its job's containers first), no other task starts, and the run is marked failed.
+stops its job's containers first), no other task starts, the run is marked failed, and the
+exit code is 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 class RunInterrupted(BaseException):
@@ -33,8 +35,8 @@ class RunInterrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
 
 
-def _prepare_airflow(dag_file: Path, *, migrate: bool) -> None:
-    """A project-local Airflow: configured before Airflow is first imported, migrated once."""
+def _prepare_airflow(dag_file: Path) -> None:
+    """A project-local Airflow, configured before Airflow is first imported."""
     from smtask.naming import smtask_home  # imports no Airflow
 
     if "airflow" in sys.modules:
@@ -43,7 +45,11 @@ def _prepare_airflow(dag_file: Path, *, migrate: bool) -> None:
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dag_file.parent)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "false")
     home.mkdir(parents=True, exist_ok=True)
-    if migrate and not (home / "airflow.db").exists():
+
+
+def _migrate() -> None:
+    """The project-local Airflow DB, made on first use."""
+    if not (Path(os.environ["AIRFLOW_HOME"]) / "airflow.db").exists():
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                        stdout=subprocess.DEVNULL)
 
@@ -77,10 +83,21 @@ def xcom_results(dag_id: str, run_id: str) -> dict[str, Any]:
         return {row.task_id: row.value for row in rows}
 
 
+def _usage_error(message: str) -> NoReturn:
+    """One line and exit code 2, as argparse does for a bad option: no traceback."""
+    print(f"smtask: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _conf(args: argparse.Namespace) -> dict[str, Any]:
-    conf = json.loads(args.conf) if args.conf else {}
+    """The run's conf from ``-c`` and ``--mode``; checked before Airflow is imported (which
+    takes seconds), so a typo is answered at once."""
+    try:
+        conf = json.loads(args.conf) if args.conf else {}
+    except json.JSONDecodeError as exc:
+        _usage_error(f"--conf is not valid JSON: {exc}")
     if not isinstance(conf, dict):
-        raise SystemExit("--conf must be a JSON object")
+        _usage_error(f"--conf must be a JSON object, got {type(conf).__name__}")
     if args.mode:
         conf["mode"] = args.mode
     return conf
@@ -173,11 +190,31 @@ def _print_run(dag: Any, dag_run: Any, summary: str) -> None:
             print(json.dumps(results[ti.task_id], indent=2))
 
 
+def _check_params(dag: Any, conf: dict[str, Any]) -> dict[str, str]:
+    """The DAG's smtask steps, once the params pass the check every task makes. A bad mode is
+    a usage error (exit 2) like a bad ``--mode``; other bad params exit 1."""
+    from smtask import params
+    from smtask.errors import ParamsError
+
+    if conf.get("mode", params.MODES[0]) not in params.MODES:
+        _usage_error(f"--conf: mode must be one of {', '.join(params.MODES)}, "
+                     f"got {conf['mode']!r}")
+    steps = params.smtask_steps(dag)
+    try:
+        params.resolve(dag.params.dump(), conf, steps)
+    except ParamsError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+    return steps
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     dag_file = Path(args.dag_file).resolve()
-    _prepare_airflow(dag_file, migrate=True)
-    dag = _load_dag(dag_file, args.dag_id)
     conf = _conf(args)
+    _prepare_airflow(dag_file)
+    dag = _load_dag(dag_file, args.dag_id)
+    _check_params(dag, conf)  # before the DB, so a bad conf creates no dag run
+    _migrate()
     started, since = time.monotonic(), time.time()
     try:
         with _signals_stop_the_run():
@@ -196,17 +233,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     dag_file = Path(args.dag_file).resolve()
-    _prepare_airflow(dag_file, migrate=False)
-    from smtask import params
-    from smtask.errors import ParamsError
-
+    conf = _conf(args)
+    _prepare_airflow(dag_file)
     dag = _load_dag(dag_file, args.dag_id)
-    steps = params.smtask_steps(dag)
-    try:
-        params.resolve(dag.params.dump(), _conf(args), steps)
-    except ParamsError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    steps = _check_params(dag, conf)
     print(f"{dag.dag_id}: params valid for steps {', '.join(sorted(steps))}")
     return 0
 

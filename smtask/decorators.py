@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+def _check_step(decorator: str, step: Any) -> None:
+    """The step names a folder of the run's artifacts and part of the job name: checked when
+    the DAG is parsed."""
+    problem = params.name_problem("step", step)
+    if problem:
+        raise TypeError(f"{decorator}: step {problem}")
+
+
 class _SageMakerDecoratedOperator(DecoratedOperator):
     """Runs one SageMaker job per task instance: params -> job spec -> session -> job -> outputs.
 
@@ -44,8 +52,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
     def __init__(self, *, python_callable: Callable, step: str, mode: str | None = None,
                  deferrable: bool = False, op_args: Collection[Any] | None = None,
                  op_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        if not isinstance(step, str) or not step:
-            raise TypeError(f"@sm_{self.kind}: step must be a non-empty string, got {step!r}")
+        _check_step(self.custom_operator_name, step)
         if mode is not None and mode not in params.MODES:
             raise TypeError(f"@sm_{self.kind}(step={step!r}): mode must be one of {params.MODES}")
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs,
@@ -222,6 +229,7 @@ def _factory(operator: type[_SageMakerDecoratedOperator]) -> Callable[..., Any]:
         if "step" not in kwargs:
             raise TypeError(f"{operator.custom_operator_name} needs step=: the key of this "
                             "task's settings under the 'steps' param")
+        _check_step(operator.custom_operator_name, kwargs["step"])  # .expand() skips __init__
         return task_decorator_factory(python_callable=python_callable,
                                       decorated_operator_class=operator, **kwargs)
 

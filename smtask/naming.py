@@ -58,5 +58,7 @@ def attempt_name(job_name: str, attempt: int) -> str:
 
 def run_prefix(artifacts: str, pipeline: str, run_id: str, map_index: int = -1) -> str:
     """Where one run's artifacts live: ``<artifacts>/<pipeline>/<run id slug>[/<map index>]``."""
-    prefix = f"{artifacts.rstrip('/')}/{_slug(pipeline)}/{_slug(run_id, 'A-Za-z0-9._-')}"
+    # Airflow allows dots in run ids: ".." or ".hidden" must not become a path component
+    run = re.sub(r"^\.+", "_", _slug(run_id, "A-Za-z0-9._-")) or "_"
+    prefix = f"{artifacts.rstrip('/')}/{_slug(pipeline)}/{run}"
     return f"{prefix}/{map_index}" if map_index >= 0 else prefix

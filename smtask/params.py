@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +24,35 @@ if TYPE_CHECKING:
 MODES = ("local", "sagemaker")
 MODE_ENV = "SMTASK_MODE"
 
-_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+# Names that become path components and parts of AWS names: ASCII only, never "." or "..".
+NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    "pipeline": (re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,29}"),
+                 "1-30 of A-Z a-z 0-9 -, starting with a letter or digit"),
+    "step": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"),
+             "1-63 of A-Z a-z 0-9 _ -, starting with a letter or digit"),
+    # processing inputs and outputs, training channels (SageMaker: [A-Za-z0-9.-_], at most 64)
+    "data": (re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
+             "1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit, no '..'"),
+}
+
+
+def _string(max_length: int, **schema: Any) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_length, **schema}
+
+
+def _string_map(key_max: int, value_max: int, entries: int) -> dict[str, Any]:
+    return {"type": "object", "maxProperties": entries, "propertyNames": {"maxLength": key_max},
+            "additionalProperties": _string(value_max)}
+
+
+# Lengths as SageMaker's API allows them (where it says), so a huge string fails here, named.
+_NAME = _string(256)
+_PATH = _string(1024)
+_URI = _string(1024, pattern="^(s3|file)://")
+_TAGS = _string_map(128, 256, 50)
+_ENVIRONMENT = _string_map(256, 1024, 100)
 _POSITIVE = {"type": "integer", "minimum": 1}
+_SIZE_LIMITS = ("maxLength", "maxItems", "maxProperties")  # their messages omit the limit
 
 # What each top-level key may hold. Unknown keys are rejected: a typo must not pass silently.
 TOP_SCHEMA: dict[str, Any] = {
@@ -32,23 +60,23 @@ TOP_SCHEMA: dict[str, Any] = {
     "required": ["pipeline_name", "steps"],
     "additionalProperties": False,
     "properties": {
-        "pipeline_name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9-]{0,29}$"},
+        "pipeline_name": {"type": "string"},  # its form: NAME_RULES["pipeline"]
         "mode": {"enum": list(MODES)},
-        "role": {"type": "string"},
-        "image": {"type": "string"},
-        "artifacts": {"type": "string", "pattern": "^(s3|file)://"},
-        "code_root": {"type": "string"},
-        "aws_conn_id": {"type": "string"},
-        "region_name": {"type": "string"},
-        "tags": _STRING_MAP,
+        "role": _string(2048),
+        "image": _NAME,
+        "artifacts": _URI,
+        "code_root": _PATH,
+        "aws_conn_id": _NAME,
+        "region_name": _NAME,
+        "tags": _TAGS,
         "sdk_telemetry": {"type": "boolean"},
         "local": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "image": {"type": "string"},
-                "artifacts": {"type": "string", "pattern": "^(s3|file)://"},
-                "s3_endpoint": {"type": "string", "pattern": "^https?://"},
+                "image": _NAME,
+                "artifacts": _URI,
+                "s3_endpoint": _string(1024, pattern="^https?://"),
             },
         },
         "steps": {"type": "object", "additionalProperties": {"type": "object"}},
@@ -56,13 +84,13 @@ TOP_SCHEMA: dict[str, Any] = {
 }
 
 _COMMON_STEP_KEYS: dict[str, Any] = {
-    "image": {"type": "string"},
-    "instance_type": {"type": "string"},
+    "image": _NAME,
+    "instance_type": _NAME,
     "instance_count": _POSITIVE,
     "volume_size_gb": _POSITIVE,
     "max_runtime_seconds": _POSITIVE,
-    "environment": _STRING_MAP,
-    "tags": _STRING_MAP,
+    "environment": _ENVIRONMENT,
+    "tags": _TAGS,
     # how the task waits (not sent to SageMaker)
     "wait_timeout_seconds": _POSITIVE,
     "poll_max_seconds": {"type": "number", "exclusiveMinimum": 0},
@@ -70,7 +98,8 @@ _COMMON_STEP_KEYS: dict[str, Any] = {
     "deferrable": {"type": "boolean"},
 }
 
-_CONTAINER_PATH = {"type": "string", "pattern": "^/opt/ml/"}
+_CONTAINER_PATH = _string(256, pattern="^/opt/ml/")
+_CONTAINER_ARGS = {"type": "array", "items": _string(256), "maxItems": 100}
 
 # Each job kind's step settings; the decorator says which kind a step is.
 STEP_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -78,13 +107,14 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["code_path", "outputs"],
         "properties": {
             **_COMMON_STEP_KEYS,
-            "code_path": {"type": "string"},
-            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            "arguments": {"type": "array", "items": {"type": "string"}},
+            "code_path": _PATH,
+            "command": {**_CONTAINER_ARGS, "minItems": 1},
+            "arguments": _CONTAINER_ARGS,
             "input_destination": _CONTAINER_PATH,
-            "outputs": {
+            "outputs": {  # names: NAME_RULES["data"]
                 "type": "object",
                 "minProperties": 1,
+                "maxProperties": 10,
                 "additionalProperties": {
                     "type": "object",
                     "required": ["source"],
@@ -98,12 +128,14 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["source_dir", "entry_script"],
         "properties": {
             **_COMMON_STEP_KEYS,
-            "source_dir": {"type": "string"},
-            "entry_script": {"type": "string"},
-            "requirements": {"type": "string"},
+            "source_dir": _PATH,
+            "entry_script": _PATH,
+            "requirements": _PATH,
             "hyperparameters": {
                 "type": "object",
-                "additionalProperties": {"type": ["string", "number", "boolean"]},
+                "maxProperties": 100,
+                "propertyNames": {"maxLength": 256},
+                "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": 2500},
             },
         },
     },
@@ -111,8 +143,8 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": [],
         "properties": {
             **_COMMON_STEP_KEYS,
-            "content_type": {"type": "string"},
-            "accept": {"type": "string"},
+            "content_type": _NAME,
+            "accept": _NAME,
             "split_type": {"enum": ["None", "Line", "RecordIO", "TFRecord"]},
             "assemble_with": {"enum": ["None", "Line"]},
             "strategy": {"enum": ["MultiRecord", "SingleRecord"]},
@@ -174,25 +206,73 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+def name_problem(kind: str, name: Any) -> str | None:
+    """Why ``name`` cannot be a ``kind`` name (see :data:`NAME_RULES`), or None if it can."""
+    pattern, rule = NAME_RULES[kind]
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    return None if pattern.fullmatch(name) else f"{_quoted(name)} is not allowed: use {rule}"
+
+
+def check_name(step: str, what: str, name: Any) -> str:
+    """``name`` if it may be a ``what`` name of ``step`` (a processing input, a training
+    channel: it becomes a path in the container); else a TypeError, like the other checks of
+    the function's return value."""
+    problem = name_problem("data", name)
+    if problem:
+        raise TypeError(f"step '{step}': {what} name {problem}")
+    return str(name)
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    """``text`` quoted with escapes (a look-alike or a newline shows), cut to ``limit``."""
+    shown = ascii(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
+
+
+def _key_path(*keys: str) -> str:
+    """``steps.trainer.image``; an odd key is quoted so the path stays readable."""
+    return ".".join(k if NAME_RULES["step"][0].fullmatch(k) else _quoted(k) for k in keys)
+
+
 def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
     """Check the top level and every ``steps.<step>`` used by the DAG (step -> job kind).
 
     Raises one :class:`ParamsError` that lists every problem as ``<key path>: <why>``.
     """
-    problems = list(_schema_problems(params, TOP_SCHEMA, ()))
+    _raise(_problems(params, steps), steps)
+
+
+def _raise(problems: list[str], steps: Mapping[str, str]) -> None:
+    if problems:
+        where = ", ".join(_quoted(s) for s in sorted(steps)) or "the pipeline"
+        raise ParamsError(f"bad params for step {where}:\n  - " + "\n  - ".join(problems))
+
+
+def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
+    top = list(_schema_problems(params, TOP_SCHEMA, ()))
+    problems = [*top]
+    pipeline = params.get("pipeline_name")
+    if isinstance(pipeline, str) and (problem := name_problem("pipeline", pipeline)):
+        problems.append(f"pipeline_name: {problem}")
     steps_param = params.get("steps")
     configured: Mapping[str, Any] = steps_param if isinstance(steps_param, Mapping) else {}
+    bad_names = {s: p for s in sorted({*configured, *steps}) if (p := name_problem("step", s))}
+    problems.extend(f"steps: step name {p}" for p in bad_names.values())
     for step, kind in sorted(steps.items()):
+        if step in bad_names:
+            continue
         if step not in configured:
             known = ", ".join(sorted(configured)) or "none"
             problems.append(f"steps.{step}: missing; the DAG's task uses this step (known: {known})")
             continue
         schema = {"type": "object", "additionalProperties": False, **STEP_SCHEMAS[kind]}
-        problems.extend(_schema_problems(configured[step], schema, ("steps", step)))
-        problems.extend(_file_problems(params, step, kind, configured[step]))
-    if problems:
-        where = ", ".join(f"'{s}'" for s in sorted(steps)) or "the pipeline"
-        raise ParamsError(f"bad params for step {where}:\n  - " + "\n  - ".join(problems))
+        shape = list(_schema_problems(configured[step], schema, ("steps", step)))
+        problems.extend(shape)
+        problems.extend(_output_name_problems(step, kind, configured[step]))
+        if not top and not shape:  # a path the schema refused is not looked up on disk
+            problems.extend(_file_problems(params, step, kind, configured[step]))
+    return problems
 
 
 def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]) -> Iterable[str]:
@@ -204,44 +284,77 @@ def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]
             allowed = error.schema.get("properties", {})
             for key in sorted(k for k in error.instance if k not in allowed):
                 known = ", ".join(sorted(allowed))
-                yield f"{'.'.join((*path, key))}: unknown key (known keys: {known})"
+                yield f"{_key_path(*path, key)}: unknown key (known keys: {known})"
         elif error.validator == "required":
             missing = error.message.split("'")[1]
-            yield f"{'.'.join((*path, missing))}: required key is missing"
+            yield f"{_key_path(*path, missing)}: required key is missing"
         else:
-            yield f"{'.'.join(path) or '<params>'}: {error.message}"
+            # the message quotes the value, which may be huge: keep its start and end
+            message = error.message if len(error.message) <= 120 else \
+                f"{error.message[:60]}...{error.message[-40:]}"
+            limit = f" (at most {error.validator_value})" if error.validator in _SIZE_LIMITS else ""
+            yield f"{_key_path(*path) or '<params>'}: {message}{limit}"
+
+
+def _output_name_problems(step: str, kind: str, cfg: Any) -> Iterable[str]:
+    """A processing output's name becomes a folder of the run's artifacts."""
+    outputs = cfg.get("outputs") if kind == "processing" and isinstance(cfg, Mapping) else None
+    for name in sorted(outputs) if isinstance(outputs, Mapping) else ():
+        problem = name_problem("data", name)
+        if problem:
+            yield f"steps.{step}.outputs: output name {problem}"
 
 
 def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -> Iterable[str]:
-    """The code a step names must exist on the worker before a job is created."""
-    if not isinstance(cfg, Mapping):
-        return
+    """The code a step names must exist on the worker before a job is created (called once
+    the schema holds, so the keys are there and are strings)."""
     root = Path(params.get("code_root") or ".")
-    if kind == "processing" and isinstance(cfg.get("code_path"), str):
-        if not (root / cfg["code_path"]).is_file():
-            yield f"steps.{step}.code_path: no file {root / cfg['code_path']}"
-    if kind == "training" and isinstance(cfg.get("source_dir"), str):
+    # os.path answers False for a name the OS refuses (e.g. too long) where Path would raise
+    if kind == "processing" and not os.path.isfile(root / cfg["code_path"]):
+        yield f"steps.{step}.code_path: no file {root / cfg['code_path']}"
+    if kind == "training":
         source = root / cfg["source_dir"]
-        if not source.is_dir():
+        if not os.path.isdir(source):
             yield f"steps.{step}.source_dir: no folder {source}"
-        elif isinstance(cfg.get("entry_script"), str) and not (source / cfg["entry_script"]).is_file():
+        elif not os.path.isfile(source / cfg["entry_script"]):
             yield f"steps.{step}.entry_script: no file {cfg['entry_script']} in {source}"
 
 
 def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
             steps: Mapping[str, str]) -> dict[str, Any]:
-    """The params a task runs with: ``defaults`` deep-merged with the run's conf, validated."""
+    """The params a task runs with: ``defaults`` deep-merged with the run's conf, validated.
+
+    A conf may only set steps the DAG knows (its default params' or its smtask tasks'): a
+    misspelt step would otherwise be ignored while the run uses the defaults.
+    """
     if run_conf is not None and not isinstance(run_conf, Mapping):
         raise ParamsError(f"the run's conf must be a JSON object, got {type(run_conf).__name__}")
-    params = deep_merge(defaults, run_conf or {})
-    validate(params, steps)
+    conf = dict(run_conf or {})
+    problems = []
+    if isinstance(conf.get("steps"), Mapping):
+        default_steps = defaults.get("steps")
+        known = {*(default_steps if isinstance(default_steps, Mapping) else ()), *steps}
+        unknown = [s for s in conf["steps"] if s not in known]
+        problems = [f"{_key_path('steps', s)}: not a step of this DAG (known steps: "
+                    f"{', '.join(sorted(known)) or 'none'})" for s in unknown]
+        # reported once, here: the merged params hold no step the DAG lacks
+        conf["steps"] = {s: v for s, v in conf["steps"].items() if s in known}
+    params = deep_merge(defaults, conf)
+    _raise(problems + _problems(params, steps), steps)
     return params
 
 
 def smtask_steps(dag: Any) -> dict[str, str]:
-    """The DAG's smtask steps, step -> job kind."""
-    return {t.step: t.kind for t in dag.tasks
-            if isinstance(getattr(t, "step", None), str) and getattr(t, "kind", None) in STEP_SCHEMAS}
+    """The DAG's smtask steps, step -> job kind, mapped (``.expand``) tasks included."""
+    found = {}
+    for task in dag.tasks:
+        # a mapped task holds its operator's class and constructor kwargs, not an operator
+        kind = getattr(getattr(task, "operator_class", task), "kind", None)
+        kwargs = getattr(task, "partial_kwargs", None)
+        step = kwargs.get("step") if isinstance(kwargs, Mapping) else getattr(task, "step", None)
+        if isinstance(step, str) and kind in STEP_SCHEMAS:
+            found[step] = kind
+    return found
 
 
 def run_params(context: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ def sessions_opened(monkeypatch):
     """Records every session (hence every job) a run tries to open, and opens none."""
     opened = []
 
-    def refuse(params):
+    def refuse(params, *args, **kwargs):
         opened.append(params["mode"])
         raise AssertionError("a session was opened")
 
@@ -44,6 +44,22 @@ def test_mode_is_checked_when_the_dag_is_parsed():
 
     with DAG("parse_check", schedule=None), pytest.raises(TypeError, match="mode must be one of"):
         smtask.sm_training(step="trainer", mode="cloud")(lambda: {})()
+
+
+@pytest.mark.parametrize("step", ["..", "../x", "/abs", "a/b", "x y", "name\n", "", "a" * 300,
+                                  "spl\u0456tor"])
+def test_hostile_step_is_refused_when_the_dag_is_parsed_naming_it(step):
+    with pytest.raises(TypeError) as excinfo:
+        smtask.sm_processing(step=step)
+    assert f"@sm_processing: step {ascii(step)[:40]}" in str(excinfo.value)
+
+
+def test_hostile_step_given_by_override_is_refused_when_the_task_is_made():
+    from airflow.sdk import DAG
+
+    with DAG("parse_override", schedule=None), \
+            pytest.raises(TypeError, match=r"@sm_training: step '\.\./x' is not allowed"):
+        smtask.sm_training(step="trainer")(lambda: {}).override(step="../x")()
 
 
 def test_task_id_defaults_to_the_function_name_and_operator_shows_the_decorator():
@@ -95,7 +111,8 @@ train(split())
     ('"file:///tmp"', "must return a dict of input name -> URI"),
     ('{"data-source": "ftp://host/x"}', "must be an s3:// or file:// URI"),
     ('{"train": "file:///tmp"}', "are also output names"),
-])
+    ('{"../../x": "file:///tmp"}', "input name '../../x' is not allowed"),
+], ids=["not-a-dict", "not-a-uri", "input-is-output", "hostile-input-name"])
 def test_wrong_return_value_fails_before_any_job(tmp_path, sessions_opened, returned, message,
                                                  capfd):
     body = f'''
@@ -108,6 +125,19 @@ split()
     assert result.states == {"split": "failed"}
     assert sessions_opened == []
     assert message in capfd.readouterr().out
+
+
+def test_bad_run_conf_fails_a_mapped_task_before_any_job(tmp_path, sessions_opened):
+    body = '''
+@sm_processing(step="splitor")
+def split(source):
+    return {"data-source": source}
+split.expand(source=["file:///tmp/a", "file:///tmp/b"])
+'''
+    result = run_dag(body, config=write_config(tmp_path),
+                     conf={"steps": {"splitor": {"instance_count": "two"}}})
+    assert result.states == {"split": "failed"}
+    assert sessions_opened == []
 
 
 def test_import_and_example_dag_parse_do_not_import_the_sdk():

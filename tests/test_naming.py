@@ -1,8 +1,11 @@
-"""Job names: valid for SageMaker, deterministic per task instance, distinct across them."""
+"""Job names and artifact locations: valid, deterministic per task instance, distinct across
+them, never a "." or ".." path component."""
 
 from __future__ import annotations
 
 import re
+
+import pytest
 
 from smtask import naming
 
@@ -67,3 +70,11 @@ def test_map_index_zero_is_its_own_prefix_and_unmapped_is_not():
         "/manual__2026-11-21T16-39-49.123456-00-00/0/splitor")
     assert storage.run_prefix(context(-1), "splitor", params).endswith(
         "/manual__2026-11-21T16-39-49.123456-00-00/splitor")
+
+
+@pytest.mark.parametrize(("run_id", "component"), [
+    ("..", "_"), (".", "_"), (".hidden", "_hidden"), ("...x", "_x"), ("~", "_"),
+    ("a..b", "a..b"),
+])
+def test_run_id_never_becomes_a_dot_or_hidden_path_component(run_id, component):
+    assert naming.run_prefix("file:///a", "churn", run_id) == f"file:///a/churn/{component}"

@@ -97,3 +97,98 @@ def test_unreadable_config_is_a_params_error(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ParamsError, match="cannot read pipeline config"):
         params.load_config(tmp_path / "config.json")
+
+
+# Names that must never become a path component or an AWS name.
+HOSTILE_NAMES = ["..", ".", "../x", "../../../../../x", "/abs", "a/b", "x y", "name\n", "",
+                 "a" * 300, "spl\u0456tor"]  # the last: a Cyrillic i, a look-alike
+HOSTILE_IDS = ["dotdot", "dot", "parent", "deep-parent", "absolute", "slash", "space",
+               "newline", "empty", "300-chars", "look-alike"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=HOSTILE_IDS)
+def test_hostile_step_name_in_config_is_refused_naming_it(defaults, name):
+    defaults["steps"][name] = {}
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, {}, STEPS)
+    assert f"steps: step name {ascii(name)[:40]}" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=HOSTILE_IDS)
+def test_hostile_output_name_is_refused_naming_it(defaults, name):
+    conf = {"steps": {"splitor": {"outputs": {name: {"source": "/opt/ml/processing/x"}}}}}
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, conf, STEPS)
+    assert f"steps.splitor.outputs: output name {ascii(name)[:40]}" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=HOSTILE_IDS)
+def test_hostile_input_or_channel_name_is_refused_naming_the_step_and_it(name):
+    with pytest.raises(TypeError) as excinfo:
+        params.check_name("trainer", "channel", name)
+    assert f"step 'trainer': channel name {ascii(name)[:40]}" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", ["train", "data-source", "model.v2", "a_b", "A" * 64])
+def test_input_and_channel_names_sagemaker_allows_are_accepted(name):
+    assert params.check_name("trainer", "channel", name) == name
+
+
+def test_step_name_the_dag_uses_is_checked_too(defaults):
+    with pytest.raises(ParamsError, match=r"steps: step name '\.\./x' is not allowed"):
+        params.resolve(defaults, {}, {**STEPS, "../x": "processing"})
+
+
+def test_pipeline_name_with_a_trailing_newline_is_refused(defaults):
+    with pytest.raises(ParamsError, match=r"pipeline_name: 'churn\\n' is not allowed"):
+        params.resolve(defaults, {"pipeline_name": "churn\n"}, STEPS)
+
+
+def test_conf_naming_a_step_the_dag_lacks_is_refused_listing_the_known_steps(defaults):
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, {"steps": {"trainr": {"max_depth": 3}}}, STEPS)
+    assert ("steps.trainr: not a step of this DAG (known steps: data-source, evaluate, "
+            "splitor, trainer, transformer)") in str(excinfo.value)
+
+
+def test_conf_may_set_a_plain_tasks_step_from_the_config(defaults):
+    merged = params.resolve(defaults, {"steps": {"evaluate": {"metric": "f1"}}}, STEPS)
+    assert merged["steps"]["evaluate"]["metric"] == "f1"
+
+
+def test_conf_may_set_a_step_the_dags_tasks_use_but_the_config_lacks(defaults):
+    transformer = defaults["steps"].pop("transformer")
+    merged = params.resolve(defaults, {"steps": {"transformer": transformer}}, STEPS)
+    assert merged["steps"]["transformer"] == transformer
+
+
+@pytest.mark.parametrize(("conf", "expected"), [
+    ({"steps": {"trainer": {"image": "x" * 100_000}}},
+     "steps.trainer.image: 'xxxx"),
+    ({"steps": {"splitor": {"code_path": "x" * 100_000}}},
+     "steps.splitor.code_path: 'xxxx"),
+    ({"steps": {"trainer": {"hyperparameters": {"note": "x" * 2501}}}},
+     "steps.trainer.hyperparameters.note: 'xxxx"),
+    ({"steps": {"transformer": {"environment": {"K": "x" * 1025}}}},
+     "steps.transformer.environment.K: 'xxxx"),
+    ({"steps": {"splitor": {"arguments": ["x" * 257]}}},
+     "steps.splitor.arguments.0: 'xxxx"),
+    ({"role": "x" * 100_000}, "role: 'xxxx"),
+], ids=["image", "path", "hyperparameter", "environment", "argument", "role"])
+def test_too_long_string_is_refused_in_one_short_line_naming_the_key(defaults, conf, expected):
+    with pytest.raises(ParamsError) as excinfo:
+        params.resolve(defaults, conf, STEPS)
+    line = next(p for p in str(excinfo.value).splitlines() if expected in p)
+    assert "is too long (at most" in line and len(line) < 300
+
+
+def test_map_with_too_many_entries_is_refused_naming_the_limit(defaults):
+    conf = {"steps": {"trainer": {"tags": {f"k{i}": "v" for i in range(51)}}}}
+    with pytest.raises(ParamsError, match=r"steps\.trainer\.tags: .* has too many properties "
+                                          r"\(at most 50\)"):
+        params.resolve(defaults, conf, STEPS)
+
+
+def test_path_the_os_refuses_is_reported_as_missing(defaults):
+    with pytest.raises(ParamsError, match="steps.splitor.code_path: no file"):
+        params.resolve(defaults, {"steps": {"splitor": {"code_path": "x" * 300}}}, STEPS)

@@ -80,11 +80,14 @@ def check_uri(step: str, name: str, value: Any) -> str:
 
 def check_uri_map(step: str, what: str, value: Any) -> dict[str, str]:
     """The function's ``{name: URI}`` return value (processing inputs, training channels)."""
+    from smtask.params import check_name
+
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise TypeError(
             f"step '{step}': the function must return a dict of {what} name -> URI, "
             f"got {type(value).__name__}")
-    return {name: check_uri(step, f"{what} '{name}'", uri) for name, uri in value.items()}
+    return {check_name(step, what, name): check_uri(step, f"{what} '{name}'", uri)
+            for name, uri in value.items()}
 
 
 def prepare_output(uri: str, root: str) -> None:
