@@ -35,9 +35,12 @@ def run_prefix(context: Any, step: str | None = None,
                params: dict[str, Any] | None = None) -> str:
     """The URI of this run's artifacts (the same one the smtask tasks of the run write under),
     or of one step's folder in it. For plain tasks, e.g. a data source."""
-    from smtask.params import run_params
+    from smtask.params import name_problem, run_params
     from smtask.sessions import artifacts_root
 
+    problem = name_problem("step", step) if step is not None else None
+    if problem:  # it becomes a folder of the run's artifacts
+        raise SmtaskError(f"run_prefix: step {problem}")
     params = params or run_params(context)
     prefix = naming.run_prefix(artifacts_root(params), params["pipeline_name"], context["run_id"],
                                map_index(context))

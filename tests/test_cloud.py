@@ -370,7 +370,7 @@ def test_on_kill_stops_the_running_job():
         sm_training(step="trainer")(train)()
     operator = dag.tasks[0]
     session = mock.Mock(local_mode=False)
-    operator._active = (session, "churn-trainer-20261121-abcdef12")
+    operator._active, operator._executing = (session, "churn-trainer-20261121-abcdef12"), True
     operator.on_kill()
     session.sagemaker_client.stop_training_job.assert_called_once_with(
         TrainingJobName="churn-trainer-20261121-abcdef12")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import tarfile
@@ -41,6 +42,20 @@ def source():
     write_text(folder + "/data.csv", "label,x\\n1,2\\n0,3\\n")
     return folder
 '''
+SPLIT = SOURCE + '''
+@sm_processing(step="splitor")
+def split(uri):
+    return {"data-source": uri}
+
+split(source())
+'''
+TRAIN = SOURCE + '''
+@sm_training(step="trainer")
+def train(uri):
+    return {"train": uri}
+
+train(source())
+'''
 
 
 # --- confinement ------------------------------------------------------------------------
@@ -50,17 +65,12 @@ def test_a_hostile_output_name_is_refused_before_any_job_and_touches_nothing(
         tmp_path, loopback_guard, capfd, output):
     config = write_config(tmp_path)
     conf = {"steps": {"splitor": {"outputs": {output: {"source": "/opt/ml/processing/x"}}}}}
-    body = SOURCE + '''
-@sm_processing(step="splitor")
-def split(uri):
-    return {"data-source": uri}
-
-split(source())
-'''
-    result = run_dag(body, config=config, conf=conf)
-    assert result.states == {"source": "success", "split": "failed"}
+    artifacts = sorted(Path(os.environ["SMTASK_HOME"]).rglob("*"))
+    result = run_dag(SPLIT, config=config, conf=conf)
+    # the first task that reads the params refuses them: nothing downstream runs
+    assert result.states == {"source": "failed", "split": "upstream_failed"}
     assert "steps.splitor.outputs: output name" in capfd.readouterr().out
-    assert (path(result.xcom["source"]) / "data.csv").read_text() == "label,x\n1,2\n0,3\n"
+    assert sorted(Path(os.environ["SMTASK_HOME"]).rglob("*")) == artifacts  # nothing written
     assert containers_with_label() == []
 
 
@@ -97,14 +107,7 @@ split(source())
 def test_a_training_job_cannot_change_its_channels_or_its_source_dir(tmp_path, loopback_guard):
     config = write_config(tmp_path, steps={"trainer": {
         "source_dir": "tests/scripts", "entry_script": "train_writes.py"}})
-    body = SOURCE + '''
-@sm_training(step="trainer")
-def train(uri):
-    return {"train": uri}
-
-train(source())
-'''
-    result = run_dag(body, config=config)
+    result = run_dag(TRAIN, config=config)
     assert result.ok, result.states
     with tarfile.open(path(result.xcom["train"]["model"])) as tar:
         report = json.load(tar.extractfile("report.json"))  # type: ignore[arg-type]
@@ -314,14 +317,7 @@ def test_a_processing_exit_code_fails_with_the_code_and_the_last_lines(tmp_path,
                                                                       capfd):
     config = write_config(tmp_path, steps={"splitor": {"code_path": "tests/scripts/exits.py",
                                                        "arguments": []}})
-    body = SOURCE + '''
-@sm_processing(step="splitor")
-def split(uri):
-    return {"data-source": uri}
-
-split(source())
-'''
-    result = run_dag(body, config=config)
+    result = run_dag(SPLIT, config=config)
     assert result.states["split"] == "failed"
     message = failure_message(capfd)
     assert "failed: no usable rows in the input (exit code 3; last lines: " in message, message
@@ -331,14 +327,7 @@ split(source())
 def test_a_training_script_error_is_quoted_not_the_drivers(tmp_path, loopback_guard, capfd):
     config = write_config(tmp_path, steps={"trainer": {"source_dir": "tests/scripts",
                                                        "entry_script": "train_fails.py"}})
-    body = SOURCE + '''
-@sm_training(step="trainer")
-def train(uri):
-    return {"train": uri}
-
-train(source())
-'''
-    result = run_dag(body, config=config)
+    result = run_dag(TRAIN, config=config)
     assert result.states["train"] == "failed"
     message = failure_message(capfd)
     assert ("failed: ValueError: label column 'churned' not found in the train channel "

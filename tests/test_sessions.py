@@ -252,3 +252,12 @@ def test_loopback_guard_fixture_catches_a_telemetry_lookup(loopback_guard):
     with pytest.raises(OSError, match="loopback guard"):
         socket.getaddrinfo("sm-pysdk-t-us-east-1.s3.us-east-1.amazonaws.com", 443)
     loopback_guard.attempts.clear()  # expected here; any other test fails on such an attempt
+
+
+@pytest.mark.parametrize("step", ["..", "../x", "/abs", "a/b"])
+def test_a_plain_tasks_step_folder_cannot_escape_the_run(step):
+    from smtask.errors import SmtaskError
+    from smtask.storage import run_prefix
+
+    with pytest.raises(SmtaskError, match="run_prefix: step"):
+        run_prefix({"run_id": "r"}, step, {"mode": "local", "pipeline_name": "p"})
