@@ -4,6 +4,10 @@
 #   scripts/runtime.sh up      start an engine if none answers, build the image if its inputs changed
 #   scripts/runtime.sh down    stop the engine this script started (by its PID), nothing else
 #
+# The engine is the machine's, not a checkout's: which dockerd this script started is recorded
+# in $TMPDIR/smtask-dockerd.pid, and `up` runs under a machine-wide lock, so two checkouts (or
+# two commands) setting up at once neither start two engines nor build the image twice.
+#
 # Safe on a fresh Debian machine (installs docker.io, docker-compose, debootstrap with apt) and
 # fast the second time: the engine is reused if it answers, the image if its inputs hash matches.
 # Engine flags: no bridge, no iptables; containers use host networking only.
@@ -12,6 +16,7 @@ shopt -s inherit_errexit
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE="${SMTASK_STATE:-$ROOT/.smtask}"
+ENGINE_PID="${TMPDIR:-/tmp}/smtask-dockerd.pid"
 IMAGE="${SMTASK_LOCAL_IMAGE:-smtask-local:latest}"
 BASE_TAG="smtask-base:bookworm"
 mkdir -p "$STATE"
@@ -32,10 +37,11 @@ engine_up() {
     command -v dockerd >/dev/null 2>&1 || apt_install docker.io
     command -v docker >/dev/null 2>&1 || apt_install docker.io
     log "starting dockerd (no bridge, no iptables)"
-    nohup dockerd --bridge=none --iptables=false --ip-masq=false >"$STATE/dockerd.log" 2>&1 &
-    echo $! >"$STATE/dockerd.pid"
+    # the engine must not inherit the lock descriptors of ./run and of this script
+    nohup dockerd --bridge=none --iptables=false --ip-masq=false >"$STATE/dockerd.log" 2>&1 8>&- 9>&- &
+    echo $! >"$ENGINE_PID"
     for _ in $(seq 1 60); do
-        docker info >/dev/null 2>&1 && { log "dockerd up (pid $(cat "$STATE/dockerd.pid"))"; return 0; }
+        docker info >/dev/null 2>&1 && { log "dockerd up (pid $(cat "$ENGINE_PID"))"; return 0; }
         sleep 0.5
     done
     log "dockerd did not answer in 30 s; see $STATE/dockerd.log"
@@ -43,14 +49,15 @@ engine_up() {
 }
 
 engine_down() {
-    [ -f "$STATE/dockerd.pid" ] || return 0
-    local pid; pid=$(cat "$STATE/dockerd.pid")
-    if kill -0 "$pid" 2>/dev/null; then
+    [ -f "$ENGINE_PID" ] || return 0
+    local pid; pid=$(cat "$ENGINE_PID")
+    # a stale file must not make us signal whatever process now has that PID
+    if kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
         log "stopping dockerd (pid $pid)"
         kill "$pid"
         for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     fi
-    rm -f "$STATE/dockerd.pid"
+    rm -f "$ENGINE_PID"
 }
 
 compose_up() {
@@ -101,7 +108,10 @@ image_up() {
 }
 
 case "${1:-up}" in
-    up) engine_up && compose_up && image_up ;;
+    up)
+        exec 8>"${TMPDIR:-/tmp}/smtask-runtime-up.lock"
+        flock 8
+        engine_up && compose_up && image_up ;;
     down) engine_down ;;
     *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac
