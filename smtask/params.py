@@ -70,6 +70,7 @@ TOP_SCHEMA: dict[str, Any] = {
         "region_name": _NAME,
         "tags": _TAGS,
         "sdk_telemetry": {"type": "boolean"},
+        "validate_role": {"type": "boolean"},
         "local": {
             "type": "object",
             "additionalProperties": False,

@@ -42,9 +42,33 @@ def telemetry_off() -> list[tuple[Any, str, Any]]:
             (telemetry_logging, "_telemetry_msg_shown", True)]  # its opt-out notice is moot
 
 
+def connection_session(hook: Any, region_name: str | None) -> Any:
+    """The hook's boto3 session, whose every client and resource carries the connection's
+    settings the way the provider's hooks build theirs: the service's ``endpoint_url``,
+    ``verify`` and the botocore config (with the provider's user agent). The SDK builds all
+    its clients (SageMaker, S3, Logs) from this one session."""
+    session = hook.get_session(region_name=region_name)
+    conn, base_config = hook.conn_config, hook._get_config()
+    make_client, make_resource = session.client, session.resource
+
+    def settings(service: str, given: dict[str, Any]) -> dict[str, Any]:
+        given = {key: value for key, value in given.items() if value is not None}
+        config = base_config.merge(given.pop("config")) if "config" in given else base_config
+        endpoint = conn.get_service_endpoint_url(service)
+        return {**({"endpoint_url": endpoint} if endpoint else {}),
+                **({"verify": hook.verify} if hook.verify is not None else {}),
+                "config": config, **given}
+
+    session.client = lambda service, *args, **kwargs: make_client(
+        service, *args, **settings(service, kwargs))
+    session.resource = lambda service, *args, **kwargs: make_resource(
+        service, *args, **settings(service, kwargs))
+    return session
+
+
 @contextlib.contextmanager
 def cloud_session(params: Mapping[str, Any]) -> Iterator[Any]:
-    """A SageMaker ``Session`` over the Airflow AWS connection's boto3 session."""
+    """A SageMaker ``Session`` over the Airflow AWS connection (``aws_conn_id``)."""
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
     from sagemaker.core.helper.session_helper import Session
 
@@ -54,7 +78,7 @@ def cloud_session(params: Mapping[str, Any]) -> Iterator[Any]:
     telemetry = [] if params.get("sdk_telemetry") else telemetry_off()
     with replaced(*telemetry):
         # An explicit bucket: the SDK's default-bucket lookup would call STS.
-        yield Session(boto_session=hook.get_session(region_name=params.get("region_name")),
+        yield Session(boto_session=connection_session(hook, params.get("region_name")),
                       default_bucket=bucket)
 
 

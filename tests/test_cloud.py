@@ -103,24 +103,42 @@ class FakeSageMaker:
             self.on_complete[kind](job)
 
 
+IAM_CALLS: list[str] = []  # IAM and STS requests moto received during a test
+
+
 @pytest.fixture
 def sagemaker(moto_server, monkeypatch, loopback_guard):
-    """A reset moto, the AWS env pointing at it, an Airflow AWS connection, a bucket."""
+    """A reset moto, an Airflow AWS connection naming its endpoint (the only place that
+    names it: no AWS_ENDPOINT_URL, so every client must take the connection's settings), a
+    bucket. A test fails if smtask made any IAM or STS call."""
     import requests
+    from botocore.client import BaseClient
 
     requests.post(f"{moto_server}/moto-api/reset", timeout=10)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("SAGEMAKER_VALIDATE_ROLE", raising=False)
+    make_api_call = BaseClient._make_api_call
+
+    def spied(self: Any, operation: str, params: Any) -> Any:
+        if self.meta.service_model.service_name in ("iam", "sts"):
+            IAM_CALLS.append(f"{self.meta.service_model.service_name}:{operation}")
+        return make_api_call(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", spied)
+    IAM_CALLS.clear()
     for key, value in {
-        "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
         "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "SAGEMAKER_VALIDATE_ROLE": "false",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
             "conn_type": "aws", "login": "testing", "password": "testing",
             "extra": {"region_name": REGION, "endpoint_url": moto_server}}),
     }.items():
         monkeypatch.setenv(key, value)
-    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
-    return FakeSageMaker(monkeypatch)
+    monkeypatch.setattr(client, "endpoint", moto_server)
+    client("s3").create_bucket(Bucket=BUCKET)
+    yield FakeSageMaker(monkeypatch)
+    assert IAM_CALLS == [], f"IAM or STS calls: {IAM_CALLS}"
 
 
 def cloud_config(tmp_path, **steps: Any):
@@ -129,7 +147,11 @@ def cloud_config(tmp_path, **steps: Any):
 
 
 def client(service: str = "sagemaker") -> Any:
-    return boto3.client(service, region_name=REGION)
+    """A client of the test's own, straight at moto."""
+    return boto3.client(service, region_name=REGION, endpoint_url=client.endpoint)  # type: ignore[attr-defined]
+
+
+client.endpoint = ""  # type: ignore[attr-defined]
 
 
 SPLIT = '''
@@ -422,3 +444,12 @@ def test_example_dag_runs_unchanged_in_sagemaker_mode(tmp_path, sagemaker, monke
     assert str(getattr(dag_run.state, "value", dag_run.state)) == "success"
     assert results["evaluate"] == {"metric": "accuracy", "value": 0.6667, "rows": 3}
     assert [kind for kind, _ in sagemaker.creates] == ["processing", "training", "transform"]
+
+
+def test_role_validation_makes_iam_calls_only_when_asked(tmp_path, sagemaker):
+    """The spy that every cloud test ends with sees IAM calls when the SDK makes them."""
+    config = cloud_config(tmp_path)
+    result = run_dag(TRAIN, config=config, conf={"validate_role": True})
+    assert result.states["train"] == "failed"  # moto cannot simulate a principal policy
+    assert "iam:SimulatePrincipalPolicy" in IAM_CALLS
+    IAM_CALLS.clear()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -25,6 +27,7 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
         "hyperparameters": dict(cfg.get("hyperparameters", {})),
         "channels": check_uri_map(ctx.step, "channel", returned),
         "output_path": ctx.prefix,
+        "validate_role": bool(ctx.params.get("validate_role")),
     }
 
 
@@ -45,24 +48,25 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         "output_data_config": OutputDataConfig(s3_output_path=job["output_path"]),
         "input_s3_key_prefix": urlparse(job["output_path"]).path.strip("/"),
     })
-    trainer = ModelTrainer(
-        training_mode=Mode.LOCAL_CONTAINER if local else Mode.SAGEMAKER_TRAINING_JOB,
-        sagemaker_session=session,
-        role=None if local else job["role"],
-        training_image=job["image"],
-        base_job_name=job["job_name"],
-        source_code=SourceCode(source_dir=job["source_dir"], entry_script=job["entry_script"],
-                               requirements=job["requirements"]),
-        compute=Compute(instance_type=job["instance_type"], instance_count=job["instance_count"],
-                        volume_size_in_gb=job["volume_size_gb"]),
-        stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_runtime_seconds"]),
-        hyperparameters=job["hyperparameters"],
-        environment=job["environment"],
-        tags=[{"key": k, "value": v} for k, v in job["tags"].items()],
-        **where,
-    )
     # ModelTrainer appends a timestamp to every name; the task's name must stay deterministic.
-    with mock.patch.object(model_trainer, "_get_unique_name", lambda *_a, **_k: job["job_name"]):
+    with mock.patch.object(model_trainer, "_get_unique_name", lambda *_a, **_k: job["job_name"]), \
+            _no_iam_calls(enabled=not job["validate_role"]):
+        trainer = ModelTrainer(
+            training_mode=Mode.LOCAL_CONTAINER if local else Mode.SAGEMAKER_TRAINING_JOB,
+            sagemaker_session=session,
+            role=None if local else job["role"],
+            training_image=job["image"],
+            base_job_name=job["job_name"],
+            source_code=SourceCode(source_dir=job["source_dir"], entry_script=job["entry_script"],
+                                   requirements=job["requirements"]),
+            compute=Compute(instance_type=job["instance_type"], instance_count=job["instance_count"],
+                            volume_size_in_gb=job["volume_size_gb"]),
+            stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_runtime_seconds"]),
+            hyperparameters=job["hyperparameters"],
+            environment=job["environment"],
+            tags=[{"key": k, "value": v} for k, v in job["tags"].items()],
+            **where,
+        )
         if not local:
             trainer.train(input_data_config=channels, wait=False, logs=False)
             return None
@@ -74,6 +78,24 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": model_uri}}
+
+
+@contextlib.contextmanager
+def _no_iam_calls(enabled: bool) -> Iterator[None]:
+    """ModelTrainer validates the role (iam:SimulatePrincipalPolicy, GetRole) and checks that
+    it may write the staging bucket, on every job: IAM calls and permissions a task should not
+    need. The role is a full ARN (the params say so) and staging goes under the run's prefix.
+    The ``validate_role`` param turns the SDK's checks back on."""
+    from sagemaker.train.defaults import TrainDefaults
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    if not enabled:
+        yield
+        return
+    with mock.patch.object(TrainDefaults, "get_role", staticmethod(lambda role, **_: role)), \
+            mock.patch.object(ModelTrainer, "_resolve_staging_bucket",
+                              lambda self: (self.sagemaker_session.default_bucket(), None)):
+        yield
 
 
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
