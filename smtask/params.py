@@ -9,6 +9,7 @@ hyperparameter without restating the ``steps`` tree.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import os
 import re
@@ -71,6 +72,7 @@ TOP_SCHEMA: dict[str, Any] = {
         "tags": _TAGS,
         "sdk_telemetry": {"type": "boolean"},
         "validate_role": {"type": "boolean"},
+        "conf_may_override": {"type": "array", "maxItems": 100, "items": _string(256)},
         "local": {
             "type": "object",
             "additionalProperties": False,
@@ -83,6 +85,14 @@ TOP_SCHEMA: dict[str, Any] = {
         "steps": {"type": "object", "additionalProperties": {"type": "object"}},
     },
 }
+
+# What a run's conf may not change unless the DAG's author lists it in "conf_may_override":
+# who the job runs as, what image it runs, where it writes, with which credentials.
+# Whoever may trigger a DAG must not be able to read the worker's files or pick the role.
+PROTECTED = ("role", "image", "artifacts", "aws_conn_id", "region_name", "local.image",
+             "local.artifacts", "local.s3_endpoint", "steps.*.image")
+# What a run's conf may never change: where the code comes from, and the rule itself.
+NEVER = ("code_root", "conf_may_override")
 
 _COMMON_STEP_KEYS: dict[str, Any] = {
     "image": _NAME,
@@ -307,9 +317,14 @@ def _output_name_problems(step: str, kind: str, cfg: Any) -> Iterable[str]:
 
 
 def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -> Iterable[str]:
-    """The code a step names must exist on the worker before a job is created (called once
-    the schema holds, so the keys are there and are strings)."""
-    root = Path(params.get("code_root") or ".")
+    """The code a step names must exist on the worker, inside the code root, before a job is
+    created (called once the schema holds, so the keys are there and are strings)."""
+    root = Path(params.get("code_root") or ".").resolve()
+    for key in {"processing": ("code_path",), "training": ("source_dir",)}.get(kind, ()):
+        # resolved (.. and symlinks followed): code outside the root is never uploaded or mounted
+        if not (root / cfg[key]).resolve().is_relative_to(root):
+            yield f"steps.{step}.{key}: {_quoted(cfg[key])} is outside the code root {root}"
+            return
     # os.path answers False for a name the OS refuses (e.g. too long) where Path would raise
     if kind == "processing" and not os.path.isfile(root / cfg["code_path"]):
         yield f"steps.{step}.code_path: no file {root / cfg['code_path']}"
@@ -317,6 +332,8 @@ def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) ->
         source = root / cfg["source_dir"]
         if not os.path.isdir(source):
             yield f"steps.{step}.source_dir: no folder {source}"
+        elif not (source / cfg["entry_script"]).resolve().is_relative_to(source.resolve()):
+            yield f"steps.{step}.entry_script: {_quoted(cfg['entry_script'])} is outside {source}"
         elif not os.path.isfile(source / cfg["entry_script"]):
             yield f"steps.{step}.entry_script: no file {cfg['entry_script']} in {source}"
 
@@ -326,7 +343,9 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     """The params a task runs with: ``defaults`` deep-merged with the run's conf, validated.
 
     A conf may only set steps the DAG knows (its default params' or its smtask tasks'): a
-    misspelt step would otherwise be ignored while the run uses the defaults.
+    misspelt step would otherwise be ignored while the run uses the defaults. It may not
+    change a :data:`PROTECTED` key unless the author allows it, nor a :data:`NEVER` key.
+    Top-level params of the DAG's author (not smtask's keys) pass through unchecked.
     """
     if run_conf is not None and not isinstance(run_conf, Mapping):
         raise ParamsError(f"the run's conf must be a JSON object, got {type(run_conf).__name__}")
@@ -341,7 +360,41 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
         # reported once, here: the merged params hold no step the DAG lacks
         conf["steps"] = {s: v for s, v in conf["steps"].items() if s in known}
     params = deep_merge(defaults, conf)
-    _raise(problems + _problems(params, steps), steps)
+    problems.extend(_override_problems(defaults, params))
+    own = {key for key in defaults if key not in TOP_SCHEMA["properties"]}
+    _raise(problems + _problems({k: v for k, v in params.items() if k not in own}, steps), steps)
+    return params
+
+
+def _override_problems(defaults: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
+    """Each protected key whose value the run's conf changed."""
+    allowed = defaults.get("conf_may_override")
+    allowed = [a for a in allowed if isinstance(a, str)] if isinstance(allowed, list) else []
+    for pattern, never in [*((p, False) for p in PROTECTED), *((p, True) for p in NEVER)]:
+        for path in sorted(_paths(pattern, defaults) | _paths(pattern, params)):
+            if _get(params, path) == _get(defaults, path):
+                continue
+            if never:
+                yield f"{path}: a run's conf may never change it (code is found where the DAG's " \
+                      "author put it)"
+            elif not any(fnmatch.fnmatchcase(path, a) for a in allowed):
+                yield (f"{path}: a run's conf may not change it unless the DAG's author allows "
+                       f'it ("conf_may_override": ["{pattern}"] in config.json)')
+
+
+def _paths(pattern: str, params: Mapping[str, Any]) -> set[str]:
+    """The dotted paths matching ``pattern`` (``*`` is any one key) that ``params`` has room for."""
+    found = {""}
+    for part in pattern.split("."):
+        found = {f"{path}.{key}".lstrip(".") for path in found
+                 for key in ([part] if part != "*" else
+                             (k for k in (_get(params, path) or {}) if isinstance(k, str)))}
+    return found
+
+
+def _get(params: Any, path: str) -> Any:
+    for key in path.split(".") if path else ():
+        params = params.get(key) if isinstance(params, Mapping) else None
     return params
 
 

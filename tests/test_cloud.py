@@ -437,7 +437,8 @@ def test_example_dag_runs_unchanged_in_sagemaker_mode(tmp_path, sagemaker, monke
     if not link.exists():
         link.symlink_to(ROOT / "dags" / "churn.py")
     dag = runpy.run_path(str(link))["churn"]()
-    dag_run = dag.test(run_conf={"mode": "sagemaker", "artifacts": f"s3://{BUCKET}/pipelines"})
+    client("s3").create_bucket(Bucket=config["artifacts"].removeprefix("s3://").split("/")[0])
+    dag_run = dag.test(run_conf={"mode": "sagemaker"})  # the conf may not pick the artifacts
     from smtask.cli import xcom_results
 
     results = xcom_results(dag.dag_id, dag_run.run_id)
@@ -453,3 +454,41 @@ def test_role_validation_makes_iam_calls_only_when_asked(tmp_path, sagemaker):
     assert result.states["train"] == "failed"  # moto cannot simulate a principal policy
     assert "iam:SimulatePrincipalPolicy" in IAM_CALLS
     IAM_CALLS.clear()
+
+
+def test_a_run_conf_cannot_make_the_worker_upload_its_own_files(tmp_path, sagemaker, capfd):
+    """The attack from a production deployment: a conf pointing code_root at the worker's
+    Airflow home and artifacts at a bucket of its choosing. Nothing is uploaded."""
+    client("s3").create_bucket(Bucket="attacker")
+    secret = tmp_path / "airflow-home"
+    secret.mkdir()
+    (secret / "airflow.cfg").write_text("fernet_key = secret\n")
+    conf = {"code_root": str(secret), "artifacts": "s3://attacker/loot", "role": ROLE + "-admin",
+            "steps": {"splitor": {"code_path": "airflow.cfg", "image": "evil:latest"}}}
+    result = run_dag(SPLIT, config=cloud_config(tmp_path), conf=conf)
+    assert result.states["split"] == "failed"
+    out = capfd.readouterr().out
+    for refused in ("code_root: a run's conf may never change it",
+                    "artifacts: a run's conf may not change it", "role: a run's conf may not",
+                    "steps.splitor.image: a run's conf may not"):
+        assert refused in out
+    assert client("s3").list_objects_v2(Bucket="attacker").get("KeyCount") == 0
+    assert sagemaker.creates == []
+
+
+def test_code_outside_the_code_root_is_refused(tmp_path, sagemaker, capfd):
+    conf = {"steps": {"splitor": {"code_path": "../../../../etc/passwd"}}}
+    result = run_dag(SPLIT, config=cloud_config(tmp_path), conf=conf)
+    assert result.states["split"] == "failed"
+    assert "steps.splitor.code_path: '../../../../etc/passwd' is outside the code root" in \
+        capfd.readouterr().out
+    assert sagemaker.creates == []
+
+
+def test_the_author_may_allow_a_run_to_pick_the_image(tmp_path, sagemaker):
+    config = write_config(tmp_path, mode="sagemaker", role=ROLE, image=IMAGE,
+                          artifacts=f"s3://{BUCKET}/pipelines", conf_may_override=["steps.*.image"])
+    other = IMAGE.replace(":1", ":2")
+    result = run_dag(SPLIT, config=config, conf={"steps": {"splitor": {"image": other}}})
+    assert result.ok, result.states
+    assert sagemaker.request("create_processing_job")["AppSpecification"]["ImageUri"] == other

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,45 @@ def test_map_with_too_many_entries_is_refused_naming_the_limit(defaults):
 def test_path_the_os_refuses_is_reported_as_missing(defaults):
     with pytest.raises(ParamsError, match="steps.splitor.code_path: no file"):
         params.resolve(defaults, {"steps": {"splitor": {"code_path": "x" * 300}}}, STEPS)
+
+
+def test_a_dag_authors_own_params_pass_beside_the_configs(defaults):
+    merged = params.resolve({**defaults, "report_date": "2026-01-01"}, {"report_date": "x"}, STEPS)
+    assert merged["report_date"] == "x"
+    with pytest.raises(ParamsError, match="report_dat: unknown key"):
+        params.resolve({**defaults, "report_date": "2026-01-01"}, {"report_dat": "x"}, STEPS)
+
+
+@pytest.mark.parametrize(("conf", "refused"), [
+    ({"role": "arn:aws:iam::1:role/admin"}, "role: a run's conf may not change it"),
+    ({"artifacts": "s3://elsewhere/x"}, "artifacts: a run's conf may not change it"),
+    ({"aws_conn_id": "prod"}, "aws_conn_id: a run's conf may not change it"),
+    ({"local": {"artifacts": "file:///"}}, "local.artifacts: a run's conf may not change it"),
+    ({"steps": {"trainer": {"image": "evil"}}}, "steps.trainer.image: a run's conf may not"),
+    ({"code_root": "/"}, "code_root: a run's conf may never change it"),
+    ({"code_root": None}, "code_root: a run's conf may never change it"),
+    ({"conf_may_override": ["role"]}, "conf_may_override: a run's conf may never change it"),
+], ids=["role", "artifacts", "connection", "local-artifacts", "step-image", "code-root",
+        "code-root-removed", "the-rule-itself"])
+def test_a_run_conf_may_not_change_what_the_author_protects(defaults, conf, refused):
+    with pytest.raises(ParamsError, match=re.escape(refused)):
+        params.resolve(defaults, conf, STEPS)
+
+
+def test_the_author_opts_in_to_overrides_and_an_unchanged_value_is_no_override(defaults):
+    allowing = {**defaults, "conf_may_override": ["role", "steps.*.image"]}
+    merged = params.resolve(allowing, {"role": "arn:aws:iam::1:role/x",
+                                       "steps": {"trainer": {"image": "mine"}}}, STEPS)
+    assert merged["role"] == "arn:aws:iam::1:role/x"
+    assert merged["steps"]["trainer"]["image"] == "mine"
+    params.resolve(defaults, {"role": defaults["role"]}, STEPS)  # the same value: allowed
+
+
+@pytest.mark.parametrize(("step", "key", "value"), [
+    ("splitor", "code_path", "../../../../etc/passwd"),
+    ("trainer", "source_dir", "/etc"),
+    ("trainer", "entry_script", "../../etc/passwd"),
+])
+def test_code_must_stay_inside_the_code_root(defaults, step, key, value):
+    with pytest.raises(ParamsError, match=rf"steps\.{step}\.{key}: .* is outside"):
+        params.resolve(defaults, {"steps": {step: {key: value}}}, STEPS)
