@@ -60,6 +60,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         self.step, self.mode, self.deferrable = step, mode, deferrable
         self._active: tuple[Any, str] | None = None
         self._executing = False
+        self._ti_key: tuple[str, str, int] = ("", "", -1)
+        self._on_kill = "auto"
 
     def execute(self, context: Context) -> Any:
         self._executing = True  # from here on a kill interrupts the task (see on_kill)
@@ -93,6 +95,9 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         from smtask.steps import StepContext
 
         ti = context["ti"]
+        # what on_kill needs to tell a user's kill from a shutdown
+        self._ti_key = (ti.dag_id, context["run_id"], storage.map_index(context))
+        self._on_kill = run_params["steps"][self.step].get("on_kill", "auto")
         return StepContext(
             step=self.step,
             params=run_params,
@@ -180,15 +185,26 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         return self._module().outputs(job, event["description"])
 
     def on_kill(self) -> None:
-        """Airflow calls this when the task is killed (SIGTERM to the task process). In local
-        mode the job's compose processes and containers are stopped and the task interrupted
-        at once, whatever it was doing; in sagemaker mode SageMaker is asked to stop the job."""
+        """Airflow calls this when the task process gets SIGTERM: a user marked the task
+        failed or cleared it, the run was stopped, or the worker is shutting down.
+
+        Local mode: the job's compose processes and containers are stopped and the task
+        interrupted at once, whatever it was doing. SageMaker mode: the step's ``on_kill``
+        decides. ``auto`` (the default) asks Airflow for the task's state: no longer running
+        means a user's action, and SageMaker is asked to stop the job; still running means a
+        shutdown or restart, and the job is left running for the retry to re-attach (also
+        when Airflow cannot be asked). ``stop`` always stops it; ``leave`` never does.
+        """
         if not getattr(self, "_executing", False):
             return  # the task is not running its job (it finished, or never started)
         session, name = getattr(self, "_active", None) or (None, "")
         if session is not None and not session.local_mode:
-            waiting.stop(session.sagemaker_client, self.kind, name)
-            self.log.info("killed: asked SageMaker to stop %s job %s", self.kind, name)
+            if self._user_killed():
+                waiting.stop(session.sagemaker_client, self.kind, name)
+                self.log.info("killed: asked SageMaker to stop %s job %s", self.kind, name)
+            else:
+                self.log.info("task process stopping: %s job %s is left running; the task's "
+                              "retry re-attaches to it", self.kind, name)
             return
         if session is not None:
             if session.smtask_closing:
@@ -199,6 +215,25 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
             self.log.info("killed: removed %d container(s) of %s job %s", len(removed), self.kind, name)
         raise TaskInterrupted(f"{self.custom_operator_name} task {self.task_id} (step "
                               f"'{self.step}') was killed; its job was stopped")
+
+    def _user_killed(self) -> bool:
+        """Whether the kill is a user's action (per the step's ``on_kill``, see on_kill)."""
+        choice = getattr(self, "_on_kill", "auto")
+        if choice != "auto":
+            return bool(choice == "stop")
+        dag_id, run_id, map_index = getattr(self, "_ti_key", ("", "", -1))
+        try:
+            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+            states = RuntimeTaskInstance.get_task_states(
+                dag_id=dag_id, map_index=None if map_index < 0 else map_index,
+                task_ids=[self.task_id], run_ids=[run_id]).get(run_id, {})
+        except Exception as exc:  # noqa: BLE001 - cannot tell: the safe default applies
+            self.log.warning("cannot ask Airflow why the task is killed (%s)", exc)
+            return False
+        state = states.get(self.task_id if map_index < 0 else f"{self.task_id}_{map_index}")
+        self.log.info("task killed while its state is %s", state)
+        return state is not None and str(getattr(state, "value", state)) != "running"
 
 
 class _ProcessingOperator(_SageMakerDecoratedOperator):

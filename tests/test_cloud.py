@@ -378,10 +378,13 @@ def test_if_job_failed_fail_refuses_to_rerun_a_failed_job(tmp_path, sagemaker):
 
 # --- kill, deferrable ------------------------------------------------------------------------
 
-def test_on_kill_stops_the_running_job():
+def killed_operator(on_kill: str, states: Any) -> tuple[Any, Any]:
+    """A cloud training task in the middle of its job, killed; Airflow answers ``states``
+    (or raises it) when asked for the task's state."""
     from unittest import mock
 
     from airflow.sdk import DAG
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
     from smtask import sm_training
 
@@ -393,9 +396,36 @@ def test_on_kill_stops_the_running_job():
     operator = dag.tasks[0]
     session = mock.Mock(local_mode=False)
     operator._active, operator._executing = (session, "churn-trainer-20261121-abcdef12"), True
-    operator.on_kill()
-    session.sagemaker_client.stop_training_job.assert_called_once_with(
-        TrainingJobName="churn-trainer-20261121-abcdef12")
+    operator._ti_key, operator._on_kill = ("kill_check", "r1", -1), on_kill
+    answer = mock.Mock(side_effect=states) if isinstance(states, Exception) else \
+        mock.Mock(return_value=states)
+    with mock.patch.object(RuntimeTaskInstance, "get_task_states", answer):
+        operator.on_kill()
+    return session.sagemaker_client.stop_training_job, answer
+
+
+@pytest.mark.parametrize("state", ["failed", "restarting", "success"])
+def test_a_kill_by_a_users_action_stops_the_job(state):
+    stop, _ = killed_operator("auto", {"r1": {"train": state}})
+    stop.assert_called_once_with(TrainingJobName="churn-trainer-20261121-abcdef12")
+
+
+def test_a_worker_shutdown_leaves_the_job_running_for_the_retry():
+    stop, asked = killed_operator("auto", {"r1": {"train": "running"}})
+    asked.assert_called_once()
+    stop.assert_not_called()
+
+
+def test_when_airflow_cannot_be_asked_the_job_is_left_running():
+    stop, _ = killed_operator("auto", ConnectionError("supervisor gone"))
+    stop.assert_not_called()
+
+
+@pytest.mark.parametrize(("on_kill", "stopped"), [("stop", True), ("leave", False)])
+def test_the_steps_on_kill_setting_decides_without_asking(on_kill, stopped):
+    stop, asked = killed_operator(on_kill, {"r1": {"train": "running"}})
+    asked.assert_not_called()
+    assert stop.called is stopped
 
 
 def test_deferrable_wait_runs_in_a_trigger_to_success(tmp_path, sagemaker, capfd):
