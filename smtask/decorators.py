@@ -127,7 +127,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
             client, base = session.sagemaker_client, job["job_name"]
             name, existing = waiting.claim(client, self.kind,
                                            lambda n: naming.attempt_name(base, n),
-                                           rerun_failed=cfg.get("if_job_failed") != "fail")
+                                           rerun_failed=cfg.get("if_job_failed") != "fail",
+                                           rerun_completed=cfg.get("if_job_completed") == "rerun")
             job = {**job, "job_name": name}
             self._active = (session, name)
             try:
@@ -142,7 +143,11 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                 if description is None or waiting.status(self.kind, description) not in waiting.DONE:
                     # local jobs run inside submit(); only SageMaker's can be waited on elsewhere
                     if (self.deferrable or cfg.get("deferrable")) and not session.local_mode:
-                        self._defer(job, run_params, cfg)
+                        # a job that already ended is collected here: deferring costs seconds
+                        description = description or waiting.find(client, self.kind, name)
+                        if description is None or waiting.status(self.kind, description) in \
+                                waiting.RUNNING:
+                            self._defer(job, run_params, cfg)
                     tail = None if session.local_mode else waiting.LogTail(
                         session.boto_session.client("logs"), self.kind, name, output)
                     description = waiting.wait(client, self.kind, name, tail=tail,

@@ -106,6 +106,7 @@ _COMMON_STEP_KEYS: dict[str, Any] = {
     "wait_timeout_seconds": _POSITIVE,
     "poll_max_seconds": {"type": "number", "exclusiveMinimum": 0},
     "if_job_failed": {"enum": ["rerun", "fail"]},
+    "if_job_completed": {"enum": ["reuse", "rerun"]},
     "on_kill": {"enum": ["auto", "stop", "leave"]},  # sagemaker mode; local mode always stops
     "deferrable": {"type": "boolean"},
 }

@@ -71,20 +71,22 @@ def find(client: Any, kind: str, job_name: str) -> dict[str, Any] | None:
 
 
 def claim(client: Any, kind: str, name: Callable[[int], str], *,
-          rerun_failed: bool = True) -> tuple[str, dict[str, Any] | None]:
+          rerun_failed: bool = True, rerun_completed: bool = False) -> tuple[str, dict[str, Any] | None]:
     """The name this task's job has or gets, and the job already under it, if any.
 
     Names are ``name(1)``, ``name(2)``, ...: a running or completed job under one is this
     task's job (re-attach or reuse it); a failed or stopped one moves on to the next name,
-    unless ``rerun_failed`` is false, which fails the task instead.
+    unless ``rerun_failed`` is false, which fails the task instead. With ``rerun_completed``
+    a completed one moves on too (a cleared task runs its job again).
     """
     attempt = 1
     while True:
         job_name = name(attempt)
         description = find(client, kind, job_name)
-        if description is None or status(kind, description) not in FAILED:
+        ended = FAILED | (DONE if rerun_completed else set())
+        if description is None or status(kind, description) not in ended:
             return job_name, description
-        if not rerun_failed:
+        if status(kind, description) in FAILED and not rerun_failed:
             raise JobFailed(kind, job_name, "an earlier attempt's job ended "
                             f"{status(kind, description)} and if_job_failed is 'fail': "
                             f"{description.get('FailureReason') or 'no reason given'}")

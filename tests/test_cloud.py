@@ -439,6 +439,13 @@ def test_deferrable_wait_runs_in_a_trigger_to_success(tmp_path, sagemaker, capfd
     assert "new_state=deferred" in captured.out + captured.err
 
 
+def test_a_deferrable_task_whose_job_already_ended_does_not_defer(tmp_path, sagemaker, capfd):
+    result = run_dag(TRAIN, config=cloud_config(tmp_path, trainer={"deferrable": True}))
+    assert result.ok, result.states  # moto's jobs are Completed when created
+    captured = capfd.readouterr()
+    assert "new_state=deferred" not in captured.out + captured.err
+
+
 # --- the example, unchanged ------------------------------------------------------------------
 
 def test_example_dag_runs_unchanged_in_sagemaker_mode(tmp_path, sagemaker, monkeypatch):

@@ -86,3 +86,17 @@ def test_claim_moves_past_failed_jobs_and_stops_at_a_running_or_new_one():
     assert waiting.claim(Jobs(), "training", lambda n: f"n{n}") == ("n3", None)
     with pytest.raises(JobFailed, match="if_job_failed is 'fail'"):
         waiting.claim(Jobs(), "training", lambda n: f"n{n}", rerun_failed=False)
+
+
+def test_claim_reuses_a_completed_job_unless_told_to_rerun_it():
+    jobs = {"n1": ("Completed", None)}
+
+    class Jobs:
+        def describe_training_job(self, TrainingJobName):
+            if TrainingJobName not in jobs:
+                raise error("ValidationException")
+            status, reason = jobs[TrainingJobName]
+            return {"TrainingJobStatus": status, "FailureReason": reason}
+
+    assert waiting.claim(Jobs(), "training", lambda n: f"n{n}")[0] == "n1"
+    assert waiting.claim(Jobs(), "training", lambda n: f"n{n}", rerun_completed=True) == ("n2", None)
