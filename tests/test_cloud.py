@@ -199,7 +199,11 @@ def test_processing_job_is_created_from_the_step_settings(tmp_path, sagemaker):
     assert inputs["data-source"]["S3Uri"] == "s3://smtask-cloud-tests/data/"
     assert inputs["data-source"]["LocalPath"] == "/opt/ml/processing/input/data-source"
     prefix = f"s3://{BUCKET}/pipelines/churn/"
-    assert inputs["code"]["S3Uri"].startswith(prefix)  # code uploaded under the run's prefix
+    # code uploaded by content, beside the pipelines' folders; the upload is the file itself
+    code = inputs["code"]["S3Uri"].removeprefix(f"s3://{BUCKET}/")
+    assert code.startswith("pipelines/_code/") and code.endswith("/preprocess.py")
+    assert client("s3").get_object(Bucket=BUCKET, Key=code)["Body"].read() == \
+        (ROOT / "code" / "preprocess.py").read_bytes()
     outputs = {o["OutputName"]: o["S3Output"]["S3Uri"]
                for o in job["ProcessingOutputConfig"]["Outputs"]}
     assert outputs == out["outputs"]
@@ -227,8 +231,9 @@ def test_training_job_is_created_from_the_step_settings(tmp_path, sagemaker):
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
                 for c in job["InputDataConfig"]}
     assert channels["train"] == "s3://smtask-cloud-tests/splits/train/"
-    # the source dir (and ModelTrainer's drivers) uploaded under the run's prefix
-    assert channels["code"].startswith(f"s3://{BUCKET}/pipelines/churn/")
+    # the source dir (and ModelTrainer's drivers) uploaded by content
+    assert channels["code"].startswith(f"s3://{BUCKET}/pipelines/_code/")
+    assert channels["sm_drivers"].startswith(f"s3://{BUCKET}/pipelines/_code/")
     assert job["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{BUCKET}/pipelines/churn/")
     described = client().describe_training_job(TrainingJobName=out["job_name"])
     assert out["model"] == described["ModelArtifacts"]["S3ModelArtifacts"]
@@ -437,6 +442,30 @@ def test_deferrable_wait_runs_in_a_trigger_to_success(tmp_path, sagemaker, capfd
     captured = capfd.readouterr()
     # the task gave up its slot while the trigger waited, then resumed to collect outputs
     assert "new_state=deferred" in captured.out + captured.err
+
+
+def test_code_is_uploaded_once_per_content_across_jobs_and_runs(tmp_path, sagemaker, monkeypatch):
+    from botocore.client import BaseClient
+
+    puts: list[str] = []
+    make_api_call = BaseClient._make_api_call
+
+    def spied(self: Any, operation: str, params: Any) -> Any:
+        if operation in ("PutObject", "CreateMultipartUpload"):
+            puts.append(params["Key"])
+        return make_api_call(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", spied)
+    config = cloud_config(tmp_path)
+    assert run_dag(TRAIN, config=config).ok
+    first = [key for key in puts if "/_code/" in key]
+    assert first  # the source dir and the SDK's drivers, once
+    puts.clear()
+    assert run_dag(TRAIN, config=config, conf={"steps": {"trainer": {"hyperparameters": {
+        "max_depth": 3}}}}).ok
+    assert [key for key in puts if "/_code/" in key] == []  # nothing uploaded again
+    code = client("s3").list_objects_v2(Bucket=BUCKET, Prefix="pipelines/_code/")
+    assert {o["Key"] for o in code["Contents"]} >= set(first)
 
 
 def test_a_deferrable_task_whose_job_already_ended_does_not_defer(tmp_path, sagemaker, capfd):

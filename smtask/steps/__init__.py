@@ -34,6 +34,14 @@ class StepContext:
     def local(self) -> bool:
         return self.params["mode"] == "local"
 
+    @property
+    def code_prefix(self) -> str:
+        """Where code goes in sagemaker mode, by content: ``<artifacts>/_code/<sha256>/``
+        (no pipeline name starts with ``_``), so it is uploaded once for every job and run."""
+        from smtask.sessions import artifacts_root
+
+        return f"{artifacts_root(self.params).rstrip('/')}/_code"
+
     def path(self, relative: str) -> str:
         """A path of the step's settings, resolved against the config's folder."""
         return str((Path(self.params.get("code_root") or ".") / relative).resolve())
@@ -101,3 +109,26 @@ def prepare_output(uri: str, root: str) -> None:
         log.warning("replacing the outputs an earlier attempt of this step wrote in %s", path)
         shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
+
+
+def upload_once(session: Any, path: str, prefix: str) -> str:
+    """Upload a local file or folder to ``<prefix>/<hash of its content>/`` unless it is there
+    already, complete; returns the folder's ``s3://`` URI (for a file, the file's)."""
+    import hashlib
+
+    local = Path(path)
+    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(local if local.is_dir() else local.parent)).encode())
+        digest.update(b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    target = urlparse(f"{prefix.rstrip('/')}/{digest.hexdigest()[:32]}")
+    bucket, key = target.netloc, target.path.strip("/")
+    s3 = session.s3_client
+    # the marker sits beside the folder, not in it: a job's download of the folder skips it
+    marker = f"{key}.complete"
+    if s3.list_objects_v2(Bucket=bucket, Prefix=marker, MaxKeys=1).get("KeyCount", 0) == 0:
+        session.upload_data(str(local), bucket=bucket, key_prefix=key)
+        s3.put_object(Bucket=bucket, Key=marker, Body=b"")
+    folder = f"s3://{bucket}/{key}/"
+    return folder + local.name if local.is_file() else folder

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from smtask.steps import StepContext, aws_tags, check_uri_map, prepare_output
+from smtask.steps import StepContext, aws_tags, check_uri_map, prepare_output, upload_once
 
 KIND = "processing"
 
@@ -28,7 +28,7 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
                    for n, uri in inputs.items()},
         "outputs": {n: {"source": o["source"], "destination": f"{ctx.prefix}/{n}"}
                     for n, o in cfg["outputs"].items()},
-        "code_prefix": f"{ctx.prefix}/code",
+        "code_prefix": ctx.code_prefix,
     }
 
 
@@ -78,8 +78,8 @@ def submit(job: dict[str, Any], session: Any) -> None:
         sagemaker_session=session,
     )
     code = job["code"]
-    if not session.local_mode:  # under the run's prefix, not the SDK's default-bucket root
-        code = upload(session, code, f"{job['code_prefix']}/{job['job_name']}")
+    if not session.local_mode:  # by content, not under the SDK's default-bucket root
+        code = upload_once(session, code, job["code_prefix"])
     processor.run(
         code=code,
         inputs=[ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
@@ -99,10 +99,3 @@ def submit(job: dict[str, Any], session: Any) -> None:
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
     return {"job_name": job["job_name"],
             "outputs": {name: o["destination"] for name, o in job["outputs"].items()}}
-
-
-def upload(session: Any, path: str, prefix: str) -> str:
-    """Upload a local file or folder under ``prefix`` (an s3:// URI); returns its URI."""
-    target = urlparse(prefix)
-    uri = session.upload_data(path, bucket=target.netloc, key_prefix=target.path.strip("/"))
-    return str(uri)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 from unittest import mock
 from urllib.parse import urlparse
 
-from smtask.steps import StepContext, check_uri_map, prepare_output
+from smtask.steps import StepContext, check_uri_map, prepare_output, upload_once
 from smtask.storage import local_path
 
 KIND = "training"
@@ -28,6 +29,7 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
         "channels": check_uri_map(ctx.step, "channel", returned),
         "output_path": ctx.prefix,
         "validate_role": bool(ctx.params.get("validate_role")),
+        "code_prefix": ctx.code_prefix,
     }
 
 
@@ -50,7 +52,8 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
     })
     # ModelTrainer appends a timestamp to every name; the task's name must stay deterministic.
     with mock.patch.object(model_trainer, "_get_unique_name", lambda *_a, **_k: job["job_name"]), \
-            _no_iam_calls(enabled=not job["validate_role"]):
+            _no_iam_calls(enabled=not job["validate_role"]), \
+            _uploads_by_content(session, None if local else job["code_prefix"]):
         trainer = ModelTrainer(
             training_mode=Mode.LOCAL_CONTAINER if local else Mode.SAGEMAKER_TRAINING_JOB,
             sagemaker_session=session,
@@ -78,6 +81,27 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": model_uri}}
+
+
+@contextlib.contextmanager
+def _uploads_by_content(session: Any, prefix: str | None) -> Iterator[None]:
+    """ModelTrainer uploads the source dir and its own driver files again for every job (16
+    PUTs a job); upload each local folder once per content under ``prefix`` instead."""
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    if prefix is None:
+        yield
+        return
+    create = ModelTrainer.create_input_data_channel
+
+    def create_channel(self: Any, channel_name: str, data_source: Any, *args: Any,
+                       **kwargs: Any) -> Any:
+        if isinstance(data_source, str) and os.path.exists(data_source):
+            data_source = upload_once(session, data_source, prefix)
+        return create(self, channel_name, data_source, *args, **kwargs)
+
+    with mock.patch.object(ModelTrainer, "create_input_data_channel", create_channel):
+        yield
 
 
 @contextlib.contextmanager
