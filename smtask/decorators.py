@@ -58,6 +58,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs,
                          **kwargs)
         self.step, self.mode, self.deferrable = step, mode, deferrable
+        params.describe_step(getattr(self, "dag", None), step, self.kind)  # the trigger form
         self._active: tuple[Any, str] | None = None
         self._executing = False
         self._ti_key: tuple[str, str, int] = ("", "", -1)

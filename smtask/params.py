@@ -183,7 +183,11 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
-    """DAG params from a config.json: one :class:`~airflow.sdk.Param` per top-level key.
+    """DAG params from a config.json: one :class:`~airflow.sdk.Param` per top-level key, each
+    with the JSON schema of its key, so the trigger form shows real fields and Airflow refuses
+    a bad conf at trigger time (REST: 400). ``steps`` lists the config's steps; each smtask
+    task adds its step's schema when the DAG is parsed (:func:`describe_step`). The schemas
+    are partial (nothing required, ``null`` allowed) since a run's conf is deep-merged.
 
     ``mode`` defaults to ``$SMTASK_MODE`` (else ``local``) unless the file sets it. Use as
     ``@dag(params=pipeline_params(Path(__file__).parent / "config.json"))``.
@@ -194,13 +198,38 @@ def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
     descriptions = {
         "mode": "local: Docker on the worker via LocalSession; sagemaker: SageMaker jobs",
         "steps": "per-step settings; a run's conf is deep-merged into them",
+        "code_root": "where the steps' code is; a run's conf may never change it",
     }
-    return {
-        key: Param(value, description=descriptions.get(key))
-        if key != "mode"
-        else Param(value, enum=list(MODES), description=descriptions["mode"])
-        for key, value in config.items()
-    }
+    schemas = {key: trigger_schema(schema) for key, schema in TOP_SCHEMA["properties"].items()}
+    steps: dict[str, Any] = config["steps"] if isinstance(config.get("steps"), dict) else {}
+    schemas["steps"] = {"type": "object", "additionalProperties": False,
+                        "properties": {step: {"type": ["object", "null"]} for step in steps}}
+    for key in NEVER:
+        if key in config:
+            schemas[key] = {"const": config[key]}
+    return {key: Param(value, description=descriptions.get(key), **schemas.get(key, {}))
+            for key, value in config.items()}
+
+
+def trigger_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` as a run's conf may meet it before the deep merge: nothing required, and
+    ``null`` (which removes a key) allowed below the top level."""
+    partial = {k: v for k, v in schema.items() if k != "required"}
+    if isinstance(schema.get("properties"), Mapping):
+        partial["properties"] = {key: {"anyOf": [trigger_schema(sub), {"type": "null"}]}
+                                 for key, sub in schema["properties"].items()}
+    if isinstance(schema.get("additionalProperties"), Mapping):
+        partial["additionalProperties"] = trigger_schema(schema["additionalProperties"])
+    return partial
+
+
+def describe_step(dag: Any, step: str, kind: str) -> None:
+    """Give the DAG's ``steps`` param the schema of one smtask step (at parse time)."""
+    param = dag.params.get_param("steps") if dag is not None and "steps" in dag.params else None
+    properties = getattr(param, "schema", {}).get("properties")
+    if isinstance(properties, dict):
+        step_schema = {"type": "object", "additionalProperties": False, **STEP_SCHEMAS[kind]}
+        properties[step] = {"anyOf": [trigger_schema(step_schema), {"type": "null"}]}
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

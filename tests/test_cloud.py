@@ -523,20 +523,27 @@ def test_role_validation_makes_iam_calls_only_when_asked(tmp_path, sagemaker):
 
 
 def test_a_run_conf_cannot_make_the_worker_upload_its_own_files(tmp_path, sagemaker, capfd):
-    """The attack from a production deployment: a conf pointing code_root at the worker's
+    """The attack from a production deployment: a conf pointing the code at the worker's
     Airflow home and artifacts at a bucket of its choosing. Nothing is uploaded."""
+    import os
+
+    from airflow.sdk.exceptions import ParamValidationError
+
     client("s3").create_bucket(Bucket="attacker")
     secret = tmp_path / "airflow-home"
     secret.mkdir()
     (secret / "airflow.cfg").write_text("fernet_key = secret\n")
-    conf = {"code_root": str(secret), "artifacts": "s3://attacker/loot", "role": ROLE + "-admin",
-            "steps": {"splitor": {"code_path": "airflow.cfg", "image": "evil:latest"}}}
+    with pytest.raises(ParamValidationError, match="param code_root"):  # refused when triggered
+        run_dag(SPLIT, config=cloud_config(tmp_path), conf={"code_root": str(secret)})
+    reach = os.path.relpath(secret / "airflow.cfg", ROOT)  # from the code root, with ../
+    conf = {"artifacts": "s3://attacker/loot", "role": ROLE + "-admin",
+            "steps": {"splitor": {"code_path": reach, "image": "evil:latest"}}}
     result = run_dag(SPLIT, config=cloud_config(tmp_path), conf=conf)
     assert result.states["split"] == "failed"
     out = capfd.readouterr().out
-    for refused in ("code_root: a run's conf may never change it",
-                    "artifacts: a run's conf may not change it", "role: a run's conf may not",
-                    "steps.splitor.image: a run's conf may not"):
+    for refused in ("artifacts: a run's conf may not change it", "role: a run's conf may not",
+                    "steps.splitor.image: a run's conf may not",
+                    "steps.splitor.code_path: '../", "is outside the code root"):
         assert refused in out
     assert client("s3").list_objects_v2(Bucket="attacker").get("KeyCount") == 0
     assert sagemaker.creates == []

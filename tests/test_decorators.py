@@ -75,13 +75,27 @@ def test_task_id_defaults_to_the_function_name_and_operator_shows_the_decorator(
     assert task.custom_operator_name == "@sm_transform"
 
 
-@pytest.mark.parametrize("conf", [
-    {"steps": {"splitor": {"instance_count": "two"}}},
-    {"steps": {"splitor": {"outputs": None}}},
-    {"steps": {"splitor": {"arguments": "--seed 1"}}},
+@pytest.mark.parametrize(("conf", "refused"), [
+    ({"steps": {"splitor": {"instance_count": "two"}}}, "'two' is not valid"),
+    ({"steps": {"splitor": {"arguments": "--seed 1"}}}, "'--seed 1' is not valid"),
+    ({"steps": {"splitr": {}}}, "'splitr' was unexpected"),
+    ({"code_root": "/"}, "param code_root"),
 ])
-def test_bad_run_conf_fails_the_task_before_any_job(tmp_path, sessions_opened, conf):
-    result = run_dag(SPLIT_ONLY, config=write_config(tmp_path), conf=conf)
+def test_a_bad_run_conf_is_refused_when_the_run_is_triggered(tmp_path, sessions_opened, conf,
+                                                             refused):
+    """The params carry the steps' JSON schemas: Airflow refuses the conf (REST: 400)."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match=refused):
+        run_dag(SPLIT_ONLY, config=write_config(tmp_path), conf=conf)
+    assert sessions_opened == []
+
+
+def test_what_only_the_merged_params_show_fails_the_task_before_any_job(tmp_path, sessions_opened):
+    # null removes a key (a run may fall back to a default): valid at trigger time, but the
+    # merged step then lacks its required outputs
+    result = run_dag(SPLIT_ONLY, config=write_config(tmp_path), conf={"steps": {"splitor": {
+        "outputs": None}}})
     assert result.states == {"split": "failed"}
     assert sessions_opened == []
 
@@ -101,8 +115,9 @@ def train(splits):
     return {"train": splits["outputs"]["train"]}
 train(split())
 ''')
+    # valid when triggered (null removes a key); the merged trainer lacks its entry_script
     result = run_dag(body, config=write_config(tmp_path),
-                     conf={"steps": {"trainer": {"hyperparameters": {"depth": [1]}}}})
+                     conf={"steps": {"trainer": {"entry_script": None}}})
     assert result.states == {"split": "failed", "train": "upstream_failed"}
     assert sessions_opened == []
 
