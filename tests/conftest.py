@@ -67,10 +67,18 @@ def docker() -> None:
         pytest.skip(problem)
 
 
+# where this test run's local sessions keep their scratch folders (SMTASK_HOME or tmp_path)
+_TEST_ROOTS = (str(_HOME), os.path.join(tempfile.gettempdir(), "pytest-of-"))
+
+
 def containers_with_label(label: str = "smtask.session") -> list[str]:
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"],
+    """Containers with ``label`` that this test run's sessions made (another smtask user of
+    the machine's engine may be running jobs at the same time)."""
+    out = subprocess.run(["docker", "ps", "-a", "--filter", f"label={label}", "--format",
+                          '{{.ID}} {{.Label "smtask.scratch"}}'],
                          capture_output=True, text=True, check=True)
-    return out.stdout.split()
+    return [line.split()[0] for line in out.stdout.splitlines()
+            if not line.split()[1:] or line.split()[1].startswith(_TEST_ROOTS)]
 
 
 # --- loopback guard ------------------------------------------------------------------------
