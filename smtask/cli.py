@@ -103,6 +103,21 @@ def _conf(args: argparse.Namespace) -> dict[str, Any]:
     return conf
 
 
+def _kill_running_task() -> None:
+    """The running task's ``on_kill``, as for a user's kill: an smtask task stops its job
+    (SageMaker's too: a run interrupted here is never resumed) and may raise to stop."""
+    from smtask import decorators
+
+    decorators.KILL_STOPS_JOBS = True
+    try:
+        from airflow.sdk import get_current_context
+
+        task = get_current_context()["task"]
+    except Exception:  # noqa: BLE001 - between tasks: nothing to kill
+        return
+    getattr(task, "on_kill", lambda: None)()
+
+
 @contextlib.contextmanager
 def _signals_stop_the_run() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`RunInterrupted` inside the running task and again
@@ -113,6 +128,7 @@ def _signals_stop_the_run() -> Iterator[None]:
     """
     from airflow.sdk.definitions import dag as dag_module
 
+    from smtask import decorators
     from smtask.sessions import replaced
 
     received: list[int] = []
@@ -120,6 +136,7 @@ def _signals_stop_the_run() -> Iterator[None]:
 
     def interrupt(signum: int, frame: Any) -> None:
         received.append(signum)
+        _kill_running_task()
         raise RunInterrupted(signum)
 
     def install(signum: int, handler: Any) -> Any:
@@ -128,6 +145,7 @@ def _signals_stop_the_run() -> Iterator[None]:
 
         def chained(signum: int, frame: Any) -> None:
             received.append(signum)
+            decorators.KILL_STOPS_JOBS = True
             handler(signum, frame)  # Airflow's: the task's on_kill (an smtask task raises)
             raise RunInterrupted(signum)
 

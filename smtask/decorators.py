@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from smtask.steps import StepContext
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+# Set by `smtask run` when it is interrupted: there a kill is always the user's.
+KILL_STOPS_JOBS = False
 
 
 def _check_step(decorator: str, step: Any) -> None:
@@ -225,6 +227,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
     def _user_killed(self) -> bool:
         """Whether the kill is a user's action (per the step's ``on_kill``, see on_kill)."""
         choice = getattr(self, "_on_kill", "auto")
+        if KILL_STOPS_JOBS:
+            return True
         if choice != "auto":
             return bool(choice == "stop")
         dag_id, run_id, map_index = getattr(self, "_ti_key", ("", "", -1))

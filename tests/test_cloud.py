@@ -426,6 +426,15 @@ def test_when_airflow_cannot_be_asked_the_job_is_left_running():
     stop.assert_not_called()
 
 
+def test_an_interrupted_smtask_run_always_stops_the_job(monkeypatch):
+    from smtask import decorators
+
+    monkeypatch.setattr(decorators, "KILL_STOPS_JOBS", True)  # what `smtask run` sets
+    stop, asked = killed_operator("leave", {"r1": {"train": "running"}})
+    asked.assert_not_called()
+    stop.assert_called_once()
+
+
 @pytest.mark.parametrize(("on_kill", "stopped"), [("stop", True), ("leave", False)])
 def test_the_steps_on_kill_setting_decides_without_asking(on_kill, stopped):
     stop, asked = killed_operator(on_kill, {"r1": {"train": "running"}})
