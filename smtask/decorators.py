@@ -138,6 +138,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                 description = existing
                 if existing is None:
                     description = self._module().submit(job, session)
+                    if session.local_mode:  # the job ran inside submit()
+                        description = self._local_result(session, name, description)
                 elif waiting.status(self.kind, existing) in waiting.DONE:
                     self.log.info("%s job %s already completed: reusing its outputs", self.kind, name)
                 else:
@@ -219,10 +221,25 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                 return  # the session is already removing its containers; let it finish
             from smtask.local import stop
 
+            session.smtask_killed = True  # the SDK may swallow the exception raised below
             removed = stop(session)
             self.log.info("killed: removed %d container(s) of %s job %s", len(removed), self.kind, name)
-        raise TaskInterrupted(f"{self.custom_operator_name} task {self.task_id} (step "
-                              f"'{self.step}') was killed; its job was stopped")
+        raise self._interrupted()
+
+    def _interrupted(self) -> TaskInterrupted:
+        return TaskInterrupted(f"{self.custom_operator_name} task {self.task_id} (step "
+                               f"'{self.step}') was killed; its job was stopped")
+
+    def _local_result(self, session: Any, name: str, description: Any) -> dict[str, Any]:
+        """A local job's end. The SDK's telemetry wrapper swallows any BaseException raised
+        inside its calls (``finally: return``), a kill's included: look, don't trust."""
+        if session.smtask_killed:
+            raise self._interrupted()
+        description = description or waiting.find(session.sagemaker_client, self.kind, name)
+        if description is None or waiting.status(self.kind, description) not in waiting.DONE:
+            state = "no job" if description is None else waiting.status(self.kind, description)
+            raise JobFailed(self.kind, name, f"the local job did not complete ({state})")
+        return dict(description)
 
     def _user_killed(self) -> bool:
         """Whether the kill is a user's action (per the step's ``on_kill``, see on_kill)."""

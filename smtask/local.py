@@ -27,6 +27,7 @@ import random
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -142,6 +143,7 @@ def cleanup_orphans() -> list[str]:
         if scratch.name and (scratch / OWNER_FILE).is_file():
             with contextlib.suppress(SmtaskError):
                 _remove_scratch(scratch)
+                removed.append(f"scratch folder {scratch} of dead process {owner.pid}")
     root = _scratch_root()
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         marker = folder / OWNER_FILE
@@ -360,9 +362,25 @@ def _cause(lines: list[str]) -> str:
     return (errors or lines or ["the container exited without output"])[-1]
 
 
-def _stream_output(output: ContainerOutput) -> Callable[[subprocess.Popen], int]:
+def keep_only_files(scratch: Path, log: Callable[[str], None]) -> None:
+    """Remove every symlink and every special file (device, fifo, socket) a container left in
+    the session's scratch folder. The SDK copies outputs and tars the model on the host,
+    following links: a job could otherwise copy any host file (a link to ~/.aws, a device
+    node of a disk) into its outputs, or hang the copy on a fifo."""
+    for folder, folders, files in os.walk(scratch):  # does not follow links into folders
+        for name in folders + files:
+            path = Path(folder, name)
+            mode = path.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                path.unlink()
+                log(f"smtask: removed {path.relative_to(scratch)} from the job's outputs: only "
+                    "regular files and folders leave a local job")
+
+
+def _stream_output(output: ContainerOutput, scratch: Path) -> Callable[[subprocess.Popen], int]:
     """The SDK's ``_stream_output`` (it prints to stdout), sending each line to ``output`` and
-    failing with the container's own reason."""
+    failing with the container's own reason. Once the container has exited, and before the
+    SDK copies anything, only regular files and folders are left in the scratch folder."""
 
     def stream_output(process: subprocess.Popen) -> int:
         own: deque[str] = deque(maxlen=40)
@@ -371,6 +389,7 @@ def _stream_output(output: ContainerOutput) -> Callable[[subprocess.Popen], int]
             own.append(line)
             output(line)
         exit_code = process.wait()
+        keep_only_files(scratch, output)
         if exit_code not in (0, 130):  # the SDK's own rule: 130 is a stopped container
             container_code = _container_exit_code(list(own))
             raise ContainerFailed(output.failure(container_code or exit_code, list(own)))
@@ -438,7 +457,7 @@ def _sdk_corrections(session: Any, output: ContainerOutput) -> contextlib.Abstra
 
     from smtask.sessions import replaced, telemetry_off
 
-    stream = _stream_output(output)
+    stream = _stream_output(output, Path(session.smtask_scratch))
     return replaced(
         *telemetry_off(),
         (image, "_stream_output", stream),
@@ -480,6 +499,7 @@ def local_session(params: Mapping[str, Any], output: ContainerOutput) -> Iterato
         session.smtask_session_id, session.smtask_owner = session_id, owner
         session.smtask_scratch, session.smtask_serving_port = str(scratch), None
         session.smtask_exit, session.smtask_closing = exit_stack, False
+        session.smtask_killed = False
         try:
             with _sdk_corrections(session, output):
                 yield session

@@ -49,7 +49,8 @@ def _string_map(key_max: int, value_max: int, entries: int) -> dict[str, Any]:
 # Lengths as SageMaker's API allows them (where it says), so a huge string fails here, named.
 _NAME = _string(256)
 _PATH = _string(1024)
-_URI = _string(1024, pattern="^(s3|file)://")
+# a file:// URI names no host: file://data/x would mean /x to smtask and data/x to the SDK
+_URI = _string(1024, pattern="^(s3://[^/]|file:///)")
 _TAGS = _string_map(128, 256, 50)
 _ENVIRONMENT = _string_map(256, 1024, 100)
 _POSITIVE = {"type": "integer", "minimum": 1}
@@ -253,7 +254,7 @@ def name_problem(kind: str, name: Any) -> str | None:
     pattern, rule = NAME_RULES[kind]
     if not isinstance(name, str):
         return f"must be a string, got {type(name).__name__}"
-    return None if pattern.fullmatch(name) else f"{_quoted(name)} is not allowed: use {rule}"
+    return None if pattern.fullmatch(name) else f"{quoted(name)} is not allowed: use {rule}"
 
 
 def check_name(step: str, what: str, name: Any) -> str:
@@ -266,7 +267,7 @@ def check_name(step: str, what: str, name: Any) -> str:
     return str(name)
 
 
-def _quoted(text: str, limit: int = 80) -> str:
+def quoted(text: str, limit: int = 80) -> str:
     """``text`` quoted with escapes (a look-alike or a newline shows), cut to ``limit``."""
     shown = ascii(text)
     return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
@@ -274,7 +275,7 @@ def _quoted(text: str, limit: int = 80) -> str:
 
 def _key_path(*keys: str) -> str:
     """``steps.trainer.image``; an odd key is quoted so the path stays readable."""
-    return ".".join(k if NAME_RULES["step"][0].fullmatch(k) else _quoted(k) for k in keys)
+    return ".".join(k if NAME_RULES["step"][0].fullmatch(k) else quoted(k) for k in keys)
 
 
 def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
@@ -287,7 +288,7 @@ def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
 
 def _raise(problems: list[str], steps: Mapping[str, str]) -> None:
     if problems:
-        where = ", ".join(_quoted(s) for s in sorted(steps)) or "the pipeline"
+        where = ", ".join(quoted(s) for s in sorted(steps)) or "the pipeline"
         raise ParamsError(f"bad params for step {where}:\n  - " + "\n  - ".join(problems))
 
 
@@ -354,7 +355,7 @@ def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) ->
     for key in {"processing": ("code_path",), "training": ("source_dir",)}.get(kind, ()):
         # resolved (.. and symlinks followed): code outside the root is never uploaded or mounted
         if not (root / cfg[key]).resolve().is_relative_to(root):
-            yield f"steps.{step}.{key}: {_quoted(cfg[key])} is outside the code root {root}"
+            yield f"steps.{step}.{key}: {quoted(cfg[key])} is outside the code root {root}"
             return
     # os.path answers False for a name the OS refuses (e.g. too long) where Path would raise
     if kind == "processing" and not os.path.isfile(root / cfg["code_path"]):
@@ -364,7 +365,7 @@ def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) ->
         if not os.path.isdir(source):
             yield f"steps.{step}.source_dir: no folder {source}"
         elif not (source / cfg["entry_script"]).resolve().is_relative_to(source.resolve()):
-            yield f"steps.{step}.entry_script: {_quoted(cfg['entry_script'])} is outside {source}"
+            yield f"steps.{step}.entry_script: {quoted(cfg['entry_script'])} is outside {source}"
         elif not os.path.isfile(source / cfg["entry_script"]):
             yield f"steps.{step}.entry_script: no file {cfg['entry_script']} in {source}"
 

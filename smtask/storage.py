@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -11,11 +12,19 @@ from smtask.errors import SmtaskError
 
 
 def confined(target: str | Path, root: str | Path) -> Path:
-    """``target`` resolved (``..`` and symlinks followed), refused unless it lies inside
-    ``root``. Every path smtask writes or deletes goes through here first."""
-    resolved, base = Path(target).resolve(), Path(root).resolve()
-    if not resolved.is_relative_to(base):
-        raise SmtaskError(f"refusing to write or delete {target}: it is outside {base}")
+    """``target`` resolved, refused unless it lies inside ``root`` and no symlink below
+    ``root`` leads there (a linked folder would carry a write or a delete elsewhere; ``root``
+    itself may be a link). Every path smtask writes or deletes goes through here first."""
+    base = Path(root).resolve()
+    lexical = Path(os.path.normpath(target))
+    try:
+        expected = base / lexical.relative_to(os.path.normpath(root))
+    except ValueError:
+        expected = None
+    resolved = Path(target).resolve()
+    if expected != resolved or not resolved.is_relative_to(base):
+        raise SmtaskError(f"refusing to write or delete {target}: it is outside {base} "
+                          "(or reaches it through a symlink)")
     return resolved
 
 

@@ -124,10 +124,12 @@ train(split())
 
 @pytest.mark.parametrize(("returned", "message"), [
     ('"file:///tmp"', "must return a dict of input name -> URI"),
-    ('{"data-source": "ftp://host/x"}', "must be an s3:// or file:// URI"),
+    ('{"data-source": "ftp://host/x"}', "must be an s3://bucket/... or file:///... URI"),
+    ('{"data-source": "file://relative/x"}', "must be an s3://bucket/... or file:///... URI"),
     ('{"train": "file:///tmp"}', "are also output names"),
     ('{"../../x": "file:///tmp"}', "input name '../../x' is not allowed"),
-], ids=["not-a-dict", "not-a-uri", "input-is-output", "hostile-input-name"])
+], ids=["not-a-dict", "not-a-uri", "file-uri-with-a-host", "input-is-output",
+        "hostile-input-name"])
 def test_wrong_return_value_fails_before_any_job(tmp_path, sessions_opened, returned, message,
                                                  capfd):
     body = f'''

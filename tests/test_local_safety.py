@@ -117,6 +117,24 @@ def test_a_training_job_cannot_change_its_channels_or_its_source_dir(tmp_path, l
     assert not (ROOT / "tests" / "scripts" / "written-by-the-job").exists()
 
 
+def test_a_job_cannot_copy_host_files_into_its_outputs_through_links(tmp_path, loopback_guard,
+                                                                    capfd):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "credentials").write_text("HOST SECRET")
+    config = write_config(tmp_path, steps={"splitor": {
+        "code_path": "tests/scripts/links_out.py",
+        "arguments": [str(secret / "credentials"), str(secret)],
+        "outputs": {"train": {"source": "/opt/ml/processing/train"}}}})
+    result = run_dag(SPLIT, config=config)
+    assert result.ok, result.states
+    out = path(result.xcom["split"]["outputs"]["train"])
+    assert sorted(p.name for p in out.iterdir()) == ["data.csv"]
+    assert "HOST SECRET" not in "".join(p.read_text() for p in out.rglob("*") if p.is_file())
+    captured = capfd.readouterr()
+    assert "/output/train/leak.txt from the job's outputs" in captured.out + captured.err
+
+
 def test_batch_transform_leaves_the_training_output_as_it_was(tmp_path, loopback_guard):
     model = constant_model(tmp_path, 1)
     before = sorted(p.name for p in model.parent.iterdir())
@@ -245,6 +263,23 @@ def sleeper_run(tmp_path: Path, cli_home) -> Watched:
 def scratch_folders(cli_home) -> list[Path]:
     root = cli_home.root / "tmp"
     return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def test_a_signal_during_batch_transform_stops_it(tmp_path, cli_home):
+    """The SDK's telemetry wrapper swallows any exception raised inside its calls; the task
+    must still stop, not wait for a job that will never end."""
+    config = write_config(tmp_path, steps={"transformer": {"strategy": "SingleRecord"}})
+    _, dag_path = write_dag(transform_body(constant_model(tmp_path, 1), rows=3000), config=config,
+                            folder=tmp_path / "dags")
+    run = Watched(cli_home.smtask("run", str(dag_path)))
+    run.wait_for(lambda: run.saw("Listening at"))
+    time.sleep(0.5)
+    run.proc.send_signal(signal.SIGTERM)
+    out = run.finish(timeout=60)
+    assert run.proc.returncode == 143, out[-3000:]
+    assert "-- predict: failed" in out and "TaskInterrupted" in out
+    assert owned_containers(run.proc.pid) == []
+    assert scratch_folders(cli_home) == []
 
 
 @pytest.mark.parametrize(("signum", "moment"), [

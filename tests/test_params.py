@@ -235,3 +235,8 @@ def test_the_author_opts_in_to_overrides_and_an_unchanged_value_is_no_override(d
 def test_code_must_stay_inside_the_code_root(defaults, step, key, value):
     with pytest.raises(ParamsError, match=rf"steps\.{step}\.{key}: .* is outside"):
         params.resolve(defaults, {"steps": {step: {key: value}}}, STEPS)
+
+
+def test_a_file_uri_with_a_host_is_refused(defaults):
+    with pytest.raises(ParamsError, match=r"local.artifacts: 'file://data/artifacts' does not match"):
+        params.validate({**defaults, "local": {"artifacts": "file://data/artifacts"}}, STEPS)

@@ -103,7 +103,7 @@ def test_sdk_functions_are_replaced_inside_a_local_session_and_restored_after():
     names = [(telemetry_logging, "_send_telemetry_request"), (image, "_stream_output"),
              (local_container, "_stream_output"), (entities, "_wait_for_serving_container")]
     originals = [getattr(module, name) for module, name in names]
-    session = type("S", (), {"smtask_session_id": "s"})
+    session = type("S", (), {"smtask_session_id": "s", "smtask_scratch": "/nonexistent"})
     with local._sdk_corrections(session, local.ContainerOutput(print)):
         assert telemetry_logging._send_telemetry_request(1, [1], None) is None
         for (module, name), original in zip(names, originals, strict=True):
@@ -111,11 +111,11 @@ def test_sdk_functions_are_replaced_inside_a_local_session_and_restored_after():
     assert [getattr(module, name) for module, name in names] == originals
 
 
-def test_container_output_goes_to_the_sink_and_a_failure_quotes_the_exit_code():
+def test_container_output_goes_to_the_sink_and_a_failure_quotes_the_exit_code(tmp_path):
     import subprocess
 
     lines: list[str] = []
-    stream = local._stream_output(local.ContainerOutput(lines.append))
+    stream = local._stream_output(local.ContainerOutput(lines.append), tmp_path)
     assert stream(subprocess.Popen(["printf", "one\\ntwo\\n"], stdout=subprocess.PIPE)) == 0
     assert lines == ["one", "two"]
     with pytest.raises(local.ContainerFailed, match=r"\(exit code 1; last lines: no output\)"):
@@ -261,3 +261,40 @@ def test_a_plain_tasks_step_folder_cannot_escape_the_run(step):
 
     with pytest.raises(SmtaskError, match="run_prefix: step"):
         run_prefix({"run_id": "r"}, step, {"mode": "local", "pipeline_name": "p"})
+
+
+def test_only_regular_files_and_folders_leave_a_local_job(tmp_path):
+    """A job could link its outputs to host files; the SDK would copy them out on the host."""
+    import os
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("HOST SECRET")
+    out = tmp_path / "scratch" / "output" / "train"
+    out.mkdir(parents=True)
+    (out / "data.csv").write_text("1\n")
+    (out / "leak.txt").symlink_to(secret)
+    (out / "leakdir").symlink_to(tmp_path)
+    (out / "inside.csv").symlink_to(out / "data.csv")  # even a link inside: copies follow it
+    os.mkfifo(out / "hang")
+    removed: list[str] = []
+    local.keep_only_files(tmp_path / "scratch", removed.append)
+    assert sorted(p.name for p in out.iterdir()) == ["data.csv"]
+    assert len(removed) == 4 and secret.read_text() == "HOST SECRET"
+
+
+def test_a_symlinked_folder_below_the_root_does_not_carry_a_delete_elsewhere(tmp_path):
+    from smtask.errors import SmtaskError
+    from smtask.steps import prepare_output
+
+    root, precious = tmp_path / "artifacts", tmp_path / "precious"
+    (precious / "train").mkdir(parents=True)
+    (precious / "train" / "KEEP.txt").write_text("keep")
+    (root / "churn" / "run").mkdir(parents=True)
+    (root / "churn" / "run" / "splitor").symlink_to(precious)  # a step folder made a link
+    with pytest.raises(SmtaskError, match="through a symlink"):
+        prepare_output((root / "churn" / "run" / "splitor" / "train").as_uri(), root.as_uri())
+    assert (precious / "train" / "KEEP.txt").read_text() == "keep"
+    linked_root = tmp_path / "linked-artifacts"
+    linked_root.symlink_to(root)  # the root itself may be a link
+    (root / "churn" / "run" / "trainer").mkdir()
+    prepare_output((linked_root / "churn" / "run" / "trainer").as_uri(), linked_root.as_uri())

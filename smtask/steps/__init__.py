@@ -56,9 +56,12 @@ class StepContext:
             else self.params.get("image"))
         if not image:
             raise SmtaskError(f"steps.{self.step}.image: no image for {self.params['mode']} mode")
+        from smtask.sessions import artifacts_root
+
         return {
             "job_name": self.job_name,
             "prefix": self.prefix,
+            "artifacts": artifacts_root(self.params),  # the trusted root of every write
             "image": image,
             "role": self.params.get("role"),
             # local mode runs one container per instance on this machine
@@ -79,10 +82,16 @@ def aws_tags(job: dict[str, Any]) -> list[dict[str, str]]:
 
 def check_uri(step: str, name: str, value: Any) -> str:
     """A data location the user function returned: an s3:// or file:// URI, or a local path."""
+    from smtask.params import quoted
+
     if isinstance(value, Path) or (isinstance(value, str) and value.startswith("/")):
         return Path(value).resolve().as_uri()
-    if not isinstance(value, str) or urlparse(value).scheme not in ("s3", "file"):
-        raise TypeError(f"step '{step}': {name} must be an s3:// or file:// URI, got {value!r}")
+    parsed = urlparse(value) if isinstance(value, str) else None
+    if parsed is None or parsed.scheme not in ("s3", "file") or not value.startswith(
+            ("s3://", "file:///")) or (parsed.scheme == "s3" and not parsed.netloc):
+        shown = quoted(value) if isinstance(value, str) else repr(value)[:80]
+        raise TypeError(f"step '{step}': {name} must be an s3://bucket/... or file:///... URI, "
+                        f"got {shown}")
     return value
 
 
@@ -101,7 +110,7 @@ def check_uri_map(step: str, what: str, value: Any) -> dict[str, str]:
 def prepare_output(uri: str, root: str) -> None:
     """A file:// output starts empty: the SDK merges into what is there, so an earlier
     attempt's files of the same run and step would otherwise survive beside the new ones.
-    Only a folder inside ``root`` (the step's prefix) is ever emptied."""
+    Only a folder inside ``root`` (the artifacts root), reached through no link, is emptied."""
     if urlparse(uri).scheme != "file":
         return
     path = local_path(uri, root)

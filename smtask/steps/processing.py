@@ -63,7 +63,7 @@ def submit(job: dict[str, Any], session: Any) -> None:
     )
 
     for output in job["outputs"].values():
-        prepare_output(output["destination"], job["prefix"])
+        prepare_output(output["destination"], job["artifacts"])
     processor_class = _local_processor_class() if session.local_mode else ScriptProcessor
     processor = processor_class(
         role=job["role"] if not session.local_mode else None,

@@ -77,7 +77,7 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         root.mkdir(parents=True, exist_ok=True)
         try:
             trainer.train(input_data_config=channels, wait=True, logs=False)
-            model_uri = _keep_artifacts(root, job["output_path"], job["prefix"])
+            model_uri = _keep_artifacts(root, job["output_path"], job["artifacts"])
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": model_uri}}
@@ -128,10 +128,10 @@ def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
             "outputs": {"model": model_uri}}
 
 
-def _keep_artifacts(root: Path, output_path: str, prefix: str) -> str:
+def _keep_artifacts(root: Path, output_path: str, artifacts: str) -> str:
     """Local ModelTrainer leaves model.tar.gz in its container root: move it to the run's prefix."""
-    prepare_output(output_path, prefix)
-    target = local_path(output_path, prefix)
+    prepare_output(output_path, artifacts)
+    target = local_path(output_path, artifacts)
     for name in ("model.tar.gz", "output.tar.gz"):
         produced = root / "compressed_artifacts" / name
         if produced.exists():

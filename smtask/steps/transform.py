@@ -57,7 +57,7 @@ def submit(job: dict[str, Any], session: Any) -> None:
 
         serve_on_own_port(session)
         model_data = scratch_copy(session, model_data)  # the SDK unpacks the model beside it
-    prepare_output(job["output_path"], job["prefix"])
+    prepare_output(job["output_path"], job["artifacts"])
     session.sagemaker_client.create_model(
         ModelName=job["job_name"],
         PrimaryContainer={"Image": job["image"], "ModelDataUrl": model_data,
