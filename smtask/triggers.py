@@ -27,15 +27,18 @@ from smtask import waiting
 # pool (10), so no thread waits for a connection of the shared client.
 THREADS = int(os.environ.get("SMTASK_TRIGGER_THREADS", "8"))
 
-_lock = threading.RLock()
+Key = tuple[str | None, str | None]  # (aws_conn_id, region_name)
+
+_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
-_clients: dict[tuple[str | None, str | None], Future[Any]] = {}  # (conn, region) -> its client
+_clients: dict[Key, Any] = {}  # the clients built
+_building: dict[Key, Future[Any]] = {}  # builds under way, awaited by every trigger that asks
 
 
 def _reset_after_fork() -> None:
     """A forked child has none of its parent's threads: it starts its own pool and clients."""
-    global _lock, _pool, _clients
-    _lock, _pool, _clients = threading.RLock(), None, {}
+    global _lock, _pool, _clients, _building
+    _lock, _pool, _clients, _building = threading.Lock(), None, {}, {}
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -61,24 +64,29 @@ def _build(aws_conn_id: str | None, region_name: str | None) -> Any:
                        client_type="sagemaker").get_conn()
 
 
-def _forget_if_failed(key: tuple[str | None, str | None], future: Future[Any]) -> None:
-    if future.cancelled() or future.exception() is not None:
-        with _lock:  # the next trigger tries again (e.g. once the connection is fixed)
-            if _clients.get(key) is future:
-                del _clients[key]
+def _build_and_keep(key: Key) -> Any:
+    """Builds the client (in the pool) and keeps it. The finished build is dropped either way,
+    with what its waiters left on it; a failed one is tried again by the next trigger."""
+    try:
+        client = _build(*key)
+        with _lock:
+            _clients[key] = client
+        return client
+    finally:
+        with _lock:
+            _building.pop(key, None)
 
 
 async def shared_client(aws_conn_id: str | None, region_name: str | None) -> Any:
     """The process's SageMaker client for the connection and region. The first caller
-    starts building it in the pool; every caller, then and later, awaits that one build."""
-    key = (aws_conn_id, region_name)
+    starts building it in the pool; every caller until it is built awaits that one build."""
+    key, pool = (aws_conn_id, region_name), _executor()
     with _lock:
-        future, new = _clients.get(key), False
+        if key in _clients:
+            return _clients[key]
+        future = _building.get(key)
         if future is None:
-            future = _clients[key] = _executor().submit(_build, *key)
-            new = True
-    if new:
-        future.add_done_callback(functools.partial(_forget_if_failed, key))
+            future = _building[key] = pool.submit(_build_and_keep, key)
     # shielded: a cancelled trigger must not cancel the build the others wait for
     return await asyncio.shield(asyncio.wrap_future(future))
 

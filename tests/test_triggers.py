@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -44,6 +46,7 @@ def built(monkeypatch) -> list[tuple[str | None, str | None]]:
     """An empty client cache whose clients are ``Client``s; lists each client built."""
     calls: list[tuple[str | None, str | None]] = []
     monkeypatch.setattr(triggers, "_clients", {})
+    monkeypatch.setattr(triggers, "_building", {})
     monkeypatch.setattr(waiting, "retry_delay", lambda attempt: 0)
 
     def build(aws_conn_id: str | None, region_name: str | None) -> Client:
@@ -75,9 +78,7 @@ def events(*ts: SageMakerJobTrigger) -> list[dict[str, Any]]:
 
 def use(client: Client) -> None:
     """Makes ``client`` the cached client of aws_default in us-east-1."""
-    future: Any = triggers.Future()
-    future.set_result(client)
-    triggers._clients[("aws_default", "us-east-1")] = future
+    triggers._clients[("aws_default", "us-east-1")] = client
 
 
 def no_wait(sleep: Any, record: list[float] | None = None) -> Any:
@@ -154,18 +155,43 @@ def test_other_api_errors_are_not_retried(built):
 
 
 def test_a_failed_client_build_is_not_kept(built, monkeypatch):
-    def broken(aws_conn_id: str | None, region_name: str | None) -> Client:
+    build = triggers._build
+
+    def broken_once(aws_conn_id: str | None, region_name: str | None) -> Client:
+        monkeypatch.setattr(triggers, "_build", build)  # fixed, e.g. the connection added
         raise RuntimeError("connection aws_default not found")
 
-    monkeypatch.setattr(triggers, "_build", broken)
+    monkeypatch.setattr(triggers, "_build", broken_once)
     with pytest.raises(RuntimeError, match="not found"):
         events(trigger())
-    assert triggers._clients == {}
+    assert triggers._clients == {} and triggers._building == {}
+    assert events(trigger())[0]["status"] == "Completed"  # the next trigger builds it
+    assert built == [("aws_default", "us-east-1")]
 
 
-def test_the_cache_holds_one_client_per_connection_and_nothing_per_trigger(built):
-    events(*(trigger(f"job-{i}") for i in range(20)))
-    assert list(triggers._clients) == [("aws_default", "us-east-1")]
+def test_the_cache_keeps_the_client_and_nothing_of_the_triggers(built, monkeypatch):
+    release = threading.Event()
+
+    def slow_build(aws_conn_id: str | None, region_name: str | None) -> Client:
+        release.wait(5)  # every trigger asks while the build is under way
+        return Client("Completed")
+
+    monkeypatch.setattr(triggers, "_build", slow_build)
+    ts = [trigger(f"job-{i}") for i in range(20)]
+
+    async def run() -> list[dict[str, Any]]:
+        pending = asyncio.gather(*(first_event(t) for t in ts))
+        await asyncio.sleep(0.05)
+        release.set()
+        return list(await pending)
+
+    assert [e["status"] for e in asyncio.run(run())] == ["Completed"] * 20
+    (client,) = triggers._clients.values()
+    assert isinstance(client, Client) and triggers._building == {}
+    alive = [weakref.ref(t) for t in ts]
+    ts.clear()
+    gc.collect()
+    assert [ref() for ref in alive] == [None] * 20
 
 
 def test_polls_start_short_and_double_up_to_poll_max(built, monkeypatch):
