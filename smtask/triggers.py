@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from botocore.exceptions import ClientError
 
 from smtask import waiting
 
@@ -28,6 +29,11 @@ from smtask import waiting
 THREADS = int(os.environ.get("SMTASK_TRIGGER_THREADS", "8"))
 
 Key = tuple[str | None, str | None]  # (aws_conn_id, region_name)
+# AWS refused the client's credentials (e.g. keys rotated in the connection): the client is
+# dropped, so later triggers build a new one from the connection as it is now.
+REFUSED = {"UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken",
+           "ExpiredTokenException", "InvalidSignatureException", "SignatureDoesNotMatch",
+           "IncompleteSignature", "MissingAuthenticationToken", "AuthFailure"}
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -91,6 +97,13 @@ async def shared_client(aws_conn_id: str | None, region_name: str | None) -> Any
     return await asyncio.shield(asyncio.wrap_future(future))
 
 
+def forget(aws_conn_id: str | None, region_name: str | None, client: Any) -> None:
+    """Drops ``client`` from the cache, unless another has replaced it already."""
+    with _lock:
+        if _clients.get((aws_conn_id, region_name)) is client:
+            del _clients[(aws_conn_id, region_name)]
+
+
 class SageMakerJobTrigger(BaseTrigger):
     """Polls ``Describe<Kind>Job`` (short first poll, doubling to ``poll_max``) and fires one
     event when the job ends or ``timeout`` passes: ``{"status", "reason", "description",
@@ -114,7 +127,12 @@ class SageMakerJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         client, delay = await shared_client(self.aws_conn_id, self.region_name), 0.2
         while True:
-            description = await waiting.afind(client, self.kind, self.job_name, run=in_thread)
+            try:
+                description = await waiting.afind(client, self.kind, self.job_name, run=in_thread)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in REFUSED:
+                    forget(self.aws_conn_id, self.region_name, client)
+                raise
             if description is None:
                 yield TriggerEvent({"status": "Missing", "description": {}, "job": self.job,
                                     "reason": "the job disappeared while waiting for it"})

@@ -154,6 +154,16 @@ def test_other_api_errors_are_not_retried(built):
     assert len(client.threads) == 1
 
 
+def test_a_client_whose_credentials_are_refused_is_dropped(built):
+    refused = Client(error("UnrecognizedClientException"))
+    use(refused)
+    with pytest.raises(ClientError, match="UnrecognizedClientException"):
+        events(trigger())
+    assert triggers._clients == {}
+    assert events(trigger())[0]["status"] == "Completed"  # a new client, from the connection
+    assert built == [("aws_default", "us-east-1")]
+
+
 def test_a_failed_client_build_is_not_kept(built, monkeypatch):
     build = triggers._build
 
