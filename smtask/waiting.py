@@ -6,14 +6,18 @@ errors are transient (retried while waiting) rather than fatal.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from smtask.errors import JobFailed
 
 log = logging.getLogger(__name__)
+
+# how an event loop runs a blocking call off the loop: run(fn, kwargs) -> fn(**kwargs)
+Runner = Callable[[Callable[..., Any], dict[str, Any]], Awaitable[Any]]
 
 # kind -> (describe method, name argument, status key, stop method, CloudWatch log group)
 API = {
@@ -36,20 +40,48 @@ def _code(exc: Exception) -> str:
     return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
 
 
+def transient(exc: BaseException) -> bool:
+    """Whether a failed call is worth another try: throttling or a transient service error
+    (``TRANSIENT``), or a connection error."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    if isinstance(exc, ClientError):
+        return _code(exc) in TRANSIENT
+    return isinstance(exc, ConnectionError | HTTPClientError)
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait after the ``attempt``-th transient failure: 1, 2, 4 ... at most 20."""
+    return min(0.5 * 2**attempt, 20)
+
+
 def call(fn: Callable[..., Any], kwargs: dict[str, Any], *, attempts: int = 6,
          sleep: Callable[[float], None] = time.sleep) -> Any:
     """``fn(**kwargs)``, retrying throttling and transient service or connection errors."""
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
-
     for attempt in range(1, attempts + 1):
         try:
             return fn(**kwargs)
-        except (ClientError, ConnectionError, HTTPClientError) as exc:
-            transient = not isinstance(exc, ClientError) or _code(exc) in TRANSIENT
-            if not transient or attempt == attempts:
+        except Exception as exc:
+            if not transient(exc) or attempt == attempts:
                 raise
             log.warning("transient error from %s (attempt %d): %s", fn.__name__, attempt, exc)
-            sleep(min(0.5 * 2**attempt, 20))
+            sleep(retry_delay(attempt))
+    raise AssertionError("unreachable")
+
+
+async def acall(fn: Callable[..., Any], kwargs: dict[str, Any], *, run: Runner,
+                attempts: int = 6) -> Any:
+    """:func:`call` for an event loop: each attempt is ``await run(fn, kwargs)`` (which runs
+    the blocking call somewhere off the loop) and the pause between attempts an
+    ``asyncio.sleep``, so a retry holds neither the loop nor a thread."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await run(fn, kwargs)
+        except Exception as exc:
+            if not transient(exc) or attempt == attempts:
+                raise
+            log.warning("transient error from %s (attempt %d): %s", fn.__name__, attempt, exc)
+            await asyncio.sleep(retry_delay(attempt))
     raise AssertionError("unreachable")
 
 
@@ -64,6 +96,19 @@ def find(client: Any, kind: str, job_name: str) -> dict[str, Any] | None:
     method, name_arg = API[kind][:2]
     try:
         return call(getattr(client, method), {name_arg: job_name})
+    except ClientError as exc:
+        if _code(exc) in NOT_FOUND:
+            return None
+        raise
+
+
+async def afind(client: Any, kind: str, job_name: str, *, run: Runner) -> dict[str, Any] | None:
+    """:func:`find` for an event loop; the describe goes through ``run`` (see :func:`acall`)."""
+    from botocore.exceptions import ClientError
+
+    method, name_arg = API[kind][:2]
+    try:
+        return await acall(getattr(client, method), {name_arg: job_name}, run=run)
     except ClientError as exc:
         if _code(exc) in NOT_FOUND:
             return None
