@@ -178,7 +178,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                 kind=self.kind, job=job,
                 aws_conn_id=run_params.get("aws_conn_id", "aws_default"),
                 region_name=run_params.get("region_name"),
-                timeout=cfg.get("wait_timeout_seconds"), poll_max=cfg.get("poll_max_seconds", 30.0)),
+                timeout=cfg.get("wait_timeout_seconds"), poll_max=cfg.get("poll_max_seconds", 30.0),
+                if_killed=cfg.get("on_kill", "auto")),
             method_name="execute_complete",
         )
 

@@ -112,17 +112,19 @@ class SageMakerJobTrigger(BaseTrigger):
 
     def __init__(self, *, kind: str, job: dict[str, Any], aws_conn_id: str | None,
                  region_name: str | None = None, timeout: float | None = None,
-                 poll_max: float = 30.0, started: float | None = None) -> None:
+                 poll_max: float = 30.0, started: float | None = None,
+                 if_killed: str = "auto") -> None:
         super().__init__()
         self.kind, self.job, self.job_name, self.aws_conn_id = kind, job, job["job_name"], aws_conn_id
         self.region_name, self.timeout, self.poll_max = region_name, timeout, poll_max
         self.started = started if started is not None else time.time()
+        self.if_killed = if_killed  # the step's on_kill
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
             "kind": self.kind, "job": self.job, "aws_conn_id": self.aws_conn_id,
             "region_name": self.region_name, "timeout": self.timeout,
-            "poll_max": self.poll_max, "started": self.started}
+            "poll_max": self.poll_max, "started": self.started, "if_killed": self.if_killed}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         client, delay = await shared_client(self.aws_conn_id, self.region_name), 0.2
@@ -152,3 +154,14 @@ class SageMakerJobTrigger(BaseTrigger):
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.poll_max)
+
+    async def on_kill(self) -> None:
+        """Airflow's triggerer calls this only when a user marks the deferred task failed or
+        succeeded, or clears it; not when the triggerer shuts down or the trigger moves to
+        another triggerer. SageMaker is asked to stop the job, unless the step's ``on_kill``
+        is ``leave``."""
+        if self.if_killed == "leave":
+            return
+        client = await shared_client(self.aws_conn_id, self.region_name)
+        await in_thread(waiting.stop, {"client": client, "kind": self.kind,
+                                       "job_name": self.job_name})

@@ -240,10 +240,31 @@ def test_past_the_timeout_the_trigger_fires_timeout(built):
 
 
 def test_serialize_gives_back_the_same_trigger():
-    original = trigger(timeout=5, poll_max=7, started=123.0)
+    original = trigger(timeout=5, poll_max=7, started=123.0, if_killed="leave")
     classpath, kwargs = original.serialize()
     assert classpath == "smtask.triggers.SageMakerJobTrigger"
     assert kwargs == {"kind": "training", "job": {"job_name": "job-1", "spec": 1},
                       "aws_conn_id": "aws_default", "region_name": "us-east-1", "timeout": 5,
-                      "poll_max": 7, "started": 123.0}
+                      "poll_max": 7, "started": 123.0, "if_killed": "leave"}
     assert SageMakerJobTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+class Stoppable(Client):
+    def __init__(self) -> None:
+        super().__init__("InProgress")
+        self.stopped: list[str] = []
+
+    def stop_training_job(self, TrainingJobName: str) -> dict[str, Any]:
+        self.stopped.append(TrainingJobName)
+        return {}
+
+
+@pytest.mark.parametrize(("if_killed", "stopped"), [("auto", ["job-1"]), ("stop", ["job-1"]),
+                                                    ("leave", [])])
+def test_a_users_kill_of_a_deferred_task_stops_its_job(built, if_killed, stopped):
+    """Airflow's triggerer calls on_kill only for a user's action (mark failed or success,
+    clear); a triggerer shutdown cancels the trigger without it."""
+    client = Stoppable()
+    use(client)
+    asyncio.run(trigger(if_killed=if_killed).on_kill())
+    assert client.stopped == stopped
