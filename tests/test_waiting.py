@@ -39,7 +39,7 @@ def test_polls_start_short_and_double_up_to_the_cap():
 
 
 def test_throttling_and_service_errors_are_retried_while_waiting(monkeypatch):
-    monkeypatch.setattr(waiting.time, "sleep", lambda s: None)
+    monkeypatch.setattr(waiting, "retry_delay", lambda attempt: 0)  # call() binds time.sleep
     client = Client(error("ThrottlingException"), error("InternalFailure"), ("Completed", None))
     assert waiting.wait(client, "training", "job", sleep=lambda s: None)["TrainingJobStatus"] == \
         "Completed"
