@@ -4,12 +4,12 @@ HTTP as SageMaker (tests/deployment/moto_server.py) and the AWS connection the o
 that names it. Runs are triggered and checked over REST v2, as a user would.
 
 The four runs start at once (a deployment runs them side by side, and so the whole module
-takes about two minutes on two cores); each test follows one of them:
+takes about two minutes on two idle cores); each test follows one of them:
 
+- a running SageMaker task (the processing step) marked failed over REST stops its job;
+- with a deferrable trainer the training wait runs in the triggerer;
 - the example with ``{"mode": "sagemaker"}`` succeeds, every SageMaker task's XCom holds its
   S3 outputs, ``evaluate`` the metric, and each task instance made exactly one job;
-- with a deferrable trainer the training wait runs in the triggerer;
-- a running task marked failed over REST stops its SageMaker job;
 - restarting the scheduler (SIGTERM to its process group) while the training job runs ends
   the task at once, and its retry, under a new scheduler, re-attaches to the same job;
 - and, over all four, Airflow's processes made only the AWS calls the README's permission
@@ -41,13 +41,14 @@ DAG_ID = "churn"
 # task -> (step, job kind) of the example's SageMaker tasks
 SAGEMAKER_TASKS = {"split": ("splitor", "processing"), "train": ("trainer", "training"),
                    "predict": ("transformer", "transform")}
-FAST_POLLS = {"trainer": {"poll_max_seconds": 2}}  # a released job is noticed within 2 s
-RUNS: dict[str, dict[str, Any]] = {  # run id -> conf; trainer jobs of all but "plain" are held
-    "plain": {"mode": "sagemaker"},
-    "deferred": {"mode": "sagemaker", "steps": {"trainer": {"deferrable": True,
-                                                            "poll_max_seconds": 2}}},
-    "mark-failed": {"mode": "sagemaker", "steps": FAST_POLLS},
-    "restart": {"mode": "sagemaker", "steps": FAST_POLLS},
+# run id -> (conf, the task whose job is held InProgress until the test releases it); a
+# released job is noticed within poll_max_seconds
+RUNS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "plain": ({"mode": "sagemaker"}, None),
+    "mark-failed": ({"mode": "sagemaker"}, "split"),
+    "deferred": ({"mode": "sagemaker", "steps": {"trainer": {"deferrable": True,
+                                                             "poll_max_seconds": 2}}}, "train"),
+    "restart": ({"mode": "sagemaker", "steps": {"trainer": {"poll_max_seconds": 2}}}, "train"),
 }
 
 
@@ -100,7 +101,7 @@ class Deployment:
     artifacts: str  # the example's s3://bucket/prefix
 
     def wait(self, what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
-        return wait_for(what, check, timeout, interval=0.5, stack=self.stack)
+        return wait_for(what, check, timeout, interval=1.0, stack=self.stack)
 
     def wait_run(self, run_id: str, timeout: float = 150) -> str:
         """The run's final state; the task states are in the failure message otherwise."""
@@ -215,9 +216,9 @@ def deployment() -> Iterator[Deployment]:
     try:
         try:
             deployment = _bring_up(stack)
-            for run_id, conf in RUNS.items():
-                if run_id != "plain":
-                    deployment.hold(run_id, "train")
+            for run_id, (conf, held) in RUNS.items():
+                if held:
+                    deployment.hold(run_id, held)
                 deployment.airflow.trigger(run_id, conf)
         except StackError:
             raise
@@ -235,6 +236,39 @@ def deployment() -> Iterator[Deployment]:
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def test_marking_a_running_task_failed_stops_its_job(deployment):
+    dep, run = deployment, "mark-failed"
+    dep.job_running(run, "split")
+    (job,) = dep.jobs(run, "split")
+    dep.airflow.mark(run, "split", "failed")
+    dep.wait("SageMaker to be asked to stop the job", lambda: dep.jobs(run, "split", "stop"), 60)
+    assert dep.describe("processing", job["name"])["ProcessingJobStatus"] in ("Stopping", "Stopped")
+    assert dep.wait_run(run, 60) == "failed"
+    ti = dep.airflow.task(run, "split")
+    assert (ti["state"], ti["try_number"]) == ("failed", 1)  # a user's kill is not retried
+    assert f"killed: asked SageMaker to stop processing job {job['name']}" in \
+        dep.task_log(run, "split", 1)
+    assert len(dep.jobs(run, "split")) == 1 and dep.jobs(run, "train") == []
+
+
+def test_a_deferrable_trainer_waits_in_the_triggerer(deployment):
+    dep, run = deployment, "deferred"
+    ti = dep.wait_task(run, "train", "deferred", timeout=150)
+    # handed to the triggerer while the job runs: no worker holds the task
+    assert ti["trigger"]["classpath"] == "smtask.triggers.SageMakerJobTrigger", ti["trigger"]
+    (job,) = dep.jobs(run, "train")
+    assert dep.describe("training", job["name"])["TrainingJobStatus"] == "InProgress"
+    dep.wait("the triggerer to pick the trigger up",
+             lambda: dep.airflow.task(run, "train").get("triggerer_job"), 30)
+    dep.release(run, "train")
+    assert dep.wait_run(run) == "success", dep.airflow.states(run)
+    train = dep.airflow.xcom(run, "train")
+    assert train["job_name"] == job["name"] and train["model"].endswith("/model.tar.gz")
+    assert dep.airflow.xcom(run, "evaluate")["value"] == 1.0
+    assert all(len(dep.jobs(run, task)) == 1 for task in SAGEMAKER_TASKS)
+    assert "Pausing task as DEFERRED" in dep.task_log(run, "train", 1)
 
 
 def test_the_example_runs_on_the_deployment_with_one_job_per_task(deployment):
@@ -264,38 +298,6 @@ def test_the_example_runs_on_the_deployment_with_one_job_per_task(deployment):
     # the training job's CloudWatch lines are in the task log
     assert f"{train['job_name']}/algo-1-1700000000] training job {train['job_name']} starting" \
         in dep.task_log(run, "train", 1)
-
-
-def test_a_deferrable_trainer_waits_in_the_triggerer(deployment):
-    dep, run = deployment, "deferred"
-    ti = dep.wait_task(run, "train", "deferred", timeout=150)
-    # handed to the triggerer while the job runs: no worker holds the task
-    assert ti["trigger"]["classpath"] == "smtask.triggers.SageMakerJobTrigger", ti["trigger"]
-    (job,) = dep.jobs(run, "train")
-    assert dep.describe("training", job["name"])["TrainingJobStatus"] == "InProgress"
-    dep.wait("the triggerer to pick the trigger up",
-             lambda: dep.airflow.task(run, "train").get("triggerer_job"), 30)
-    dep.release(run, "train")
-    assert dep.wait_run(run) == "success", dep.airflow.states(run)
-    train = dep.airflow.xcom(run, "train")
-    assert train["job_name"] == job["name"] and train["model"].endswith("/model.tar.gz")
-    assert dep.airflow.xcom(run, "evaluate")["value"] == 1.0
-    assert all(len(dep.jobs(run, task)) == 1 for task in SAGEMAKER_TASKS)
-    assert "Pausing task as DEFERRED" in dep.task_log(run, "train", 1)
-
-
-def test_marking_a_running_task_failed_stops_its_job(deployment):
-    dep, run = deployment, "mark-failed"
-    dep.job_running(run, "train")
-    (job,) = dep.jobs(run, "train")
-    dep.airflow.mark(run, "train", "failed")
-    dep.wait("SageMaker to be asked to stop the job", lambda: dep.jobs(run, "train", "stop"), 60)
-    assert dep.describe("training", job["name"])["TrainingJobStatus"] in ("Stopping", "Stopped")
-    assert dep.wait_run(run, 60) == "failed"
-    ti = dep.airflow.task(run, "train")
-    assert (ti["state"], ti["try_number"]) == ("failed", 1)  # a user's kill is not retried
-    assert "killed: asked SageMaker to stop training job" in dep.task_log(run, "train", 1)
-    assert len(dep.jobs(run, "split")) == len(dep.jobs(run, "train")) == 1
 
 
 def test_a_scheduler_restart_mid_job_reattaches_to_the_same_job(deployment):
@@ -344,5 +346,5 @@ def test_airflow_made_only_the_calls_the_documented_permissions_allow(deployment
     assert [e for e in requests if e["kind"] in ("iam", "sts")] == []
     used = {e["name"] for e in requests if e["key"] == AIRFLOW_KEY}
     assert used <= WORKER_PERMISSIONS, sorted(used - WORKER_PERMISSIONS)
-    assert {"sagemaker:CreateTrainingJob", "sagemaker:StopTrainingJob", "sagemaker:CreateModel",
+    assert {"sagemaker:CreateTrainingJob", "sagemaker:StopProcessingJob", "sagemaker:CreateModel",
             "s3:PutObject", "s3:GetObject", "logs:GetLogEvents"} <= used, sorted(used)
