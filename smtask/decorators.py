@@ -15,7 +15,7 @@ from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factor
 from airflow.sdk.definitions.context import context_merge
 
 from smtask import naming, params, waiting
-from smtask.errors import JobFailed, SmtaskError, TaskInterrupted
+from smtask.errors import JobFailed, SmtaskError, TaskInterrupted, TaskShutdown
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -65,6 +65,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         self._executing = False
         self._ti_key: tuple[str, str, int] = ("", "", -1)
         self._on_kill = "auto"
+        self._mode: str | None = None
 
     def execute(self, context: Context) -> Any:
         self._executing = True  # from here on a kill interrupts the task (see on_kill)
@@ -100,6 +101,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         ti = context["ti"]
         # what on_kill needs to tell a user's kill from a shutdown
         self._ti_key = (ti.dag_id, context["run_id"], storage.map_index(context))
+        self._mode = run_params["mode"]
         self._on_kill = run_params["steps"][self.step].get("on_kill", "auto")
         return StepContext(
             step=self.step,
@@ -202,21 +204,32 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         Local mode: the job's compose processes and containers are stopped and the task
         interrupted at once, whatever it was doing. SageMaker mode: the step's ``on_kill``
         decides. ``auto`` (the default) asks Airflow for the task's state: no longer running
-        means a user's action, and SageMaker is asked to stop the job; still running means a
-        shutdown or restart, and the job is left running for the retry to re-attach (also
-        when Airflow cannot be asked). ``stop`` always stops it; ``leave`` never does.
+        means a user's action, SageMaker is asked to stop the job and the task fails
+        (:class:`TaskInterrupted`, no retry); still running means a shutdown or restart, and
+        the job is left running and the task ends (:class:`TaskShutdown`), to be retried if
+        it may: the retry re-attaches to the job (also when Airflow cannot be asked). ``stop``
+        always stops it; ``leave`` never does.
         """
         if not getattr(self, "_executing", False):
             return  # the task is not running its job (it finished, or never started)
         session, name = getattr(self, "_active", None) or (None, "")
+        # Airflow's task runner lets the task go on after on_kill: ending it is ours to do,
+        # else a shutdown waits for the job (hours) and a kill for the next poll.
         if session is not None and not session.local_mode:
             if self._user_killed():
                 waiting.stop(session.sagemaker_client, self.kind, name)
                 self.log.info("killed: asked SageMaker to stop %s job %s", self.kind, name)
-            else:
-                self.log.info("task process stopping: %s job %s is left running; the task's "
-                              "retry re-attaches to it", self.kind, name)
-            return
+                raise TaskInterrupted(f"{self.custom_operator_name} task {self.task_id} (step "
+                                      f"'{self.step}') was killed; its job {name} was asked to stop")
+            self.log.info("task process stopping: %s job %s is left running; the task's "
+                          "retry re-attaches to it", self.kind, name)
+            raise TaskShutdown(f"{self.custom_operator_name} task {self.task_id} (step "
+                               f"'{self.step}') stopped by a shutdown; its {self.kind} job {name} "
+                               "is left running for the task's retry to re-attach to")
+        if session is None and getattr(self, "_mode", None) == "sagemaker" and \
+                not self._user_killed():
+            raise TaskShutdown(f"{self.custom_operator_name} task {self.task_id} (step "
+                               f"'{self.step}') stopped by a shutdown before it started its job")
         if session is not None:
             if session.smtask_closing:
                 return  # the session is already removing its containers; let it finish

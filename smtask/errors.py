@@ -30,3 +30,14 @@ class TaskInterrupted(AirflowTaskTerminated):
     A ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` on the way out
     (the SDK has many) may swallow it. Airflow fails the task without a retry.
     """
+
+
+class TaskShutdown(BaseException):
+    """The task process was told to stop by a shutdown (its worker or scheduler stopping)
+    while its SageMaker job runs: the job is left running and the task ends now, so that the
+    shutdown need not wait for the job; Airflow retries the task if it may, and the retry
+    re-attaches to the job.
+
+    A ``BaseException``, so that no ``except Exception`` on the way out swallows it, and not
+    an ``AirflowTaskTerminated``, which Airflow fails without a retry.
+    """

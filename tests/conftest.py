@@ -45,6 +45,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test of the deployment shows the end of every process's log."""
+    outcome = yield
+    report = outcome.get_result()
+    deployment = getattr(item, "funcargs", {}).get("deployment")
+    if report.failed and deployment is not None and report.when == "call":
+        report.sections.append(("deployment: the end of each process's log",
+                                deployment.stack.tails()))
+
+
 # --- Docker ---------------------------------------------------------------------------------
 
 def _docker_problem() -> str | None:

@@ -383,9 +383,10 @@ def test_if_job_failed_fail_refuses_to_rerun_a_failed_job(tmp_path, sagemaker):
 
 # --- kill, deferrable ------------------------------------------------------------------------
 
-def killed_operator(on_kill: str, states: Any) -> tuple[Any, Any]:
+def killed_operator(on_kill: str, states: Any) -> tuple[Any, Any, BaseException | None]:
     """A cloud training task in the middle of its job, killed; Airflow answers ``states``
-    (or raises it) when asked for the task's state."""
+    (or raises it) when asked for the task's state. Returns the stop call, the question and
+    what on_kill raised (Airflow's task runner lets a task go on after its on_kill)."""
     from unittest import mock
 
     from airflow.sdk import DAG
@@ -404,42 +405,87 @@ def killed_operator(on_kill: str, states: Any) -> tuple[Any, Any]:
     operator._ti_key, operator._on_kill = ("kill_check", "r1", -1), on_kill
     answer = mock.Mock(side_effect=states) if isinstance(states, Exception) else \
         mock.Mock(return_value=states)
+    raised: BaseException | None = None
     with mock.patch.object(RuntimeTaskInstance, "get_task_states", answer):
-        operator.on_kill()
-    return session.sagemaker_client.stop_training_job, answer
+        try:
+            operator.on_kill()
+        except BaseException as exc:  # noqa: BLE001 - what the task runner would see
+            raised = exc
+    return session.sagemaker_client.stop_training_job, answer, raised
 
 
 @pytest.mark.parametrize("state", ["failed", "restarting", "success"])
-def test_a_kill_by_a_users_action_stops_the_job(state):
-    stop, _ = killed_operator("auto", {"r1": {"train": state}})
+def test_a_kill_by_a_users_action_stops_the_job_and_ends_the_task(state):
+    from smtask.errors import TaskInterrupted
+
+    stop, _, raised = killed_operator("auto", {"r1": {"train": state}})
     stop.assert_called_once_with(TrainingJobName="churn-trainer-20261121-abcdef12")
+    assert isinstance(raised, TaskInterrupted)  # failed, no retry: the user ended it
 
 
-def test_a_worker_shutdown_leaves_the_job_running_for_the_retry():
-    stop, asked = killed_operator("auto", {"r1": {"train": "running"}})
+def test_a_worker_shutdown_leaves_the_job_running_and_ends_the_task_for_its_retry():
+    from airflow.sdk.exceptions import AirflowTaskTerminated
+
+    from smtask.errors import TaskShutdown
+
+    stop, asked, raised = killed_operator("auto", {"r1": {"train": "running"}})
     asked.assert_called_once()
     stop.assert_not_called()
+    # the task ends now (the shutdown must not wait for the job), as a failure Airflow retries
+    assert isinstance(raised, TaskShutdown) and not isinstance(raised, AirflowTaskTerminated)
+    assert "churn-trainer-20261121-abcdef12 is left running" in str(raised)
 
 
 def test_when_airflow_cannot_be_asked_the_job_is_left_running():
-    stop, _ = killed_operator("auto", ConnectionError("supervisor gone"))
+    from smtask.errors import TaskShutdown
+
+    stop, _, raised = killed_operator("auto", ConnectionError("supervisor gone"))
     stop.assert_not_called()
+    assert isinstance(raised, TaskShutdown)
 
 
 def test_an_interrupted_smtask_run_always_stops_the_job(monkeypatch):
     from smtask import decorators
+    from smtask.errors import TaskInterrupted
 
     monkeypatch.setattr(decorators, "KILL_STOPS_JOBS", True)  # what `smtask run` sets
-    stop, asked = killed_operator("leave", {"r1": {"train": "running"}})
+    stop, asked, raised = killed_operator("leave", {"r1": {"train": "running"}})
     asked.assert_not_called()
     stop.assert_called_once()
+    assert isinstance(raised, TaskInterrupted)
+
+
+def test_a_shutdown_before_the_session_opens_is_retried_in_sagemaker_mode():
+    """Killed while still importing the SDK: no job yet, and a shutdown must not cost the
+    task its retry."""
+    from unittest import mock
+
+    from airflow.sdk import DAG
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    from smtask import sm_training
+    from smtask.errors import TaskShutdown
+
+    def train():
+        return {}
+
+    with DAG("early_kill", schedule=None) as dag:
+        sm_training(step="trainer")(train)()
+    operator = dag.tasks[0]
+    operator._executing, operator._mode = True, "sagemaker"
+    operator._ti_key = ("early_kill", "r1", -1)
+    with mock.patch.object(RuntimeTaskInstance, "get_task_states",
+                           return_value={"r1": {operator.task_id: "running"}}), \
+            pytest.raises(TaskShutdown):
+        operator.on_kill()
 
 
 @pytest.mark.parametrize(("on_kill", "stopped"), [("stop", True), ("leave", False)])
 def test_the_steps_on_kill_setting_decides_without_asking(on_kill, stopped):
-    stop, asked = killed_operator(on_kill, {"r1": {"train": "running"}})
+    stop, asked, raised = killed_operator(on_kill, {"r1": {"train": "running"}})
     asked.assert_not_called()
     assert stop.called is stopped
+    assert raised is not None
 
 
 def test_deferrable_wait_runs_in_a_trigger_to_success(tmp_path, sagemaker, capfd):
