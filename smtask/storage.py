@@ -64,28 +64,68 @@ def _s3(context_params: dict[str, Any] | None) -> Any:
 
 
 def write_text(uri: str, text: str, params: dict[str, Any] | None = None) -> str:
+    """Write one text file; see :func:`write_bytes`."""
+    return write_bytes(uri, text.encode(), params)
+
+
+def write_bytes(uri: str, data: bytes, params: dict[str, Any] | None = None) -> str:
     """Write one file; a ``file://`` one only under the artifacts root of the params' mode."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
-        from smtask.sessions import artifacts_root
-
-        root = artifacts_root(params or {"mode": "local"})
-        path = local_path(uri, root)
+        path = local_path(uri, _root(params))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_bytes(data)
     else:
-        _s3(params).load_string(text, key=parsed.path.lstrip("/"), bucket_name=parsed.netloc,
-                                replace=True)
+        _s3(params).load_bytes(data, key=parsed.path.lstrip("/"), bucket_name=parsed.netloc,
+                               replace=True)
     return uri
 
 
 def read_text(uri: str, params: dict[str, Any] | None = None) -> str:
     """One file's text; for a folder (prefix), the files under it joined in name order."""
+    return read_bytes(uri, params).decode()
+
+
+def read_bytes(uri: str, params: dict[str, Any] | None = None) -> bytes:
+    """One file's bytes; for a folder (prefix), the files under it joined in name order."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         path = Path(parsed.path)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        return "".join(p.read_text() for p in files)
+        return b"".join(p.read_bytes() for p in files)
     hook, key = _s3(params), parsed.path.lstrip("/")
     keys = sorted(hook.list_keys(bucket_name=parsed.netloc, prefix=key) or [key])
-    return "".join(hook.read_key(k, bucket_name=parsed.netloc) for k in keys)
+    return b"".join(hook.get_key(k, bucket_name=parsed.netloc).get()["Body"].read() for k in keys)
+
+
+def remove(uri: str, params: dict[str, Any] | None = None) -> int:
+    """Delete a file or a folder (``s3://``: every key under the prefix) inside the artifacts
+    root of the params' mode, and nothing outside it; returns how many files went."""
+    root, parsed = _root(params), urlparse(uri)
+    if parsed.scheme == "file":
+        import shutil
+
+        path = local_path(uri, root)
+        if path == Path(urlparse(root).path).resolve():
+            raise SmtaskError(f"refusing to delete the whole artifacts root {root}")
+        count = sum(1 for p in path.rglob("*") if p.is_file()) if path.is_dir() else \
+            int(path.exists())
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        return count
+    prefix, base = uri.rstrip("/"), root.rstrip("/")
+    if parsed.scheme != "s3" or not prefix.startswith(base + "/") or "/../" in prefix + "/":
+        raise SmtaskError(f"refusing to delete {uri}: it is not under the artifacts root {root}")
+    hook = _s3(params)
+    keys = hook.list_keys(bucket_name=parsed.netloc, prefix=parsed.path.lstrip("/")) or []
+    if keys:
+        hook.delete_objects(bucket=parsed.netloc, keys=keys)
+    return len(keys)
+
+
+def _root(params: dict[str, Any] | None) -> str:
+    from smtask.sessions import artifacts_root
+
+    return str(artifacts_root(params or {"mode": "local"}))
