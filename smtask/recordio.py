@@ -179,6 +179,7 @@ def _fields(data: bytes) -> dict[int, list[Any]]:
     """Field number -> values (bytes for length-delimited, ints for varints)."""
     fields: dict[int, list[Any]] = {}
     at = 0
+    value: int | bytes
     while at < len(data):
         key, at = _read_varint(data, at)
         number, wire = key >> 3, key & 7
