@@ -170,7 +170,8 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a pipeline's config.json; relative paths in it resolve against its folder."""
+    """Read a pipeline's config.json; relative paths in it resolve against its folder: its
+    ``code_root`` (default ``.``), and the steps' code paths against the code root."""
     path = Path(path).resolve()
     try:
         config = json.loads(path.read_text())
@@ -178,7 +179,10 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ParamsError(f"cannot read pipeline config {path}: {exc}") from exc
     if not isinstance(config, dict):
         raise ParamsError(f"pipeline config {path} must hold a JSON object")
-    config.setdefault("code_root", str(path.parent))
+    # where the steps' code is: the config's folder, or a folder relative to it
+    root = config.get("code_root", ".")
+    if isinstance(root, str):
+        config["code_root"] = str((path.parent / root).resolve())
     config.setdefault("mode", os.environ.get(MODE_ENV, "local"))
     return config
 

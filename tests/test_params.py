@@ -240,3 +240,15 @@ def test_code_must_stay_inside_the_code_root(defaults, step, key, value):
 def test_a_file_uri_with_a_host_is_refused(defaults):
     with pytest.raises(ParamsError, match=r"local.artifacts: 'file://data/artifacts' does not match"):
         params.validate({**defaults, "local": {"artifacts": "file://data/artifacts"}}, STEPS)
+
+
+@pytest.mark.parametrize("given,expected", [(None, "dags"), ("..", "."), ("../code", "code"),
+                                            ("/abs/elsewhere", "/abs/elsewhere")])
+def test_code_root_is_the_configs_folder_or_relative_to_it(tmp_path, given, expected):
+    (tmp_path / "dags").mkdir()
+    config = {"pipeline_name": "p", "steps": {}}
+    if given is not None:
+        config["code_root"] = given
+    path = tmp_path / "dags" / "p.json"
+    path.write_text(json.dumps(config))
+    assert params.load_config(path)["code_root"] == str((tmp_path / expected).resolve())
