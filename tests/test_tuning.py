@@ -4,6 +4,7 @@ sends one CreateHyperParameterTuningJob to moto; bad tuning settings fail before
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import tarfile
@@ -14,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from conftest import containers_with_label, run_dag, write_config, write_dag
+from conftest import ROOT, containers_with_label, run_dag, write_config, write_dag
 from test_cloud import BUCKET, IMAGE, ROLE, client, cloud_config, moto_server, sagemaker  # noqa: F401
 from test_local_safety import Watched, owned_containers, scratch_folders
 
@@ -103,7 +104,7 @@ predict(tune())
         {"x": x, "kind": k, "label": "static"} for x in ("1", "3") for k in ("a", "b")]
     # the transform scored with the best trial's model (it predicts x)
     predictions = path(result.xcom["predict"]["outputs"]["predictions"])
-    assert (predictions / "rows.csv.out").read_text().split() == ["3.0", "3.0"]
+    assert (predictions / "rows.csv.out").read_text().split() == ["3", "3"]
     assert containers_with_label() == []
 
 
@@ -434,6 +435,14 @@ def test_sagemaker_tuning_job_is_created_from_the_steps_settings(tmp_path, tunin
     assert static["n_estimators"] == "50" and static["label_column"] == "label"
     assert "max_depth" not in static and "criterion" not in static
     assert static["sagemaker_program"] == "train.py"
+    # the source dir as one tarball, uploaded by content beside the other code
+    code = static["sagemaker_submit_directory"].removeprefix(f"s3://{BUCKET}/")
+    assert code.startswith("pipelines/_code/") and code.endswith("/sourcedir.tar.gz")
+    packed = client("s3").get_object(Bucket=BUCKET, Key=code)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
+        assert tar.extractfile("train.py").read() == (ROOT / "code" / "train.py").read_bytes()
+    assert not [o["Key"] for o in client("s3").list_objects_v2(Bucket=BUCKET).get("Contents", [])
+                if not o["Key"].startswith(("pipelines/", "splits/", "m/"))]
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
                 for c in definition["InputDataConfig"]}
     assert channels["train"] == "s3://smtask-cloud-tests/splits/train/"
