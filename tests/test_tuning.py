@@ -369,10 +369,23 @@ def tuning_jobs(sagemaker, monkeypatch):  # noqa: F811 - test_cloud's fixture
         else:
             backend.hyper_parameter_tuning_jobs[name].hyper_parameter_tuning_job_status = \
                 "InProgress"
-            threading.Timer(1.0, complete, (backend, name)).start()
+            if state["initial"] == "InProgress, then Completed":
+                threading.Timer(1.0, complete, (backend, name)).start()
         return arn
 
+    def stop_job(response: Any) -> Any:  # moto has no StopHyperParameterTuningJob
+        from moto.core.responses import EmptyResult
+
+        name = response._get_param("HyperParameterTuningJobName")
+        tuning_jobs.requests.setdefault("stop_hyper_parameter_tuning_job", []).append(name)
+        job = response.sagemaker_backend.hyper_parameter_tuning_jobs[name]
+        job.hyper_parameter_tuning_job_status = "Stopped"
+        return EmptyResult()
+
+    tuning_jobs = sagemaker
     monkeypatch.setattr(SageMakerModelBackend, "create_hyper_parameter_tuning_job", create_job)
+    monkeypatch.setattr(SageMakerResponse, "stop_hyper_parameter_tuning_job", stop_job,
+                        raising=False)
     sagemaker.tuning = state
     return sagemaker
 
@@ -469,7 +482,7 @@ def test_sagemaker_tuning_job_is_created_from_the_steps_settings(tmp_path, tunin
 
 def test_a_deferrable_tuning_task_waits_in_a_trigger_and_collects_the_best_model(
         tmp_path, tuning_jobs, capfd):
-    tuning_jobs.tuning["initial"] = "InProgress"
+    tuning_jobs.tuning["initial"] = "InProgress, then Completed"
     result = run_dag(CLOUD_TUNE.replace("DEFERRABLE", "True"),
                      config=cloud_config(tmp_path, tuner=CLOUD_TUNING))
     assert result.ok, result.states
@@ -499,3 +512,17 @@ def test_a_retried_tuning_task_reuses_its_completed_job(tmp_path, tuning_jobs, m
     assert result.ok, result.states
     assert [kind for kind, _ in tuning_jobs.creates].count("tuning") == 1
     assert len(calls) == 2
+
+
+def test_a_tuning_job_past_its_wait_timeout_is_stopped(tmp_path, tuning_jobs, capfd):
+    tuning_jobs.tuning["initial"] = "InProgress"
+    result = run_dag(TUNE.replace("DATA", '"s3://smtask-cloud-tests/splits/train/"'),
+                     config=cloud_config(tmp_path, tuner={**CLOUD_TUNING,
+                                                          "wait_timeout_seconds": 1}))
+    assert result.states == {"tune": "failed"}
+    (_, name), = tuning_jobs.creates
+    assert tuning_jobs.requests["stop_hyper_parameter_tuning_job"] == [name]
+    assert client().describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)[
+        "HyperParameterTuningJobStatus"] == "Stopped"
+    assert f"tuning job {name} failed: still InProgress after the 1 s wait_timeout_seconds" in \
+        capfd.readouterr().out
