@@ -459,9 +459,10 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
                     f"{', '.join(sorted(known)) or 'none'})" for s in unknown]
         # reported once, here: the merged params hold no step the DAG lacks
         conf["steps"] = {s: v for s, v in conf["steps"].items() if s in known}
-    params = deep_merge(defaults, conf)
-    problems.extend(_override_problems(defaults, params))
-    params, inherited = with_training_steps(params, steps)
+    params, inherited = with_training_steps(deep_merge(defaults, conf), steps)
+    # compared as the steps will run: a conf must not pick up a protected key (an image)
+    # by pointing a tuning step at another training step
+    problems.extend(_override_problems(with_training_steps(dict(defaults), steps)[0], params))
     problems.extend(inherited)
     own = {key for key in defaults if key not in TOP_SCHEMA["properties"]}
     _raise(problems + _problems({k: v for k, v in params.items() if k not in own}, steps), steps)

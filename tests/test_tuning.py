@@ -301,6 +301,17 @@ def test_a_tuning_step_reuses_its_training_steps_settings_under_its_own(tmp_path
     assert "tuning" not in params["steps"]["trainer"]
 
 
+def test_a_run_cannot_give_a_tuning_step_another_image_through_training_step(tmp_path):
+    from smtask.params import load_config, resolve
+
+    defaults = load_config(write_config(tmp_path, steps={
+        "tuner": {"training_step": "trainer", "tuning": GOOD},
+        "other": {**SCRIPT, "image": "111122223333.dkr.ecr.us-east-1.amazonaws.com/other:1"}}))
+    steps = {"tuner": "tuning", "trainer": "training", "other": "training"}
+    with pytest.raises(ParamsError, match=r"steps.tuner.image: a run's conf may not change it"):
+        resolve(defaults, {"steps": {"tuner": {"training_step": "other"}}}, steps)
+
+
 @pytest.mark.parametrize(("training_step", "expected"), [
     ("trainr", "steps.tuner.training_step: 'trainr' is not another step of the params"),
     ("tuner", "steps.tuner.training_step: 'tuner' is not another step of the params"),
