@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from smtask.decorators import sm_processing, sm_training, sm_transform
+    from smtask.decorators import sm_processing, sm_training, sm_transform, sm_tuning
     from smtask.errors import JobFailed, ParamsError, SmtaskError
     from smtask.params import load_config, pipeline_params, run_params
 
@@ -19,6 +19,7 @@ _PUBLIC = {
     "sm_processing": "smtask.decorators",
     "sm_training": "smtask.decorators",
     "sm_transform": "smtask.decorators",
+    "sm_tuning": "smtask.decorators",
     "JobFailed": "smtask.errors",
     "ParamsError": "smtask.errors",
     "SmtaskError": "smtask.errors",
@@ -36,6 +37,7 @@ __all__ = [
     "sm_processing",
     "sm_training",
     "sm_transform",
+    "sm_tuning",
 ]
 __version__ = "0.1.0"
 

@@ -1,4 +1,5 @@
-"""``@sm_processing``, ``@sm_training``, ``@sm_transform``: SageMaker jobs as TaskFlow tasks.
+"""``@sm_processing``, ``@sm_training``, ``@sm_tuning``, ``@sm_transform``: SageMaker jobs as
+TaskFlow tasks.
 
 The decorated function runs on the worker at execute time with its upstream XCom values and
 returns only the dynamic part of the job (like ``@task.bash`` returns its command). Everything
@@ -48,6 +49,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
 
     kind: ClassVar[str]
     custom_operator_name: ClassVar[str]
+    max_name: ClassVar[int] = naming.MAX_JOB_NAME  # the API's limit on the job's name
     template_fields = DecoratedOperator.template_fields
     shallow_copy_attrs = ("python_callable",)
 
@@ -108,7 +110,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
             params=run_params,
             job_name=naming.job_name(run_params["pipeline_name"], self.step,
                                      dag_id=ti.dag_id, run_id=context["run_id"],
-                                     task_id=ti.task_id, map_index=storage.map_index(context)),
+                                     task_id=ti.task_id, map_index=storage.map_index(context),
+                                     max_length=self.max_name),
             prefix=storage.run_prefix(context, self.step, run_params),
         )
 
@@ -131,7 +134,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
             self._active = (session, job["job_name"])
             client, base = session.sagemaker_client, job["job_name"]
             name, existing = waiting.claim(client, self.kind,
-                                           lambda n: naming.attempt_name(base, n),
+                                           lambda n: naming.attempt_name(base, n, self.max_name),
                                            rerun_failed=cfg.get("if_job_failed") != "fail",
                                            rerun_completed=cfg.get("if_job_completed") == "rerun")
             job = {**job, "job_name": name}
@@ -160,6 +163,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                     description = waiting.wait(client, self.kind, name, tail=tail,
                                                timeout=cfg.get("wait_timeout_seconds"),
                                                cap=cfg.get("poll_max_seconds", 30.0))
+                description = self._complete(client, description)
             except ContainerFailed as exc:
                 raise JobFailed(self.kind, name, exc.reason) from exc
             except SmtaskError:
@@ -195,7 +199,21 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                 waiting.stop(session.sagemaker_client, self.kind, job["job_name"])
         if event["status"] not in waiting.DONE:
             raise JobFailed(self.kind, job["job_name"], event["reason"])
-        return self._module().outputs(job, event["description"])
+        description = event["description"]
+        if hasattr(self._module(), "complete"):  # the event holds too little: describe again
+            from smtask.sessions import cloud_session
+
+            with cloud_session(params.run_params(context)) as session:
+                client = session.sagemaker_client
+                description = self._complete(client, waiting.find(client, self.kind,
+                                                                   job["job_name"]) or {})
+        return self._module().outputs(job, description)
+
+    def _complete(self, client: Any, description: dict[str, Any]) -> dict[str, Any]:
+        """A kind whose completed job's description lacks its outputs (tuning: the best
+        training job's model) completes it with more describes."""
+        complete = getattr(self._module(), "complete", None)
+        return dict(description) if complete is None else complete(client, description)
 
     def on_kill(self) -> None:
         """Airflow calls this when the task process gets SIGTERM: a user marked the task
@@ -287,6 +305,12 @@ class _TrainingOperator(_SageMakerDecoratedOperator):
     custom_operator_name = "@sm_training"
 
 
+class _TuningOperator(_SageMakerDecoratedOperator):
+    kind = "tuning"
+    custom_operator_name = "@sm_tuning"
+    max_name = 32  # HyperParameterTuningJobName
+
+
 class _TransformOperator(_SageMakerDecoratedOperator):
     kind = "transform"
     custom_operator_name = "@sm_transform"
@@ -319,5 +343,6 @@ def _factory(operator: type[_SageMakerDecoratedOperator]) -> Callable[..., Any]:
 
 sm_processing = _factory(_ProcessingOperator)
 sm_training = _factory(_TrainingOperator)
+sm_tuning = _factory(_TuningOperator)
 sm_transform = _factory(_TransformOperator)
 

@@ -500,6 +500,7 @@ def local_session(params: Mapping[str, Any], output: ContainerOutput) -> Iterato
         session.smtask_scratch, session.smtask_serving_port = str(scratch), None
         session.smtask_exit, session.smtask_closing = exit_stack, False
         session.smtask_killed = False
+        session.smtask_output = output  # where jobs run by smtask itself (tuning trials) log
         try:
             with _sdk_corrections(session, output):
                 yield session

@@ -31,8 +31,9 @@ def run_stamp(run_id: str) -> str:
 
 
 def job_name(pipeline: str, step: str, *, dag_id: str, run_id: str, task_id: str,
-             map_index: int = -1) -> str:
-    """``<pipeline>-<step>-<run time>[-m<i>]-<hash>``: at most 63 chars of [A-Za-z0-9-].
+             map_index: int = -1, max_length: int = MAX_JOB_NAME) -> str:
+    """``<pipeline>-<step>-<run time>[-m<i>]-<hash>``: at most ``max_length`` (63; a tuning
+    job's name: 32) chars of [A-Za-z0-9-].
 
     The same task instance always gets the same name (so a retry can find its job); the hash
     over dag, run, task and map index keeps different task instances apart after truncation.
@@ -40,12 +41,12 @@ def job_name(pipeline: str, step: str, *, dag_id: str, run_id: str, task_id: str
     digest = hashlib.sha256(f"{dag_id}\0{run_id}\0{task_id}\0{map_index}".encode()).hexdigest()[:8]
     tail = (f"-m{map_index}" if map_index >= 0 else "") + f"-{digest}"
     head = f"{_slug(pipeline)}-{_slug(step)}-{run_stamp(run_id)}"
-    return head[: MAX_JOB_NAME - len(tail)].rstrip("-") + tail
+    return head[: max_length - len(tail)].rstrip("-") + tail
 
 
-def attempt_name(job_name: str, attempt: int) -> str:
+def attempt_name(job_name: str, attempt: int, max_length: int = MAX_JOB_NAME) -> str:
     """The name of a task instance's ``attempt``-th job (after failed ones): ``-r<n>``
-    before the hash, still at most 63 characters."""
+    before the hash, still at most ``max_length`` characters."""
     if attempt <= 1:
         return job_name
     match = re.fullmatch(r"(.*?)((?:-m\d+)?)-([0-9a-f]{8})", job_name)
@@ -53,7 +54,7 @@ def attempt_name(job_name: str, attempt: int) -> str:
         raise ValueError(f"{job_name!r} is not a name made by job_name()")
     head, mapped, digest = match.groups()
     tail = f"{mapped}-r{attempt}-{digest}"
-    return head[: MAX_JOB_NAME - len(tail)].rstrip("-") + tail
+    return head[: max_length - len(tail)].rstrip("-") + tail
 
 
 def run_prefix(artifacts: str, pipeline: str, run_id: str, map_index: int = -1) -> str:

@@ -169,6 +169,71 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+# A tuning step: a training step's settings (its own, or those of ``training_step``
+# deep-merged under its own) plus the search. Names and limits as SageMaker's API has them.
+TUNING_STRATEGIES = ("Random", "Grid", "Bayesian", "Hyperband")
+LOCAL_STRATEGIES = ("Random", "Grid")  # local mode runs the trials itself
+_TUNING_BLOCK: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["objective", "ranges"],
+    "properties": {
+        "objective": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["metric"],
+            "properties": {"metric": _string(255, minLength=1),
+                           "type": {"enum": ["Maximize", "Minimize"]}},
+        },
+        "metric_definitions": {
+            "type": "array",
+            "maxItems": 40,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "regex"],
+                "properties": {"name": _string(255, minLength=1),
+                               "regex": _string(500, minLength=1)},
+            },
+        },
+        "ranges": {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 30,
+            "propertyNames": {"maxLength": 256},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["type"],
+                "properties": {
+                    "type": {"enum": ["integer", "continuous", "categorical"]},
+                    "min_value": {"type": "number"},
+                    "max_value": {"type": "number"},
+                    "values": {"type": "array", "minItems": 1, "maxItems": 30,
+                               "items": {"type": ["string", "number", "boolean"],
+                                         "maxLength": 256}},
+                    "scaling_type": {"enum": ["Auto", "Linear", "Logarithmic",
+                                              "ReverseLogarithmic"]},
+                },
+            },
+        },
+        "strategy": {"enum": list(TUNING_STRATEGIES)},
+        "max_jobs": {"type": "integer", "minimum": 1, "maximum": 750},
+        "max_parallel_jobs": {"type": "integer", "minimum": 1, "maximum": 100},
+        "random_seed": {"type": "integer", "minimum": 0},
+    },
+}
+STEP_SCHEMAS["tuning"] = {
+    **STEP_SCHEMAS["training"],
+    "required": [*STEP_SCHEMAS["training"].get("required", []), "tuning"],
+    "properties": {
+        **STEP_SCHEMAS["training"]["properties"],
+        "training_step": {"type": "string"},  # its form: NAME_RULES["step"]
+        "tuning": _TUNING_BLOCK,
+    },
+}
+
+
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a pipeline's config.json; relative paths in it resolve against its folder: its
     ``code_root`` (default ``.``), and the steps' code paths against the code root."""
@@ -317,6 +382,8 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
         shape = list(_schema_problems(configured[step], schema, ("steps", step)))
         problems.extend(shape)
         problems.extend(_output_name_problems(step, kind, configured[step]))
+        if kind == "tuning" and not shape:
+            problems.extend(_tuning_problems(step, configured[step], params.get("mode")))
         if not top and not shape:  # a path the schema refused is not looked up on disk
             problems.extend(_file_problems(params, step, kind, configured[step]))
     return problems
@@ -356,6 +423,7 @@ def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) ->
     """The code a step names must exist on the worker, inside the code root, before a job is
     created (called once the schema holds, so the keys are there and are strings)."""
     root = Path(params.get("code_root") or ".").resolve()
+    kind = "training" if kind == "tuning" else kind  # a tuning step trains like training
     for key in {"processing": ("code_path",), "training": ("source_dir",)}.get(kind, ()):
         # resolved (.. and symlinks followed): code outside the root is never uploaded or mounted
         if not (root / cfg[key]).resolve().is_relative_to(root):
@@ -395,11 +463,96 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
                     f"{', '.join(sorted(known)) or 'none'})" for s in unknown]
         # reported once, here: the merged params hold no step the DAG lacks
         conf["steps"] = {s: v for s, v in conf["steps"].items() if s in known}
-    params = deep_merge(defaults, conf)
-    problems.extend(_override_problems(defaults, params))
+    params, inherited = with_training_steps(deep_merge(defaults, conf), steps)
+    # compared as the steps will run: a conf must not pick up a protected key (an image)
+    # by pointing a tuning step at another training step
+    problems.extend(_override_problems(with_training_steps(dict(defaults), steps)[0], params))
+    problems.extend(inherited)
     own = {key for key in defaults if key not in TOP_SCHEMA["properties"]}
     _raise(problems + _problems({k: v for k, v in params.items() if k not in own}, steps), steps)
     return params
+
+
+def with_training_steps(params: dict[str, Any], steps: Mapping[str, str]
+                        ) -> tuple[dict[str, Any], list[str]]:
+    """Each tuning step that names a ``training_step`` gets that step's settings deep-merged
+    under its own (a run's conf overriding the training step reaches the tuning step too).
+    Returns the params and the problems (a missing or chained training step)."""
+    configured = params.get("steps")
+    if not isinstance(configured, Mapping):
+        return params, []
+    problems, merged = [], dict(configured)
+    for step, kind in sorted(steps.items()):
+        cfg = configured.get(step)
+        source = cfg.get("training_step") if kind == "tuning" and isinstance(cfg, Mapping) else None
+        if source is None:
+            continue
+        base = configured.get(source) if isinstance(source, str) else None
+        if source == step or not isinstance(base, Mapping):
+            known = ", ".join(sorted(s for s in configured if s != step)) or "none"
+            problems.append(f"{_key_path('steps', step, 'training_step')}: "
+                            f"{quoted(str(source))} is not another step of the params "
+                            f"(known: {known})")
+        elif "training_step" in base or "tuning" in base:
+            problems.append(f"{_key_path('steps', step, 'training_step')}: {quoted(source)} "
+                            "must be a training step (it has its own training_step or tuning)")
+        else:
+            merged[step] = deep_merge(base, cfg or {})
+    return {**params, "steps": merged}, problems
+
+
+def _tuning_problems(step: str, cfg: Mapping[str, Any], mode: Any) -> Iterable[str]:
+    """What the schema cannot say about a tuning step (called once its shape is right)."""
+    tuning, where = cfg["tuning"], f"steps.{step}.tuning"
+    strategy = tuning.get("strategy", "Random")
+    for name, spec in sorted(tuning["ranges"].items()):
+        at, kind = f"{where}.ranges.{_key_path(name)}", spec["type"]
+        numeric = {"min_value", "max_value", "scaling_type"} & spec.keys()
+        if kind == "categorical":
+            if "values" not in spec:
+                yield f"{at}.values: required for a categorical range"
+            for key in sorted(numeric):
+                yield f"{at}.{key}: not allowed in a categorical range (give values)"
+            continue
+        if "values" in spec:
+            yield f"{at}.values: not allowed in a numeric range (give min_value and max_value)"
+        if "min_value" not in spec or "max_value" not in spec:
+            yield f"{at}: a numeric range needs min_value and max_value"
+            continue
+        low, high, scaling = spec["min_value"], spec["max_value"], spec.get("scaling_type", "Auto")
+        if kind == "integer" and not all(float(v).is_integer() for v in (low, high)):
+            yield f"{at}: an integer range needs whole min_value and max_value, got {low}, {high}"
+        if low > high:
+            yield f"{at}.min_value: {low} is greater than max_value {high}"
+        elif scaling == "Logarithmic" and low <= 0:
+            yield f"{at}.scaling_type: Logarithmic needs min_value > 0, got {low}"
+        elif scaling == "ReverseLogarithmic" and (kind != "continuous" or low < 0 or high >= 1):
+            yield f"{at}.scaling_type: ReverseLogarithmic needs a continuous range in [0, 1)"
+    if strategy == "Grid":
+        for name in sorted(n for n, r in tuning["ranges"].items() if r["type"] != "categorical"):
+            yield (f"{where}.ranges.{_key_path(name)}: the Grid strategy searches categorical "
+                   "ranges only (as on SageMaker)")
+    elif "max_jobs" not in tuning:
+        yield f"{where}.max_jobs: required for the {strategy} strategy"
+    if tuning.get("max_parallel_jobs", 1) > tuning.get("max_jobs", float("inf")):
+        yield (f"{where}.max_parallel_jobs: {tuning['max_parallel_jobs']} is more than max_jobs "
+               f"{tuning['max_jobs']}")
+    if mode == "local" and strategy not in LOCAL_STRATEGIES:
+        yield (f"{where}.strategy: local mode runs {' and '.join(LOCAL_STRATEGIES)} searches "
+               f"only; {strategy} needs SageMaker (mode: sagemaker)")
+    metric = tuning["objective"]["metric"]
+    names = [d["name"] for d in tuning.get("metric_definitions", [])]
+    if len(set(names)) != len(names):
+        yield f"{where}.metric_definitions: a metric is defined twice"
+    for i, definition in enumerate(tuning.get("metric_definitions", [])):
+        try:
+            re.compile(definition["regex"])
+        except re.error as exc:
+            yield f"{where}.metric_definitions.{i}.regex: not a regular expression ({exc})"
+    if "entry_script" in cfg and metric not in names:
+        # a script's metrics exist only through a regex; built-in algorithms define their own
+        yield (f"{where}.objective.metric: {quoted(metric)} has no metric definition (add "
+               '{"name": ..., "regex": ...} to metric_definitions)')
 
 
 def _override_problems(defaults: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:

@@ -11,6 +11,6 @@ def get_provider_info() -> dict:
         "versions": ["0.1.0"],
         "task-decorators": [
             {"name": f"sm_{kind}", "class-name": f"smtask.decorators.sm_{kind}"}
-            for kind in ("processing", "training", "transform")
+            for kind in ("processing", "training", "tuning", "transform")
         ],
     }

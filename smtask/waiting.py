@@ -27,6 +27,10 @@ API = {
                  "stop_training_job", "/aws/sagemaker/TrainingJobs"),
     "transform": ("describe_transform_job", "TransformJobName", "TransformJobStatus",
                   "stop_transform_job", "/aws/sagemaker/TransformJobs"),
+    # a tuning job's trials are training jobs named <tuning job>-NNN-<id>: their streams
+    "tuning": ("describe_hyper_parameter_tuning_job", "HyperParameterTuningJobName",
+               "HyperParameterTuningJobStatus", "stop_hyper_parameter_tuning_job",
+               "/aws/sagemaker/TrainingJobs"),
 }
 RUNNING = {"InProgress", "Stopping"}
 DONE = {"Completed"}
@@ -94,6 +98,8 @@ def find(client: Any, kind: str, job_name: str) -> dict[str, Any] | None:
     from botocore.exceptions import ClientError
 
     method, name_arg = API[kind][:2]
+    if not hasattr(client, method):  # the SDK's local client keeps no jobs of this kind
+        return None
     try:
         return call(getattr(client, method), {name_arg: job_name})
     except ClientError as exc:
@@ -107,6 +113,8 @@ async def afind(client: Any, kind: str, job_name: str, *, run: Runner) -> dict[s
     from botocore.exceptions import ClientError
 
     method, name_arg = API[kind][:2]
+    if not hasattr(client, method):
+        return None
     try:
         return await acall(getattr(client, method), {name_arg: job_name}, run=run)
     except ClientError as exc:

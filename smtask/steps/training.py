@@ -36,50 +36,82 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
 def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
     """Start the job. Local mode runs it to the end and returns its description: the SDK's
     local ModelTrainer keeps no job to describe."""
-    from sagemaker.core.shapes import OutputDataConfig
-    from sagemaker.core.training.configs import Compute, InputData, SourceCode, StoppingCondition
+    with trainer_patches(job, session):
+        if not session.local_mode:
+            trainer(job, session).train(input_data_config=channels(job, session), wait=False,
+                                        logs=False)
+            return None
+        return train_locally(job, session)
+
+
+@contextlib.contextmanager
+def trainer_patches(job: dict[str, Any], session: Any) -> Iterator[None]:
+    """What the SDK's ModelTrainer needs corrected while jobs are built and run (process-wide:
+    enter it once, around every job built from the same step, threads included)."""
     from sagemaker.train import model_trainer
+
+    # ModelTrainer appends a timestamp to every name; the task's name must stay deterministic.
+    with mock.patch.object(model_trainer, "_get_unique_name", lambda base, *_a, **_k: base), \
+            _no_iam_calls(enabled=not job["validate_role"]), \
+            _uploads_by_content(session, None if session.local_mode else job["code_prefix"]):
+        yield
+
+
+def channels(job: dict[str, Any], session: Any) -> list[Any]:
+    """The job's channels as the SDK takes them (local mode: host paths)."""
+    from sagemaker.core.training.configs import InputData
+
+    local = session.local_mode
+    return [InputData(channel_name=name, data_source=str(local_path(uri)) if local else uri)
+            for name, uri in job["channels"].items()]
+
+
+def trainer(job: dict[str, Any], session: Any) -> Any:
+    """The job's ``ModelTrainer`` (inside :func:`trainer_patches`), named ``job["job_name"]``;
+    in local mode it runs in ``<session scratch>/<job name>``."""
+    from sagemaker.core.shapes import OutputDataConfig
+    from sagemaker.core.training.configs import Compute, SourceCode, StoppingCondition
     from sagemaker.train.model_trainer import Mode, ModelTrainer
 
     local = session.local_mode
-    root = Path(session.config["local"]["container_root"]) / job["job_name"] if local else None
-    channels = [InputData(channel_name=name, data_source=str(local_path(uri)) if local else uri)
-                for name, uri in job["channels"].items()]
-    where = ({"local_container_root": str(root)} if local else {
+    where = ({"local_container_root": str(_local_root(job, session))} if local else {
         # model and uploaded source dir under the run's prefix, not the default-bucket root
         "output_data_config": OutputDataConfig(s3_output_path=job["output_path"]),
         "input_s3_key_prefix": urlparse(job["output_path"]).path.strip("/"),
     })
-    # ModelTrainer appends a timestamp to every name; the task's name must stay deterministic.
-    with mock.patch.object(model_trainer, "_get_unique_name", lambda *_a, **_k: job["job_name"]), \
-            _no_iam_calls(enabled=not job["validate_role"]), \
-            _uploads_by_content(session, None if local else job["code_prefix"]):
-        trainer = ModelTrainer(
-            training_mode=Mode.LOCAL_CONTAINER if local else Mode.SAGEMAKER_TRAINING_JOB,
-            sagemaker_session=session,
-            role=None if local else job["role"],
-            training_image=job["image"],
-            base_job_name=job["job_name"],
-            source_code=SourceCode(source_dir=job["source_dir"], entry_script=job["entry_script"],
-                                   requirements=job["requirements"]),
-            compute=Compute(instance_type=job["instance_type"], instance_count=job["instance_count"],
-                            volume_size_in_gb=job["volume_size_gb"]),
-            stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_runtime_seconds"]),
-            hyperparameters=job["hyperparameters"],
-            environment=job["environment"],
-            tags=[{"key": k, "value": v} for k, v in job["tags"].items()],
-            **where,
-        )
-        if not local:
-            trainer.train(input_data_config=channels, wait=False, logs=False)
-            return None
-        assert root is not None
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            trainer.train(input_data_config=channels, wait=True, logs=False)
-            model_uri = _keep_artifacts(root, job["output_path"], job["artifacts"])
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    return ModelTrainer(
+        training_mode=Mode.LOCAL_CONTAINER if local else Mode.SAGEMAKER_TRAINING_JOB,
+        sagemaker_session=session,
+        role=None if local else job["role"],
+        training_image=job["image"],
+        base_job_name=job["job_name"],
+        source_code=SourceCode(source_dir=job["source_dir"], entry_script=job["entry_script"],
+                               requirements=job["requirements"]),
+        compute=Compute(instance_type=job["instance_type"], instance_count=job["instance_count"],
+                        volume_size_in_gb=job["volume_size_gb"]),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_runtime_seconds"]),
+        hyperparameters=job["hyperparameters"],
+        environment=job["environment"],
+        tags=[{"key": k, "value": v} for k, v in job["tags"].items()],
+        **where,
+    )
+
+
+def _local_root(job: dict[str, Any], session: Any) -> Path:
+    return Path(session.config["local"]["container_root"]) / job["job_name"]
+
+
+def train_locally(job: dict[str, Any], session: Any) -> dict[str, Any]:
+    """Run the job in a local container to its end (inside :func:`trainer_patches`); its
+    model goes to ``<output_path>/model.tar.gz``. Returns the job's description."""
+    root = _local_root(job, session)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        trainer(job, session).train(input_data_config=channels(job, session), wait=True,
+                                    logs=False)
+        model_uri = _keep_artifacts(root, job["output_path"], job["artifacts"])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": model_uri}}
 
 
