@@ -173,6 +173,11 @@ predict(data())
     assert result.ok, result.states
     out = result.xcom["predict"]
     assert out["model_name"] == "iris-tree"  # the result says which model scored
+    from sagemaker.core.local.local_session import LocalSagemakerClient
+
+    registered = LocalSagemakerClient._models["iris-tree"].primary_container
+    assert registered["Image"] == LOCAL_IMAGE
+    assert registered["Environment"] == {"SMTASK_MODEL": "iris-tree"}
     folder = Path(urlparse(out["outputs"]["predictions"]).path)
     predicted = [int(float(p)) for p in "".join(p.read_text() for p in folder.iterdir()).split()]
     assert predicted == list(iris()[1])
