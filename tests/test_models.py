@@ -76,13 +76,6 @@ def test_a_run_conf_may_not_pick_the_model_unless_the_author_allows_it(conf, ref
     params.resolve(allowed, conf, STEPS)
 
 
-def test_a_relative_code_root_resolves_against_the_configs_folder(tmp_path):
-    (tmp_path / "dags").mkdir()
-    (tmp_path / "dags" / "c.json").write_text(json.dumps(
-        {"pipeline_name": "p", "code_root": "..", "steps": {}}))
-    assert params.load_config(tmp_path / "dags" / "c.json")["code_root"] == str(tmp_path)
-
-
 # --- what the function returns, checked before any job -------------------------------------
 
 def returning(value: str, *, config: Path):
