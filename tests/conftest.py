@@ -37,6 +37,7 @@ LOCAL_IMAGE = "smtask-local:latest"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    _TEST_ROOTS.append(os.path.join(str(session.config._tmp_path_factory.getbasetemp()), ""))
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -78,8 +79,9 @@ def docker() -> None:
         pytest.skip(problem)
 
 
-# where this test run's local sessions keep their scratch folders (SMTASK_HOME or tmp_path)
-_TEST_ROOTS = (str(_HOME), os.path.join(tempfile.gettempdir(), "pytest-of-"))
+# where this test run's local sessions keep their scratch folders (SMTASK_HOME, or this
+# session's tmp_path base: other pytest sessions on the machine share /tmp/pytest-of-<user>)
+_TEST_ROOTS = [os.path.join(str(_HOME), "")]
 
 
 def containers_with_label(label: str = "smtask.session") -> list[str]:
@@ -89,7 +91,7 @@ def containers_with_label(label: str = "smtask.session") -> list[str]:
                           '{{.ID}} {{.Label "smtask.scratch"}}'],
                          capture_output=True, text=True, check=True)
     return [line.split()[0] for line in out.stdout.splitlines()
-            if not line.split()[1:] or line.split()[1].startswith(_TEST_ROOTS)]
+            if not line.split()[1:] or line.split()[1].startswith(tuple(_TEST_ROOTS))]
 
 
 # --- loopback guard ------------------------------------------------------------------------
