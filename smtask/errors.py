@@ -41,3 +41,8 @@ class TaskShutdown(BaseException):
     A ``BaseException``, so that no ``except Exception`` on the way out swallows it, and not
     an ``AirflowTaskTerminated``, which Airflow fails without a retry.
     """
+
+
+class ModelNotFound(SmtaskError, AirflowFailException):
+    """A transform step's existing model does not exist (SageMaker's DescribeModel knows no
+    model of that name). Raised before any transform job is created; not retried."""

@@ -34,6 +34,10 @@ NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
     # processing inputs and outputs, training channels (SageMaker: [A-Za-z0-9.-_], at most 64)
     "data": (re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
              "1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit, no '..'"),
+    # SageMaker's ModelName: ^[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?$, at most 63
+    "model": (re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"),
+              "1-63 of A-Z a-z 0-9 -, starting and ending with a letter or digit "
+              "(SageMaker's model names)"),
 }
 
 
@@ -53,6 +57,8 @@ _PATH = _string(1024)
 _URI = _string(1024, pattern="^(s3://[^/]|file:///)")
 _TAGS = _string_map(128, 256, 50)
 _ENVIRONMENT = _string_map(256, 1024, 100)
+# an s3:// or file:/// URI, or a path (no scheme) relative to the config's folder
+_URI_OR_PATH = _string(1024, pattern="^(s3://[^/]|file:///|[^:]*$)")
 _POSITIVE = {"type": "integer", "minimum": 1}
 _SIZE_LIMITS = ("maxLength", "maxItems", "maxProperties")  # their messages omit the limit
 
@@ -81,6 +87,19 @@ TOP_SCHEMA: dict[str, Any] = {
                 "image": _NAME,
                 "artifacts": _URI,
                 "s3_endpoint": _string(1024, pattern="^https?://"),
+                # existing models for local mode: name -> model data + image (names:
+                # NAME_RULES["model"]); SageMaker mode uses the models SageMaker has
+                "models": {
+                    "type": "object",
+                    "maxProperties": 100,
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["model_data"],
+                        "additionalProperties": False,
+                        "properties": {"model_data": _URI_OR_PATH, "image": _NAME,
+                                       "environment": _ENVIRONMENT},
+                    },
+                },
             },
         },
         "steps": {"type": "object", "additionalProperties": {"type": "object"}},
@@ -90,8 +109,11 @@ TOP_SCHEMA: dict[str, Any] = {
 # What a run's conf may not change unless the DAG's author lists it in "conf_may_override":
 # who the job runs as, what image it runs, where it writes, with which credentials.
 # Whoever may trigger a DAG must not be able to read the worker's files or pick the role.
+# An existing model brings its own image (and, on SageMaker, its own role): choosing one is
+# choosing what runs.
 PROTECTED = ("role", "image", "artifacts", "aws_conn_id", "region_name", "local.image",
-             "local.artifacts", "local.s3_endpoint", "steps.*.image")
+             "local.artifacts", "local.s3_endpoint", "local.models", "steps.*.image",
+             "steps.*.model_name")
 # What a run's conf may never change: where the code comes from, and the rule itself.
 NEVER = ("code_root", "conf_may_override")
 
@@ -164,6 +186,7 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
             "strategy": {"enum": ["MultiRecord", "SingleRecord"]},
             "max_payload_mb": {"type": "integer", "minimum": 0, "maximum": 100},
             "max_concurrent_transforms": _POSITIVE,
+            "model_name": {"type": "string"},  # an existing model; its form: NAME_RULES["model"]
         },
     },
 }
@@ -369,6 +392,7 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
         problems.append(f"pipeline_name: {problem}")
     steps_param = params.get("steps")
     configured: Mapping[str, Any] = steps_param if isinstance(steps_param, Mapping) else {}
+    problems.extend(_model_problems(params, steps, configured))
     bad_names = {s: p for s in sorted({*configured, *steps}) if (p := name_problem("step", s))}
     problems.extend(f"steps: step name {p}" for p in bad_names.values())
     for step, kind in sorted(steps.items()):
@@ -408,6 +432,26 @@ def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]
                 f"{error.message[:60]}...{error.message[-40:]}"
             limit = f" (at most {error.validator_value})" if error.validator in _SIZE_LIMITS else ""
             yield f"{_key_path(*path) or '<params>'}: {message}{limit}"
+
+
+def _model_problems(params: Mapping[str, Any], steps: Mapping[str, str],
+                    configured: Mapping[str, Any]) -> Iterable[str]:
+    """Model names (``local.models``' keys, transform steps' ``model_name``) are SageMaker's.
+    (Whether local mode has the model is checked by the transform task: a decorator's
+    ``mode`` may differ from the params'.)"""
+    local = params.get("local")
+    models = local.get("models") if isinstance(local, Mapping) else None
+    models = models if isinstance(models, Mapping) else {}
+    for name in sorted(models):
+        if problem := name_problem("model", name):
+            yield f"local.models: model name {problem}"
+    for step in sorted(s for s, kind in steps.items() if kind == "transform"):
+        cfg = configured.get(step)
+        name = cfg.get("model_name") if isinstance(cfg, Mapping) else None
+        if not isinstance(name, str):
+            continue  # absent, or the schema reports its type
+        if problem := name_problem("model", name):
+            yield f"steps.{step}.model_name: {problem}"
 
 
 def _output_name_problems(step: str, kind: str, cfg: Any) -> Iterable[str]:

@@ -37,6 +37,7 @@ LOCAL_IMAGE = "smtask-local:latest"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    _TEST_ROOTS.append(os.path.join(str(session.config._tmp_path_factory.getbasetemp()), ""))
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -78,8 +79,9 @@ def docker() -> None:
         pytest.skip(problem)
 
 
-# where this test run's local sessions keep their scratch folders (SMTASK_HOME or tmp_path)
-_TEST_ROOTS = (str(_HOME), os.path.join(tempfile.gettempdir(), "pytest-of-"))
+# where this test run's local sessions keep their scratch folders (SMTASK_HOME, or this
+# session's tmp_path base: other pytest sessions on the machine share /tmp/pytest-of-<user>)
+_TEST_ROOTS = [os.path.join(str(_HOME), "")]
 
 
 def containers_with_label(label: str = "smtask.session") -> list[str]:
@@ -89,7 +91,7 @@ def containers_with_label(label: str = "smtask.session") -> list[str]:
                           '{{.ID}} {{.Label "smtask.scratch"}}'],
                          capture_output=True, text=True, check=True)
     return [line.split()[0] for line in out.stdout.splitlines()
-            if not line.split()[1:] or line.split()[1].startswith(_TEST_ROOTS)]
+            if not line.split()[1:] or line.split()[1].startswith(tuple(_TEST_ROOTS))]
 
 
 # --- loopback guard ------------------------------------------------------------------------
@@ -239,3 +241,30 @@ def cli_home() -> CliHome:
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=home.env(), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return home
+
+
+def run_example(name: str, *, conf: dict[str, Any] | None = None, **overrides: Any) -> DagResult:
+    """Run the example ``dags/<name>.py`` unchanged, with its own ``<name>.json`` deep-merged
+    with ``overrides`` (code paths kept): both copied into a folder of their own in the dags
+    folder (dag.test needs the file there; the DAG reads the config beside it)."""
+    from smtask.cli import xcom_results
+    from smtask.params import deep_merge
+
+    config = json.loads((ROOT / "dags" / f"{name}.json").read_text())
+    config["code_root"] = str(ROOT)
+    folder = DAGS / f"example-{uuid.uuid4().hex[:10]}"
+    folder.mkdir()
+    shutil.copy(ROOT / "dags" / f"{name}.py", folder / f"{name}.py")
+    (folder / f"{name}.json").write_text(json.dumps(deep_merge(config, overrides)))
+    spec = importlib.util.spec_from_file_location(f"{name}_{folder.name[8:]}", folder / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag_run = getattr(module, name)().test(run_conf=conf or {})
+    return DagResult(
+        state=str(getattr(dag_run.state, "value", dag_run.state)),
+        run_id=dag_run.run_id,
+        states={ti.task_id: str(getattr(ti.state, "value", ti.state))
+                for ti in dag_run.get_task_instances()},
+        xcom=xcom_results(dag_run.dag_id, dag_run.run_id),
+    )

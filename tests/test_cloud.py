@@ -262,6 +262,147 @@ def test_transform_job_and_its_model_come_from_the_training_result(tmp_path, sag
     assert out["outputs"]["predictions"].endswith("/transformer/predictions")
 
 
+# --- existing models (seed 001 use case 1) and the examples around models ----------------------
+
+EXISTING = '''
+@sm_transform(step="transformer")
+def predict():
+    return {"data": "s3://smtask-cloud-tests/splits/batch/", "model_name": "census-xgb-2021"}
+predict()
+'''
+
+
+def existing_model(sagemaker: FakeSageMaker, name: str) -> dict[str, Any]:
+    """A model made outside the DAG (not counted among the DAG's requests); its description."""
+    client().create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": IMAGE, "ModelDataUrl": f"s3://{BUCKET}/models/{name}/model.tar.gz"})
+    sagemaker.requests.clear()
+    return described_model(name)
+
+
+def described_model(name: str) -> dict[str, Any]:
+    description = client().describe_model(ModelName=name)
+    description.pop("ResponseMetadata")
+    return description
+
+
+def put_s3(uri: str, body: str) -> None:
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    client("s3").put_object(Bucket=bucket, Key=key, Body=body.encode())
+
+
+def get_s3(uri: str) -> str:
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    return client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+
+def test_transform_with_an_existing_model_names_it_and_creates_no_model(tmp_path, sagemaker):
+    before = existing_model(sagemaker, "census-xgb-2021")
+    # an existing model brings its own image and role: the config needs neither
+    config = write_config(tmp_path, mode="sagemaker", role=None, image=None,
+                          artifacts=f"s3://{BUCKET}/pipelines",
+                          steps={"transformer": {"environment": {"LOG_LEVEL": "debug"}}})
+    result = run_dag(EXISTING, config=config)
+    assert result.ok, result.states
+    out = result.xcom["predict"]
+    assert out["model_name"] == "census-xgb-2021"  # the result says which model scored
+    assert "create_model" not in sagemaker.requests  # no CreateModel
+    job = sagemaker.request("create_transform_job")
+    assert job["TransformJobName"] == out["job_name"] and job["ModelName"] == "census-xgb-2021"
+    assert job["Environment"] == {"LOG_LEVEL": "debug"}
+    assert job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == \
+        "s3://smtask-cloud-tests/splits/batch/"
+    assert job["TransformOutput"]["S3OutputPath"] == out["outputs"]["predictions"]
+    assert described_model("census-xgb-2021") == before  # never changed
+
+
+def test_a_step_may_name_its_existing_model(tmp_path, sagemaker):
+    existing_model(sagemaker, "census-xgb-2021")
+    body = EXISTING.replace(', "model_name": "census-xgb-2021"', "")
+    result = run_dag(body, config=cloud_config(tmp_path, transformer={
+        "model_name": "census-xgb-2021"}))
+    assert result.ok, result.states
+    assert sagemaker.request("create_transform_job")["ModelName"] == "census-xgb-2021"
+    assert "create_model" not in sagemaker.requests
+
+
+def test_a_missing_existing_model_fails_naming_the_step_and_model_before_any_job(
+        tmp_path, sagemaker, capfd):
+    result = run_dag(EXISTING, config=cloud_config(tmp_path))
+    assert result.states == {"predict": "failed"}
+    assert "ModelNotFound: step 'transformer': model 'census-xgb-2021' cannot be used: " \
+        "ValidationException: Could not find model" in capfd.readouterr().out
+    assert sagemaker.creates == [] and sagemaker.requests == {}  # no job, no model
+
+
+def test_existing_model_example_on_sagemaker_loads_the_predictions_into_sqlite(
+        tmp_path, sagemaker, monkeypatch):
+    import sqlite3
+
+    from conftest import run_example
+    from sklearn.datasets import load_iris
+
+    existing_model(sagemaker, "iris-classifier")
+    # moto runs no container: answer what a model would, one class per input row
+    sagemaker.on_complete["transform"] = lambda job: put_s3(
+        job.transform_output["S3OutputPath"] + "/batch.csv.out",
+        "\n".join(str(i % 3) for i in range(150)) + "\n")
+    database = tmp_path / "results.db"
+    monkeypatch.setenv("AIRFLOW_CONN_SMTASK_RESULTS",
+                       json.dumps({"conn_type": "sqlite", "host": str(database)}))
+    result = run_example("existing_model", artifacts=f"s3://{BUCKET}/pipelines",
+                         conf={"mode": "sagemaker"})
+    assert result.ok, result.states
+    assert "create_model" not in sagemaker.requests
+    job = sagemaker.request("create_transform_job")
+    assert job["ModelName"] == result.xcom["predict"]["model_name"] == "iris-classifier"
+    uploaded = result.xcom["upload_data"]
+    assert uploaded.startswith(f"s3://{BUCKET}/pipelines/existing-model/")
+    assert job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == uploaded
+    assert job["TransformInput"]["ContentType"] == "text/csv"
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT sepal_length, sepal_width, petal_length, petal_width, "
+                          "predicted_class FROM iris_predictions ORDER BY row_number").fetchall()
+    features = load_iris().data
+    assert len(rows) == 150
+    for i, (*values, predicted) in enumerate(rows):
+        assert values == pytest.approx(list(features[i])) and predicted == i % 3
+
+
+def test_train_transform_example_on_sagemaker_transforms_with_the_trained_model(
+        tmp_path, sagemaker):
+    from conftest import run_example
+
+    def transform_outputs(job: Any) -> None:
+        # moto runs no container: "predict" the held-out labels, read beside the batch
+        batch = job.transform_input["DataSource"]["S3DataSource"]["S3Uri"]
+        labels = get_s3(batch.rsplit("/", 1)[0] + "/labels.csv").split()[1:]
+        put_s3(job.transform_output["S3OutputPath"] + "/batch.csv.out", "\n".join(labels))
+
+    sagemaker.on_complete["transform"] = transform_outputs
+    result = run_example("train_transform", artifacts=f"s3://{BUCKET}/pipelines", image=IMAGE,
+                         role=ROLE, conf={"mode": "sagemaker"})
+    assert result.ok, result.states
+    assert [kind for kind, _ in sagemaker.creates] == ["training", "transform"]
+    prepared, training, transform = (result.xcom[t] for t in ("prepare", "training", "transform"))
+    train_job = sagemaker.request("create_training_job")
+    assert train_job["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert train_job["HyperParameters"]["label_column"] == "species"
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in train_job["InputDataConfig"]}
+    assert channels["train"] == prepared["train"]
+    # the transform's model: created from the training result that came through XCom
+    model, job = sagemaker.request("create_model"), sagemaker.request("create_transform_job")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == training["model"] == client(
+        ).describe_training_job(TrainingJobName=training["job_name"])["ModelArtifacts"][
+        "S3ModelArtifacts"]
+    assert model["PrimaryContainer"]["Image"] == IMAGE and model["ExecutionRoleArn"] == ROLE
+    assert job["ModelName"] == model["ModelName"] == transform["model_name"]
+    assert job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == prepared["batch"]
+    assert result.xcom["evaluate"] == {"metric": "accuracy", "value": 1.0, "rows": 45,
+                                       "model": transform["model_name"]}
+
+
 # --- waiting and failure -------------------------------------------------------------------
 
 def test_failed_job_fails_the_task_with_sagemakers_reason(tmp_path, sagemaker, capfd):

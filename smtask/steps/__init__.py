@@ -46,15 +46,16 @@ class StepContext:
         """A path of the step's settings, resolved against the config's folder."""
         return str((Path(self.params.get("code_root") or ".") / relative).resolve())
 
-    def common(self, default_instance: str) -> dict[str, Any]:
-        """The settings every job kind shares, with local mode's substitutions."""
+    def common(self, default_instance: str, *, needs_image: bool = True) -> dict[str, Any]:
+        """The settings every job kind shares, with local mode's substitutions. A job whose
+        image comes from elsewhere (an existing SageMaker model) passes ``needs_image=False``."""
         from smtask.local import LOCAL_IMAGE
 
         cfg, local = self.cfg, self.local
         image = cfg.get("image") or (
             (self.params.get("local") or {}).get("image", LOCAL_IMAGE) if local
             else self.params.get("image"))
-        if not image:
+        if not image and needs_image:
             raise SmtaskError(f"steps.{self.step}.image: no image for {self.params['mode']} mode")
         from smtask.sessions import artifacts_root
 

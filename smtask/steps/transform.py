@@ -1,14 +1,18 @@
-"""Batch transform: a model from the upstream training result, then a ``Transformer`` job."""
+"""Batch transform: a ``Transformer`` job with the model of an upstream training result (a
+model created for the job) or with an existing model (used as it is, never changed)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, TypeGuard
 
+from smtask.errors import ModelNotFound, ParamsError
 from smtask.steps import StepContext, aws_tags, check_uri, prepare_output
 
 KIND = "transform"
 _LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
+_RETURNED_KEYS = ("data", "model", "model_name")
 
 
 def is_training_result(value: Any) -> TypeGuard[dict[str, Any]]:
@@ -16,25 +20,50 @@ def is_training_result(value: Any) -> TypeGuard[dict[str, Any]]:
 
 
 def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, Any]:
-    """``returned`` is the data URI to score, or ``{"data": URI, "model": training result}``;
-    with a plain URI the model is the one training result among the function's arguments."""
-    if isinstance(returned, dict):
-        data, model = returned.get("data"), returned.get("model")
-    else:
-        data, models = returned, [v for v in upstream if is_training_result(v)]
+    """``returned`` is the data URI to score, or ``{"data": URI, "model": training result}``,
+    or ``{"data": URI, "model_name": an existing model}``. The model is, in this order: the
+    one the function returns, the step's ``model_name``, the one training result among the
+    function's arguments."""
+    model, model_name, data = _model_and_data(ctx, returned)
+    if model is None and model_name is None:
+        models = [v for v in upstream if is_training_result(v)]
         if len(models) != 1:
             raise TypeError(
                 f"step '{ctx.step}': pass exactly one training result to the function "
-                f"(found {len(models)}), or return {{'data': URI, 'model': training result}}")
+                f"(found {len(models)}), return {{'data': URI, 'model': training result}} or "
+                "{'data': URI, 'model_name': an existing model}, or set the step's model_name")
         model = models[0]
+    settings = _settings(ctx, data)
+    if model_name is not None:
+        return {**settings, **_existing_model(ctx, settings, model_name)}
     if not is_training_result(model):
         raise TypeError(f"step '{ctx.step}': 'model' must be a training task's result, got {model!r}")
+    return {**settings, "image": ctx.cfg.get("image") or model["image"], "model_name": None,
+            "existing_model": False, "model_data": model["model"],
+            "model_environment": settings["environment"]}
+
+
+def _model_and_data(ctx: StepContext, returned: Any) -> tuple[Any, str | None, Any]:
+    if not isinstance(returned, dict):
+        return None, ctx.cfg.get("model_name"), returned
+    unknown = sorted(str(k) for k in returned if k not in _RETURNED_KEYS)
+    if unknown:
+        raise TypeError(f"step '{ctx.step}': the function returned unknown key(s) "
+                        f"{', '.join(unknown)} (known: {', '.join(_RETURNED_KEYS)})")
+    if returned.get("model") is not None and returned.get("model_name") is not None:
+        raise TypeError(f"step '{ctx.step}': return either 'model' (a training result) or "
+                        "'model_name' (an existing model), not both")
+    model, model_name = returned.get("model"), returned.get("model_name")
+    if model is None and model_name is None:
+        model_name = ctx.cfg.get("model_name")
+    return model, model_name, returned.get("data")
+
+
+def _settings(ctx: StepContext, data: Any) -> dict[str, Any]:
     cfg = ctx.cfg
-    job = ctx.common("ml.m5.large")
-    job["image"] = cfg.get("image") or model["image"]
     return {
-        **job,
-        "model_data": model["model"],
+        **ctx.common("ml.m5.large", needs_image=False),
+        "step": ctx.step,
         "data": check_uri(ctx.step, "data", data),
         "content_type": cfg.get("content_type", "text/csv"),
         "accept": cfg.get("accept", "text/csv"),
@@ -47,26 +76,73 @@ def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, 
     }
 
 
+def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> dict[str, Any]:
+    """An existing model: SageMaker's own (sagemaker mode: its image, data and role are the
+    model's), or in local mode the entry of ``local.models`` registered under that name."""
+    from smtask.local import LOCAL_IMAGE
+    from smtask.params import name_problem, quoted
+
+    if problem := name_problem("model", name):
+        raise TypeError(f"step '{ctx.step}': model_name {problem}")
+    existing = {"model_name": name, "existing_model": True, "model_data": None,
+                "model_environment": {}, "image": None}
+    if not ctx.local:
+        return existing
+    local = ctx.params.get("local") or {}
+    models = local.get("models") or {}
+    if name not in models:
+        raise ParamsError(
+            f"steps.{ctx.step}: model {quoted(name)} is not in local.models (known: "
+            f"{', '.join(sorted(models)) or 'none'}); local mode registers an existing model "
+            "from its model data and image there")
+    entry = models[name]
+    return {**existing, "image": entry.get("image") or local.get("image", LOCAL_IMAGE),
+            "model_data": _local_model_data(ctx, name, entry["model_data"]),
+            "model_environment": dict(entry.get("environment", {}))}
+
+
+def _local_model_data(ctx: StepContext, name: str, where: str) -> str:
+    """``s3://`` as it is (from ``local.s3_endpoint``: local mode reaches no other S3);
+    ``file:///`` or a path relative to the config's folder: a file that must exist before
+    any container starts."""
+    from urllib.parse import urlparse
+
+    if where.startswith("s3://"):
+        if not (ctx.params.get("local") or {}).get("s3_endpoint"):
+            raise ParamsError(f"local.models.{name}.model_data: an s3:// model needs "
+                              f"local.s3_endpoint in local mode (step '{ctx.step}')")
+        return where
+    path = Path(urlparse(where).path) if where.startswith("file://") else Path(ctx.path(where))
+    if not path.is_file():
+        raise ParamsError(f"local.models.{name}.model_data: no file {path} (step '{ctx.step}')")
+    return path.resolve().as_uri()
+
+
 def submit(job: dict[str, Any], session: Any) -> None:
-    """Create the model (named like the job), then start the transform job."""
+    """Create the model (named like the job) or, for an existing model, check that SageMaker
+    has it (local mode: register it with the session); then start the transform job."""
     from sagemaker.core.transformer import Transformer
 
+    model_name = job["model_name"] or job["job_name"]
     model_data = job["model_data"]
     if session.local_mode:
         from smtask.local import scratch_copy, serve_on_own_port
 
         serve_on_own_port(session)
         model_data = scratch_copy(session, model_data)  # the SDK unpacks the model beside it
+    elif job["existing_model"]:
+        _check_model(session, job["step"], model_name)
     prepare_output(job["output_path"], job["artifacts"])
-    session.sagemaker_client.create_model(
-        ModelName=job["job_name"],
-        PrimaryContainer={"Image": job["image"], "ModelDataUrl": model_data,
-                          "Environment": job["environment"]},
-        ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
-        Tags=aws_tags(job),
-    )
+    if session.local_mode or not job["existing_model"]:
+        session.sagemaker_client.create_model(
+            ModelName=model_name,
+            PrimaryContainer={"Image": job["image"], "ModelDataUrl": model_data,
+                              "Environment": job["model_environment"]},
+            ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
+            Tags=aws_tags(job),
+        )
     transformer = Transformer(
-        model_name=job["job_name"],
+        model_name=model_name,
         instance_count=job["instance_count"],
         instance_type=job["instance_type"],
         strategy=job["strategy"],
@@ -89,6 +165,21 @@ def submit(job: dict[str, Any], session: Any) -> None:
     )
 
 
+def _check_model(session: Any, step: str, name: str) -> None:
+    """SageMaker must have the model before a transform job names it (DescribeModel)."""
+    from botocore.exceptions import ClientError
+
+    from smtask import waiting
+
+    try:
+        waiting.call(session.sagemaker_client.describe_model, {"ModelName": name})
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise ModelNotFound(
+            f"step '{step}': model {name!r} cannot be used: {error.get('Code')}: "
+            f"{error.get('Message')} (DescribeModel); no transform job was created") from exc
+
+
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
-    return {"job_name": job["job_name"], "model_name": job["job_name"],
+    return {"job_name": job["job_name"], "model_name": job["model_name"] or job["job_name"],
             "outputs": {"predictions": job["output_path"]}}
