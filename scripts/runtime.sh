@@ -89,13 +89,17 @@ base_image() {
 image_up() {
     local base inputs_hash current ctx
     base=$(base_image)
-    inputs_hash=$( (cd "$ROOT/docker" && cat Dockerfile requirements.txt serve serve.py; docker image inspect -f '{{.Id}}' "$base") | sha256sum | cut -c1-16)
+    # every file of docker/ (links followed: algorithms/recordio.py is smtask's own codec)
+    inputs_hash=$( (cd "$ROOT/docker" && find -L . -type f -not -path './wheels/*' -not -name '*.pyc' \
+        | LC_ALL=C sort | while read -r f; do echo "$f"; cat "$f"; done; \
+        docker image inspect -f '{{.Id}}' "$base") | sha256sum | cut -c1-16)
     current=$(docker image inspect -f '{{ index .Config.Labels "smtask.inputs" }}' "$IMAGE" 2>/dev/null || true)
     if [ "$current" = "$inputs_hash" ]; then log "image $IMAGE is current ($inputs_hash)"; return 0; fi
     log "building $IMAGE from $base"
     ctx="$STATE/image-context"
     rm -rf "$ctx" && mkdir -p "$ctx/wheels"
-    cp "$ROOT"/docker/{Dockerfile,requirements.txt,serve,serve.py} "$ctx/"
+    (cd "$ROOT/docker" && find -L . -type f -not -path './wheels/*' -not -name '*.pyc' \
+        -not -path '*/__pycache__/*' | while read -r f; do mkdir -p "$ctx/$(dirname "$f")"; cp -L "$f" "$ctx/$f"; done)
     python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
         --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
         --implementation cp -d "$ctx/wheels" -r "$ctx/requirements.txt" 2>"$STATE/pip-download.log" \

@@ -198,6 +198,9 @@ def harden(content: dict[str, Any], session: Any) -> dict[str, Any]:
         service["labels"] = {LABEL: session.smtask_session_id, OWNER_LABEL: str(session.smtask_owner),
                              SCRATCH_LABEL: str(scratch)}
         service["volumes"] = [_mount(v, scratch) for v in service.get("volumes", [])]
+        if "entrypoint" not in service and "command" not in service:
+            # an image without user code (a built-in algorithm): SageMaker runs `<image> train`
+            service["command"] = "train"
         if service.get("command") == "serve" and session.smtask_serving_port:
             service.setdefault("environment", []).append(
                 f"SAGEMAKER_BIND_TO_PORT={session.smtask_serving_port}")

@@ -52,6 +52,14 @@ def _string_map(key_max: int, value_max: int, entries: int) -> dict[str, Any]:
 
 # Lengths as SageMaker's API allows them (where it says), so a huge string fails here, named.
 _NAME = _string(256)
+# An image URI, or an AWS image by framework (resolved with the SDK's image_uris.retrieve);
+# one schema for both (not anyOf) so that an unknown key is named.
+_IMAGE = {
+    "type": ["string", "object"], "maxLength": 256, "required": ["framework"],
+    "additionalProperties": False,
+    "properties": {"framework": _string(64), "version": _string(64), "region": _string(64),
+                   "py_version": _string(16)},
+}
 _PATH = _string(1024)
 # a file:// URI names no host: file://data/x would mean /x to smtask and data/x to the SDK
 _URI = _string(1024, pattern="^(s3://[^/]|file:///)")
@@ -71,7 +79,7 @@ TOP_SCHEMA: dict[str, Any] = {
         "pipeline_name": {"type": "string"},  # its form: NAME_RULES["pipeline"]
         "mode": {"enum": list(MODES)},
         "role": _string(2048),
-        "image": _NAME,
+        "image": _IMAGE,
         "artifacts": _URI,
         "code_root": _PATH,
         "aws_conn_id": _NAME,
@@ -118,7 +126,7 @@ PROTECTED = ("role", "image", "artifacts", "aws_conn_id", "region_name", "local.
 NEVER = ("code_root", "conf_may_override")
 
 _COMMON_STEP_KEYS: dict[str, Any] = {
-    "image": _NAME,
+    "image": _IMAGE,
     "instance_type": _NAME,
     "instance_count": _POSITIVE,
     "volume_size_gb": _POSITIVE,
@@ -161,12 +169,28 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         },
     },
     "training": {
-        "required": ["source_dir", "entry_script"],
+        # without source_dir and entry_script the image is a built-in algorithm's
+        "required": [],
+        "dependencies": {"source_dir": ["entry_script"], "entry_script": ["source_dir"]},
         "properties": {
             **_COMMON_STEP_KEYS,
             "source_dir": _PATH,
             "entry_script": _PATH,
             "requirements": _PATH,
+            # per channel the function returns: how SageMaker hands it to the container
+            "channels": {
+                "type": "object",
+                "maxProperties": 20,
+                "additionalProperties": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "content_type": _NAME,
+                        "input_mode": {"enum": ["File", "Pipe", "FastFile"]},
+                        "s3_data_distribution": {"enum": ["FullyReplicated", "ShardedByS3Key"]},
+                    },
+                },
+            },
             "hyperparameters": {
                 "type": "object",
                 "maxProperties": 100,
@@ -410,7 +434,34 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
             problems.extend(_tuning_problems(step, configured[step], params.get("mode")))
         if not top and not shape:  # a path the schema refused is not looked up on disk
             problems.extend(_file_problems(params, step, kind, configured[step]))
-    return problems
+            problems.extend(_image_problems(params, step, kind, configured[step]))
+    return list(dict.fromkeys(problems))  # a bad top-level image is named once
+
+
+_SCOPES = {"processing": "processing", "training": "training", "tuning": "training",
+           "transform": "inference"}
+
+
+def _image_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -> Iterable[str]:
+    """An image given as ``{"framework", ...}`` must resolve (for the step's kind); in local
+    mode, a training step without code must name a built-in algorithm the local image stands
+    in for, or an image of its own."""
+    from smtask.steps import ALGORITHMS, algorithm_of, is_aws_image, resolve_image
+
+    key, given = (f"steps.{step}.image", cfg["image"]) if cfg.get("image") else \
+        ("image", params.get("image"))
+    try:
+        resolve_image(key, given, scope=_SCOPES[kind], params=dict(params),
+                      instance_type=cfg.get("instance_type", "ml.m5.large"))
+    except ParamsError as exc:
+        yield str(exc)
+        return
+    own = isinstance(cfg.get("image"), str) and not is_aws_image(cfg["image"])
+    if (kind in ("training", "tuning") and params.get("mode") == "local" and "source_dir" not in cfg
+            and not own and algorithm_of(given) is None):
+        yield (f"steps.{step}: no source_dir, and {key} is no built-in algorithm the local "
+               f"image stands in for ({', '.join(ALGORITHMS)}): give source_dir and "
+               "entry_script, an algorithm image, or a local image of your own")
 
 
 def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]) -> Iterable[str]:
@@ -426,6 +477,9 @@ def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]
         elif error.validator == "required":
             missing = error.message.split("'")[1]
             yield f"{_key_path(*path, missing)}: required key is missing"
+        elif error.validator == "dependencies":  # "'b' is a dependency of 'a'"
+            missing, given = error.message.split("'")[1::2]
+            yield f"{_key_path(*path, missing)}: required with {given}"
         else:
             # the message quotes the value, which may be huge: keep its start and end
             message = error.message if len(error.message) <= 120 else \
@@ -468,6 +522,8 @@ def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) ->
     created (called once the schema holds, so the keys are there and are strings)."""
     root = Path(params.get("code_root") or ".").resolve()
     kind = "training" if kind == "tuning" else kind  # a tuning step trains like training
+    if kind == "training" and "source_dir" not in cfg:
+        return  # a built-in algorithm: no code
     for key in {"processing": ("code_path",), "training": ("source_dir",)}.get(kind, ()):
         # resolved (.. and symlinks followed): code outside the root is never uploaded or mounted
         if not (root / cfg[key]).resolve().is_relative_to(root):

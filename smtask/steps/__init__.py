@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,17 +48,14 @@ class StepContext:
         """A path of the step's settings, resolved against the config's folder."""
         return str((Path(self.params.get("code_root") or ".") / relative).resolve())
 
-    def common(self, default_instance: str, *, needs_image: bool = True) -> dict[str, Any]:
-        """The settings every job kind shares, with local mode's substitutions. A job whose
-        image comes from elsewhere (an existing SageMaker model) passes ``needs_image=False``."""
-        from smtask.local import LOCAL_IMAGE
-
+    def common(self, default_instance: str, scope: str = "training", *,
+               needs_image: bool = True) -> dict[str, Any]:
+        """The settings every job kind shares, with local mode's substitutions. ``scope`` is
+        the image scope an image given as ``{"framework", "version"}`` resolves for
+        (``training``, ``inference``, ``processing``). A job whose image comes from elsewhere
+        (an existing SageMaker model, a training result) passes ``needs_image=False``."""
         cfg, local = self.cfg, self.local
-        image = cfg.get("image") or (
-            (self.params.get("local") or {}).get("image", LOCAL_IMAGE) if local
-            else self.params.get("image"))
-        if not image and needs_image:
-            raise SmtaskError(f"steps.{self.step}.image: no image for {self.params['mode']} mode")
+        image = self.image(scope, default_instance, required=needs_image)
         from smtask.sessions import artifacts_root
 
         return {
@@ -64,6 +63,8 @@ class StepContext:
             "prefix": self.prefix,
             "artifacts": artifacts_root(self.params),  # the trusted root of every write
             "image": image,
+            # the built-in algorithm the image is (knn, xgboost...), if it is one
+            "algorithm": algorithm_of(self.given_image()[1]),
             "role": self.params.get("role"),
             # local mode runs one container per instance on this machine
             "instance_type": "local" if local else cfg.get("instance_type", default_instance),
@@ -74,6 +75,97 @@ class StepContext:
             "tags": {**self.params.get("tags", {}), **cfg.get("tags", {}),
                      "smtask:step": self.step},
         }
+
+    def given_image(self) -> tuple[str, Any]:
+        """The image the params give this step, and the key that gives it."""
+        if self.cfg.get("image"):
+            return f"steps.{self.step}.image", self.cfg["image"]
+        return "image", self.params.get("image")
+
+    def image(self, scope: str, default_instance: str = "ml.m5.large",
+              required: bool = True) -> str:
+        """The image the job runs. SageMaker mode: the step's image, else the top-level one,
+        ``{"framework", "version"}`` resolved to its URI. Local mode: the step's own image
+        string, unless it is one of AWS's images (a built-in algorithm's URI, or given as
+        ``{"framework", ...}``), which the local image stands in for."""
+        key, given = self.given_image()
+        resolved = resolve_image(key, given, scope=scope, params=self.params,
+                                 instance_type=self.cfg.get("instance_type", default_instance))
+        if self.local:
+            return local_image(self.params, self.cfg.get("image"))
+        if not resolved and required:
+            raise SmtaskError(f"steps.{self.step}.image: no image for {self.params['mode']} mode")
+        return resolved
+
+    def local_image(self, image: Any) -> str:
+        """``image`` as local mode runs it (see :meth:`image`)."""
+        return local_image(self.params, image) if self.local else image
+
+
+# AWS's built-in algorithms that the local image stands in for (in local mode), by the
+# framework name image_uris knows them by; their ECR repositories are named alike.
+ALGORITHMS = ("knn", "linear-learner", "factorization-machines", "xgboost")
+_ALGORITHM_URI = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/"
+                            r"(?:sagemaker-)?([a-z0-9-]+)(?::[\w.-]+)?")
+_RETRIEVE_SCOPES = {"processing": ("processing", "training")}  # where the SDK lacks a scope
+
+
+def algorithm_of(image: Any) -> str | None:
+    """The built-in algorithm ``image`` is (``{"framework": "knn"}`` or an AWS algorithm URI
+    such as ``382416733822.dkr.ecr.us-east-1.amazonaws.com/knn:1``), else None."""
+    if isinstance(image, dict):
+        name = image.get("framework")
+    else:
+        match = _ALGORITHM_URI.fullmatch(image) if isinstance(image, str) else None
+        name = match.group(1) if match else None
+    return name if name in ALGORITHMS else None
+
+
+def is_aws_image(image: Any) -> bool:
+    """An image only AWS has: given as ``{"framework", ...}`` or an AWS algorithm URI."""
+    return isinstance(image, dict) or algorithm_of(image) is not None
+
+
+def local_image(params: dict[str, Any], image: Any) -> str:
+    from smtask.local import LOCAL_IMAGE
+
+    if isinstance(image, str) and image and not is_aws_image(image):
+        return image
+    return str((params.get("local") or {}).get("image", LOCAL_IMAGE))
+
+
+def resolve_image(key: str, image: Any, *, scope: str, params: dict[str, Any],
+                  instance_type: str = "ml.m5.large") -> str:
+    """``image`` as a URI: a string is one already; ``{"framework", "version", "region",
+    "py_version"}`` is resolved with the SDK's ``image_uris.retrieve`` (its tables ship with
+    the SDK: no network). A framework or version the SDK does not know is a ParamsError
+    naming ``key``."""
+    from smtask.errors import ParamsError
+    from smtask.local import DEFAULT_REGION
+
+    if not isinstance(image, dict):
+        return str(image or "")
+    region = image.get("region") or params.get("region_name") or (
+        DEFAULT_REGION if params.get("mode") == "local" else None)
+    if not region:
+        raise ParamsError(f'{key}: an image given as {{"framework", ...}} needs a region: set '
+                          '"region" in it or the top-level region_name')
+    from sagemaker.core import image_uris
+
+    problem = ""
+    for each in _RETRIEVE_SCOPES.get(scope, (scope,)):
+        try:
+            return str(image_uris.retrieve(
+                image["framework"], region=region, version=image.get("version"),
+                py_version=image.get("py_version"), image_scope=each,
+                instance_type=instance_type if instance_type.startswith("ml.") else "ml.m5.large"))
+        except FileNotFoundError:
+            problem = f"unknown framework {image['framework']!r}"
+            break
+        except (ValueError, KeyError, TypeError) as exc:
+            problem = str(exc).split(" You may need to upgrade")[0]
+    raise ParamsError(f"{key}: {problem.rstrip('.')} (resolving "
+                      f"{json.dumps(image, sort_keys=True)} in {region})")
 
 
 def aws_tags(job: dict[str, Any]) -> list[dict[str, str]]:

@@ -20,7 +20,7 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
         raise TypeError(f"step '{ctx.step}': input names {clash} are also output names")
     base = cfg.get("input_destination", "/opt/ml/processing/input")
     return {
-        **ctx.common("ml.m5.large"),
+        **ctx.common("ml.m5.large", scope="processing"),
         "command": cfg.get("command", ["python3"]),
         "code": ctx.path(cfg["code_path"]),
         "arguments": list(cfg.get("arguments", [])),

@@ -1,8 +1,10 @@
-"""Training: a ``ModelTrainer`` job over the step's source dir; channels come from the function."""
+"""Training: a ``ModelTrainer`` job over the step's source dir, or a built-in algorithm's image
+(no source dir); channels come from the function."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -20,17 +22,39 @@ KIND = "training"
 def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
     """``returned`` is ``{channel name: URI}``; each lands in ``/opt/ml/input/data/<name>``."""
     cfg = ctx.cfg
+    job = ctx.common("ml.m5.large")
+    channels = check_uri_map(ctx.step, "channel", returned)
+    if "source_dir" not in cfg and ctx.local and job["algorithm"]:
+        # the local image stands in for AWS's algorithm image: tell it which one
+        job["environment"]["SMTASK_ALGORITHM"] = job["algorithm"]
     return {
-        **ctx.common("ml.m5.large"),
-        "source_dir": ctx.path(cfg["source_dir"]),
-        "entry_script": cfg["entry_script"],
+        **job,
+        "source_dir": ctx.path(cfg["source_dir"]) if "source_dir" in cfg else None,
+        "entry_script": cfg.get("entry_script"),
         "requirements": cfg.get("requirements"),
-        "hyperparameters": dict(cfg.get("hyperparameters", {})),
-        "channels": check_uri_map(ctx.step, "channel", returned),
+        "hyperparameters": hyperparameter_strings(cfg.get("hyperparameters", {})),
+        "channels": channels,
+        "channel_settings": channel_settings(ctx.step, cfg.get("channels", {}), channels),
         "output_path": ctx.prefix,
         "validate_role": bool(ctx.params.get("validate_role")),
         "code_prefix": ctx.code_prefix,
     }
+
+
+def hyperparameter_strings(hyperparameters: dict[str, Any]) -> dict[str, str]:
+    """Hyperparameters as SageMaker passes them: strings (``3``, ``0.1``, ``true``)."""
+    return {name: value if isinstance(value, str) else json.dumps(value)
+            for name, value in hyperparameters.items()}
+
+
+def channel_settings(step: str, settings: dict[str, Any], channels: dict[str, str]
+                     ) -> dict[str, dict[str, str]]:
+    """The step's ``channels`` settings, each for a channel the function returned."""
+    unknown = sorted(set(settings) - set(channels))
+    if unknown:
+        raise TypeError(f"step '{step}': steps.{step}.channels names {unknown}, which the "
+                        f"function did not return (it returned {sorted(channels)})")
+    return {name: dict(settings[name]) for name in channels if settings.get(name)}
 
 
 def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
@@ -53,7 +77,8 @@ def trainer_patches(job: dict[str, Any], session: Any) -> Iterator[None]:
     # ModelTrainer appends a timestamp to every name; the task's name must stay deterministic.
     with mock.patch.object(model_trainer, "_get_unique_name", lambda base, *_a, **_k: base), \
             _no_iam_calls(enabled=not job["validate_role"]), \
-            _uploads_by_content(session, None if session.local_mode else job["code_prefix"]):
+            _uploads_by_content(session, None if session.local_mode else job["code_prefix"]), \
+            _with_channel_settings(job.get("channel_settings") or {}):
         yield
 
 
@@ -85,8 +110,9 @@ def trainer(job: dict[str, Any], session: Any) -> Any:
         role=None if local else job["role"],
         training_image=job["image"],
         base_job_name=job["job_name"],
+        # no source code: the image's own `train` (a built-in algorithm) runs
         source_code=SourceCode(source_dir=job["source_dir"], entry_script=job["entry_script"],
-                               requirements=job["requirements"]),
+                               requirements=job["requirements"]) if job["source_dir"] else None,
         compute=Compute(instance_type=job["instance_type"], instance_count=job["instance_count"],
                         volume_size_in_gb=job["volume_size_gb"]),
         stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_runtime_seconds"]),
@@ -131,6 +157,34 @@ def _uploads_by_content(session: Any, prefix: str | None) -> Iterator[None]:
         if isinstance(data_source, str) and os.path.exists(data_source):
             data_source = upload_once(session, data_source, prefix)
         return create(self, channel_name, data_source, *args, **kwargs)
+
+    with mock.patch.object(ModelTrainer, "create_input_data_channel", create_channel):
+        yield
+
+
+@contextlib.contextmanager
+def _with_channel_settings(settings: dict[str, dict[str, str]]) -> Iterator[None]:
+    """Each channel as ModelTrainer builds it (from an S3 URI, a local folder, an upload),
+    with the step's ``content_type``, ``input_mode`` and ``s3_data_distribution``."""
+    from sagemaker.core.utils.utils import Unassigned
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    if not settings:
+        yield
+        return
+    create = ModelTrainer.create_input_data_channel
+
+    def create_channel(self: Any, channel_name: str, *args: Any, **kwargs: Any) -> Any:
+        channel = create(self, channel_name, *args, **kwargs)
+        wanted = settings.get(channel_name, {})
+        if "content_type" in wanted:
+            channel.content_type = wanted["content_type"]
+        if "input_mode" in wanted:
+            channel.input_mode = wanted["input_mode"]
+        s3 = channel.data_source.s3_data_source
+        if "s3_data_distribution" in wanted and not isinstance(s3, Unassigned):
+            s3.s3_data_distribution_type = wanted["s3_data_distribution"]
+        return channel
 
     with mock.patch.object(ModelTrainer, "create_input_data_channel", create_channel):
         yield

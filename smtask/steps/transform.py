@@ -38,7 +38,9 @@ def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, 
         return {**settings, **_existing_model(ctx, settings, model_name)}
     if not is_training_result(model):
         raise TypeError(f"step '{ctx.step}': 'model' must be a training task's result, got {model!r}")
-    return {**settings, "image": ctx.cfg.get("image") or model["image"], "model_name": None,
+    # the step's own image, else the model's (local mode: the stand-in for AWS's)
+    image = settings["image"] if ctx.cfg.get("image") else ctx.local_image(model["image"])
+    return {**settings, "image": image, "model_name": None,
             "existing_model": False, "model_data": model["model"],
             "model_environment": settings["environment"]}
 
@@ -62,7 +64,7 @@ def _model_and_data(ctx: StepContext, returned: Any) -> tuple[Any, str | None, A
 def _settings(ctx: StepContext, data: Any) -> dict[str, Any]:
     cfg = ctx.cfg
     return {
-        **ctx.common("ml.m5.large", needs_image=False),
+        **ctx.common("ml.m5.large", scope="inference", needs_image=False),
         "step": ctx.step,
         "data": check_uri(ctx.step, "data", data),
         "content_type": cfg.get("content_type", "text/csv"),
@@ -79,7 +81,6 @@ def _settings(ctx: StepContext, data: Any) -> dict[str, Any]:
 def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> dict[str, Any]:
     """An existing model: SageMaker's own (sagemaker mode: its image, data and role are the
     model's), or in local mode the entry of ``local.models`` registered under that name."""
-    from smtask.local import LOCAL_IMAGE
     from smtask.params import name_problem, quoted
 
     if problem := name_problem("model", name):
@@ -96,7 +97,8 @@ def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> di
             f"{', '.join(sorted(models)) or 'none'}); local mode registers an existing model "
             "from its model data and image there")
     entry = models[name]
-    return {**existing, "image": entry.get("image") or local.get("image", LOCAL_IMAGE),
+    # an AWS algorithm's image (e.g. XGBoost's) runs as the local image's stand-in
+    return {**existing, "image": ctx.local_image(entry.get("image")),
             "model_data": _local_model_data(ctx, name, entry["model_data"]),
             "model_environment": dict(entry.get("environment", {}))}
 

@@ -1,0 +1,1 @@
+../../smtask/recordio.py
