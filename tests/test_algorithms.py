@@ -224,7 +224,7 @@ def _data(tmp_path: Path, files: dict[str, str | bytes]) -> dict[str, str]:
 STAND_IN = '''
 @sm_training(step="algo")
 def train():
-    return {CHANNELS}
+    return CHANNELS
 
 @sm_transform(step="score")
 def score(model):

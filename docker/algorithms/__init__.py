@@ -30,7 +30,7 @@ META = "smtask-algorithm.json"
 MODULES = {"knn": "knn", "xgboost": "xgb", "linear-learner": "linear_learner",
            "factorization-machines": "factorization_machines"}
 REQUIRED = object()
-CSV, RECORDIO, LIBSVM = "text/csv", recordio.CONTENT_TYPE, "text/libsvm"
+CSV, RECORDIO, LIBSVM = "text/csv", "application/x-recordio-protobuf", "text/libsvm"
 
 
 class ClientError(Exception):
@@ -114,10 +114,15 @@ def parse_body(body: bytes, content_type: str, label_size: int, feature_dim: int
         labels = table[:, 0] if label_size else np.full(len(table), np.nan)
         return table[:, label_size:].astype("float32"), labels
     if kind == RECORDIO:
+        import io
+
         try:
-            return recordio.to_matrix(recordio.read_records(body), feature_dim)
+            features, labels = recordio.read_matrix(io.BytesIO(body))
         except (ValueError, IndexError, KeyError) as exc:
             raise ClientError(f"{RECORDIO}: {exc}") from None
+        if labels is None:
+            labels = np.full(features.shape[0], np.nan)
+        return features, labels
     if kind == LIBSVM:
         import io
 
@@ -263,10 +268,12 @@ def answer(predictions: list[dict[str, Any]], accept: str) -> tuple[bytes, str]:
         import io
 
         out = io.BytesIO()
-        for p in predictions:
-            recordio.write_recordio(out, recordio.record_bytes(label={
-                k: np.asarray(v, dtype="float32") for k, v in p.items()
-                if isinstance(v, (int, float, list))}))
+        for p in predictions:  # each answer a Record whose label map holds float32 tensors
+            record = b"".join(
+                recordio._field(2, recordio._field(1, k.encode()) + recordio._field(
+                    2, recordio._tensor(np.atleast_1d(np.asarray(v, dtype="float32")))))
+                for k, v in p.items() if isinstance(v, (int, float, list)))
+            recordio._write_recordio(out, record)
         return out.getvalue(), RECORDIO
     raise Unsupported(f"accept {accept!r} is not supported (application/json, "
                       f"application/jsonlines, {RECORDIO})")
