@@ -7,6 +7,7 @@ The SDK's local mode is used as it is, with these corrections, each pinned by a 
   own scratch folders (outputs, config, the model a server loads) are the only writable mounts;
 - every batch-transform server listens on a port of its own, reserved host-wide for the
   server's whole life, so parallel transforms never score with each other's model;
+- a batch transform may split RecordIO-protobuf input (``split_type: RecordIO``);
 - the containers' output goes to the task log, and a failing container's message carries
   its last error line, its exit code and its last lines; a server that exits fails at once;
 - telemetry is not sent; no credentials of the worker reach the containers;
@@ -454,8 +455,22 @@ def _wait_for_serving_container(session: Any, output: ContainerOutput) -> Callab
 
 # --- the session ------------------------------------------------------------------------
 
+def _split_recordio(splitter: Any, file: str) -> Iterator[bytes]:
+    """Each record of a RecordIO file, framed as it was: a batch transform with
+    ``split_type: RecordIO`` sends whole records (SDK v3's local splitter only raises)."""
+    import io
+
+    from smtask import recordio
+
+    with open(file, "rb") as f:
+        for data in recordio.read_recordio(f):
+            framed = io.BytesIO()
+            recordio._write_recordio(framed, data)
+            yield framed.getvalue()
+
+
 def _sdk_corrections(session: Any, output: ContainerOutput) -> contextlib.AbstractContextManager[None]:
-    from sagemaker.core.local import entities, image
+    from sagemaker.core.local import data, entities, image
     from sagemaker.train.local import local_container
 
     from smtask.sessions import replaced, telemetry_off
@@ -466,6 +481,7 @@ def _sdk_corrections(session: Any, output: ContainerOutput) -> contextlib.Abstra
         (image, "_stream_output", stream),
         (local_container, "_stream_output", stream),
         (entities, "_wait_for_serving_container", _wait_for_serving_container(session, output)),
+        (data.RecordIOSplitter, "split", _split_recordio),
     )
 
 

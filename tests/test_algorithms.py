@@ -125,7 +125,7 @@ train()
 
 
 def test_a_builtin_algorithm_job_carries_the_image_channels_and_string_hyperparameters(
-        tmp_path, sagemaker):
+        tmp_path, sagemaker):  # noqa: F811 (the fixture)
     channels = {"train": {"content_type": "text/csv", "input_mode": "Pipe",
                           "s3_data_distribution": "ShardedByS3Key"},
                 "test": {"content_type": "application/x-recordio-protobuf"}}
@@ -150,7 +150,7 @@ def test_a_builtin_algorithm_job_carries_the_image_channels_and_string_hyperpara
 
 
 def test_channel_settings_for_a_channel_the_function_did_not_return_fail_before_any_job(
-        tmp_path, sagemaker, capfd):
+        tmp_path, sagemaker, capfd):  # noqa: F811
     result = run_dag(KNN_TRAIN, config=cloud_config(tmp_path, knn={
         **KNN, "channels": {"validation": {"content_type": "text/csv"}}}))
     assert result.states == {"train": "failed"}
@@ -159,7 +159,7 @@ def test_channel_settings_for_a_channel_the_function_did_not_return_fail_before_
     assert sagemaker.creates == []
 
 
-def test_iris_knn_dag_on_sagemaker_creates_the_seeds_jobs(tmp_path, sagemaker):
+def test_iris_knn_dag_on_sagemaker_creates_the_seeds_jobs(tmp_path, sagemaker):  # noqa: F811
     """Seed 001 use case 2 in sagemaker mode: moto runs no containers, so the transform's
     output is written when its job completes (the labels, as a perfect k-NN would answer)."""
     import runpy

@@ -263,7 +263,8 @@ def answer(predictions: list[dict[str, Any]], accept: str) -> tuple[bytes, str]:
     if kind in ("application/json", "*/*", ""):
         return json.dumps({"predictions": predictions}).encode(), "application/json"
     if kind == "application/jsonlines":
-        return "".join(json.dumps(p) + "\n" for p in predictions).encode(), kind
+        # no newline after the last line: assemble_with Line adds one per answer
+        return "\n".join(json.dumps(p) for p in predictions).encode(), kind
     if kind == RECORDIO:
         import io
 

@@ -101,11 +101,11 @@ def invoke(model: Any, hps: dict[str, Any], body: bytes, content_type: str,
     accept_kind, _ = media_type(accept or CSV)
     if accept_kind in (CSV, "*/*", ""):
         lines = [",".join(f"{v:g}" for v in np.atleast_1d(row)) for row in scores]
-        return ("\n".join(lines) + "\n").encode(), CSV
+        return "\n".join(lines).encode(), CSV
     if accept_kind in ("application/json", "application/jsonlines"):
         items = [{"score": row.tolist() if np.ndim(row) else float(row)} for row in scores]
         if accept_kind == "application/json":
             return json.dumps({"predictions": items}).encode(), accept_kind
-        return "".join(json.dumps(i) + "\n" for i in items).encode(), accept_kind
+        return "\n".join(json.dumps(i) for i in items).encode(), accept_kind
     raise Unsupported(f"accept {accept!r} is not supported (text/csv, application/json, "
                       "application/jsonlines)")
