@@ -331,7 +331,7 @@ def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
 def trigger_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     """``schema`` as a run's conf may meet it before the deep merge: nothing required, and
     ``null`` (which removes a key) allowed below the top level."""
-    partial = {k: v for k, v in schema.items() if k != "required"}
+    partial = {k: v for k, v in schema.items() if k not in ("required", "dependencies")}
     if isinstance(schema.get("properties"), Mapping):
         partial["properties"] = {key: {"anyOf": [trigger_schema(sub), {"type": "null"}]}
                                  for key, sub in schema["properties"].items()}

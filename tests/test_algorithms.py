@@ -79,6 +79,14 @@ def test_source_dir_and_entry_script_go_together():
     assert "steps.t.entry_script: required with source_dir" in text
 
 
+def test_a_runs_conf_may_change_source_dir_alone():
+    """source_dir and entry_script go together in the merged params, not in a conf's form."""
+    from jsonschema import Draft7Validator
+
+    schema = params.trigger_schema({"type": "object", **params.STEP_SCHEMAS["training"]})
+    assert not list(Draft7Validator(schema).iter_errors({"source_dir": "code"}))
+
+
 def test_channel_settings_take_only_the_apis_values():
     text = problems({"knn": {**KNN, "channels": {"train": {"input_mode": "Stream",
                                                            "compression": "Gzip"}}}},
