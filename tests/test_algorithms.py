@@ -374,3 +374,37 @@ train()
     assert result.states == {"train": "failed"}
     assert "failed: ClientError: Missing required hyperparameter(s): feature_dim" in \
         capfd.readouterr().out
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_tuning_a_builtin_algorithm_reads_its_metric_lines(tmp_path, loopback_guard):
+    """@sm_tuning over the k-NN stand-in, objective test:accuracy with no metric definition:
+    the tuner reads the line the stand-in prints as AWS's k-NN does. k=3 beats k=100 (a vote
+    over nearly all 105 points is a guess)."""
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    order = np.random.default_rng(5).permutation(150)
+    channels = _data(tmp_path, {"train/t.csv": _csv(x[order[:105]], y[order[:105]]),
+                                "test/t.csv": _csv(x[order[105:]], y[order[105:]])})
+    body = f'''
+from smtask import sm_tuning
+
+@sm_tuning(step="tuner")
+def tune():
+    return {channels!r}
+
+tune()
+'''
+    config = write_config(tmp_path, steps={"tuner": {
+        **KNN, "hyperparameters": {**KNN["hyperparameters"], "sample_size": 200},
+        "channels": {"train": {"content_type": "text/csv"}, "test": {"content_type": "text/csv"}},
+        "tuning": {"objective": {"metric": "test:accuracy", "type": "Maximize"},
+                   "strategy": "Grid", "max_parallel_jobs": 2,
+                   "ranges": {"k": {"type": "categorical", "values": [100, 3]}}}}})
+    result = run_dag(body, config=config)
+    assert result.ok, result.states
+    out = result.xcom["tune"]
+    assert out["hyperparameters"] == {"k": "3"}
+    assert out["objective"]["metric"] == "test:accuracy" and out["objective"]["value"] >= 0.9
