@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from smtask.errors import ModelNotFound, ParamsError
-from smtask.steps import StepContext, aws_tags, check_uri, prepare_output
+from smtask.steps import (
+    StepContext,
+    aws_tags,
+    check_exists,
+    check_uri,
+    data_prefix,
+    prepare_output,
+    remote,
+)
 
 KIND = "transform"
 _LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
@@ -66,7 +74,7 @@ def _settings(ctx: StepContext, data: Any) -> dict[str, Any]:
     return {
         **ctx.common("ml.m5.large", scope="inference", needs_image=False),
         "step": ctx.step,
-        "data": check_uri(ctx.step, "data", data),
+        "data": _data(ctx.step, data),
         "content_type": cfg.get("content_type", "text/csv"),
         "accept": cfg.get("accept", "text/csv"),
         "split_type": cfg.get("split_type", "Line"),
@@ -76,6 +84,13 @@ def _settings(ctx: StepContext, data: Any) -> dict[str, Any]:
         "max_concurrent_transforms": cfg.get("max_concurrent_transforms", 1),
         "output_path": f"{ctx.prefix}/predictions",
     }
+
+
+def _data(step: str, data: Any) -> str:
+    """The data to score; a local path must exist (sagemaker mode uploads it, see submit)."""
+    uri = check_uri(step, "data", data)
+    check_exists(step, "data", uri)
+    return uri
 
 
 def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> dict[str, Any]:
@@ -158,7 +173,7 @@ def submit(job: dict[str, Any], session: Any) -> None:
         sagemaker_session=session,
     )
     transformer.transform(
-        job["data"],
+        job["data"] if session.local_mode else remote(session, job["data"], data_prefix(job)),
         content_type=job["content_type"],
         split_type=job["split_type"],
         job_name=job["job_name"],  # without a name the SDK calls the real DescribeModel API
