@@ -32,6 +32,12 @@ def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, 
     or ``{"data": URI, "model_name": an existing model}``. The model is, in this order: the
     one the function returns, the step's ``model_name``, the one training result among the
     function's arguments."""
+    job = _spec(ctx, returned, upstream)
+    check_exists(ctx.step, "data", job["data"])  # a local path (sagemaker mode uploads it)
+    return job
+
+
+def _spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, Any]:
     model, model_name, data = _model_and_data(ctx, returned)
     if model is None and model_name is None:
         models = [v for v in upstream if is_training_result(v)]
@@ -74,7 +80,7 @@ def _settings(ctx: StepContext, data: Any) -> dict[str, Any]:
     return {
         **ctx.common("ml.m5.large", scope="inference", needs_image=False),
         "step": ctx.step,
-        "data": _data(ctx.step, data),
+        "data": check_uri(ctx.step, "data", data),
         "content_type": cfg.get("content_type", "text/csv"),
         "accept": cfg.get("accept", "text/csv"),
         "split_type": cfg.get("split_type", "Line"),
@@ -84,13 +90,6 @@ def _settings(ctx: StepContext, data: Any) -> dict[str, Any]:
         "max_concurrent_transforms": cfg.get("max_concurrent_transforms", 1),
         "output_path": f"{ctx.prefix}/predictions",
     }
-
-
-def _data(step: str, data: Any) -> str:
-    """The data to score; a local path must exist (sagemaker mode uploads it, see submit)."""
-    uri = check_uri(step, "data", data)
-    check_exists(step, "data", uri)
-    return uri
 
 
 def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> dict[str, Any]:
