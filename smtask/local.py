@@ -49,6 +49,10 @@ LABEL = "smtask.session"
 OWNER_LABEL = "smtask.owner"  # "<host>:<pid>:<process start time>" of the task process
 SCRATCH_LABEL = "smtask.scratch"  # the session's scratch folder, removed with its containers
 OWNER_FILE = ".smtask-owner"
+# smtask's own files for a job (its settings) in the scratch folder: mounted read-only, unlike
+# the SDK's scratch folders. No job name (the SDK's folders) starts with "_".
+READ_ONLY = "_ro"
+WHEELS_IN_CONTAINER = "/opt/smtask/wheels"
 # Serving ports come from below Linux's ephemeral range (32768-60999), so no outgoing
 # connection of the machine holds one; a lock file per port keeps smtask processes apart.
 PORT_RANGE = (20000, 32000)
@@ -180,7 +184,9 @@ def _mount(volume: str, scratch: Path) -> str:
     """The SDK's scratch folders stay writable; anything else (the user's inputs and code) is
     mounted read-only, and a single file as that one file inside the container folder."""
     host, container, *options = volume.split(":")
-    if Path(host).resolve().is_relative_to(scratch.resolve()):
+    resolved = Path(host).resolve()
+    if resolved.is_relative_to(scratch.resolve()) and \
+            not resolved.is_relative_to((scratch / READ_ONLY).resolve()):
         return volume
     if os.path.isfile(host) and posixpath.basename(container) != os.path.basename(host):
         container = posixpath.join(container, os.path.basename(host))
@@ -202,6 +208,8 @@ def harden(content: dict[str, Any], session: Any) -> dict[str, Any]:
         if "entrypoint" not in service and "command" not in service:
             # an image without user code (a built-in algorithm): SageMaker runs `<image> train`
             service["command"] = "train"
+        service["volumes"] += [f"{host}:{container}:ro" for host, container in
+                               getattr(session, "smtask_mounts", [])]
         if service.get("command") == "serve" and session.smtask_serving_port:
             service.setdefault("environment", []).append(
                 f"SAGEMAKER_BIND_TO_PORT={session.smtask_serving_port}")
@@ -261,6 +269,82 @@ class _SDKPatches:
 
         prepare_volumes.__wrapped__ = prepare  # type: ignore[attr-defined]
         return prepare_volumes
+
+
+def read_only_file(session: Any, name: str, text: str) -> Path:
+    """A file of the session's own (e.g. a job's settings), mounted read-only into the job."""
+    area = Path(session.smtask_scratch) / READ_ONLY
+    area.mkdir(exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=area)) / name
+    path.write_text(text)
+    return path
+
+
+# --- packages (a step's requirements) ---------------------------------------------------
+
+# The local image's interpreter and platform: the host's pip downloads wheels for it.
+WHEEL_TARGET = ("--only-binary=:all:", "--python-version", "3.11", "--platform",
+                "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
+                "--implementation", "cp")
+
+
+def _pip() -> list[str]:
+    """The host's pip (the worker's venv may have none): its configuration (index, mirror,
+    credentials, CA bundle) is the host's, used on the host only."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    for name in ("python3", "pip3", "pip"):
+        found = shutil.which(name)
+        if found:
+            return [found, "-m", "pip"] if name == "python3" else [found]
+    raise SmtaskError("requirements in local mode need pip on the worker (none found)")
+
+
+def _redacted(text: str) -> str:
+    """pip's output with any credentials in URLs removed."""
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+
+
+def wheelhouse(requirements: Path) -> Path:
+    """The wheels of ``requirements`` (and their dependencies) for the local image, downloaded
+    once per content of the file by the host's pip into ``$SMTASK_HOME/wheels/<hash>/``."""
+    import hashlib
+
+    digest = hashlib.sha256(requirements.read_bytes() + " ".join(WHEEL_TARGET).encode())
+    root = smtask_home() / "wheels"
+    target = root / digest.hexdigest()[:32]
+    if (target / ".complete").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=root, prefix=".partial-"))
+    try:
+        done = subprocess.run([*_pip(), "download", "--disable-pip-version-check", "--quiet",
+                               *WHEEL_TARGET, "-d", str(partial), "-r", str(requirements)],
+                              capture_output=True, text=True, check=False, timeout=1800)
+        if done.returncode != 0:
+            lines = _redacted(done.stderr + done.stdout).strip().splitlines()[-8:]
+            raise SmtaskError(f"requirements {requirements.name}: the host's pip could not "
+                              f"download wheels for the local image: {' | '.join(lines)}")
+        (partial / ".complete").write_text("")
+        with contextlib.suppress(OSError):  # another process may have finished first
+            partial.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def install_from_wheels(session: Any, requirements: Path) -> dict[str, str]:
+    """Let the session's job install ``requirements`` with no index: the wheels (downloaded on
+    the host, see :func:`wheelhouse`) are mounted read-only; returns the job's pip env."""
+    mount = (str(wheelhouse(requirements)), WHEELS_IN_CONTAINER)
+    mounts = getattr(session, "smtask_mounts", [])
+    if mount not in mounts:  # e.g. a tuning job's trials: one session, the same wheels
+        session.smtask_mounts = [m for m in mounts if m[1] != WHEELS_IN_CONTAINER] + [mount]
+    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS_IN_CONTAINER,
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
 
 # --- serving ports ----------------------------------------------------------------------
@@ -518,7 +602,7 @@ def local_session(params: Mapping[str, Any], output: ContainerOutput) -> Iterato
         session.smtask_session_id, session.smtask_owner = session_id, owner
         session.smtask_scratch, session.smtask_serving_port = str(scratch), None
         session.smtask_exit, session.smtask_closing = exit_stack, False
-        session.smtask_killed = False
+        session.smtask_killed, session.smtask_mounts = False, []
         session.smtask_output = output  # where jobs run by smtask itself (tuning trials) log
         try:
             with _sdk_corrections(session, output):

@@ -144,14 +144,25 @@ _COMMON_STEP_KEYS: dict[str, Any] = {
 
 _CONTAINER_PATH = _string(256, pattern="^/opt/ml/")
 _CONTAINER_ARGS = {"type": "array", "items": _string(256), "maxItems": 100}
+# The script's own settings: free-form, handed to the container as a JSON file (see
+# smtask.steps.settings_file); its serialized size is checked by _settings_problems.
+_SETTINGS = {"type": "object", "maxProperties": 100, "propertyNames": {"maxLength": 256}}
+SETTINGS_MAX_BYTES = 64 * 1024
+SETTINGS_ENV = "SMTASK_SETTINGS"
 
 # Each job kind's step settings; the decorator says which kind a step is.
 STEP_SCHEMAS: dict[str, dict[str, Any]] = {
     "processing": {
-        "required": ["code_path", "outputs"],
+        # one script (code_path: ScriptProcessor) or a source dir (source_dir + code:
+        # FrameworkProcessor), exactly one of the two: see _form_problems
+        "required": ["outputs"],
         "properties": {
             **_COMMON_STEP_KEYS,
             "code_path": _PATH,
+            "source_dir": _PATH,
+            "code": _PATH,
+            "requirements": _PATH,
+            "settings": _SETTINGS,
             "command": {**_CONTAINER_ARGS, "minItems": 1},
             "arguments": _CONTAINER_ARGS,
             "input_destination": _CONTAINER_PATH,
@@ -191,6 +202,7 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
                     },
                 },
             },
+            "settings": _SETTINGS,
             "hyperparameters": {
                 "type": "object",
                 "maxProperties": 100,
@@ -430,6 +442,10 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
         shape = list(_schema_problems(configured[step], schema, ("steps", step)))
         problems.extend(shape)
         problems.extend(_output_name_problems(step, kind, configured[step]))
+        if not shape:
+            form = list(_form_problems(step, kind, configured[step]))
+            shape = form + list(_settings_problems(step, kind, configured[step]))
+            problems.extend(shape)
         if kind == "tuning" and not shape:
             problems.extend(_tuning_problems(step, configured[step], params.get("mode")))
         if not top and not shape:  # a path the schema refused is not looked up on disk
@@ -517,29 +533,71 @@ def _output_name_problems(step: str, kind: str, cfg: Any) -> Iterable[str]:
             yield f"steps.{step}.outputs: output name {problem}"
 
 
+def _form_problems(step: str, kind: str, cfg: Mapping[str, Any]) -> Iterable[str]:
+    """A processing step runs one script (``code_path``) or a source dir (``source_dir`` +
+    ``code``, with optional ``requirements``): exactly one of the two forms."""
+    if kind != "processing":
+        return
+    script, framework = "code_path" in cfg, [k for k in ("source_dir", "code") if k in cfg]
+    if script and framework:
+        yield (f"steps.{step}: code_path and {' + '.join(framework)} both given; give either "
+               "code_path (one script) or source_dir + code (framework processing)")
+    elif not script and not framework:
+        yield (f"steps.{step}.code_path: required key is missing (or give source_dir + code "
+               "for framework processing)")
+    elif framework and len(framework) == 1:
+        missing = "code" if framework == ["source_dir"] else "source_dir"
+        yield f"steps.{step}.{missing}: required with {framework[0]} (framework processing)"
+    elif script and "requirements" in cfg:
+        yield (f"steps.{step}.requirements: needs source_dir + code (framework processing); a "
+               "code_path script runs as it is, in an image that holds its packages")
+
+
+def _settings_problems(step: str, kind: str, cfg: Mapping[str, Any]) -> Iterable[str]:
+    """The script reads its settings at the step's level: a key of the step's own may not be
+    shadowed; the file stays small (it is part of every job's inputs and of the task log)."""
+    if kind != "transform" and SETTINGS_ENV in cfg.get("environment", {}):
+        yield (f"steps.{step}.environment.{SETTINGS_ENV}: set by smtask (the path of the "
+               "settings file)")
+    settings = cfg.get("settings")
+    if not isinstance(settings, Mapping):
+        return
+    if kind != "processing" and "source_dir" not in cfg:
+        yield f"steps.{step}.settings: only for a step that runs a script (source_dir)"
+    own = STEP_SCHEMAS[kind]["properties"]
+    for key in sorted(k for k in settings if k in own):
+        yield (f"steps.{step}.settings.{key}: collides with the step's own key {key!r} (the "
+               "script reads both at the same level of its config.json); rename it")
+    size = len(json.dumps(settings).encode())
+    if size > SETTINGS_MAX_BYTES:
+        yield f"steps.{step}.settings: {size} bytes as JSON, at most {SETTINGS_MAX_BYTES}"
+
+
 def _file_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -> Iterable[str]:
     """The code a step names must exist on the worker, inside the code root, before a job is
     created (called once the schema holds, so the keys are there and are strings)."""
     root = Path(params.get("code_root") or ".").resolve()
-    kind = "training" if kind == "tuning" else kind  # a tuning step trains like training
-    if kind == "training" and "source_dir" not in cfg:
-        return  # a built-in algorithm: no code
-    for key in {"processing": ("code_path",), "training": ("source_dir",)}.get(kind, ()):
+    for key in ("code_path", "source_dir"):
         # resolved (.. and symlinks followed): code outside the root is never uploaded or mounted
-        if not (root / cfg[key]).resolve().is_relative_to(root):
+        if key in cfg and not (root / cfg[key]).resolve().is_relative_to(root):
             yield f"steps.{step}.{key}: {quoted(cfg[key])} is outside the code root {root}"
             return
     # os.path answers False for a name the OS refuses (e.g. too long) where Path would raise
-    if kind == "processing" and not os.path.isfile(root / cfg["code_path"]):
+    if "code_path" in cfg and not os.path.isfile(root / cfg["code_path"]):
         yield f"steps.{step}.code_path: no file {root / cfg['code_path']}"
-    if kind == "training":
-        source = root / cfg["source_dir"]
-        if not os.path.isdir(source):
-            yield f"steps.{step}.source_dir: no folder {source}"
-        elif not (source / cfg["entry_script"]).resolve().is_relative_to(source.resolve()):
-            yield f"steps.{step}.entry_script: {quoted(cfg['entry_script'])} is outside {source}"
-        elif not os.path.isfile(source / cfg["entry_script"]):
-            yield f"steps.{step}.entry_script: no file {cfg['entry_script']} in {source}"
+    if "source_dir" not in cfg:
+        return
+    source = root / cfg["source_dir"]
+    if not os.path.isdir(source):
+        yield f"steps.{step}.source_dir: no folder {source}"
+        return
+    for key in ("entry_script", "code", "requirements"):
+        if key not in cfg:
+            continue
+        if not (source / cfg[key]).resolve().is_relative_to(source.resolve()):
+            yield f"steps.{step}.{key}: {quoted(cfg[key])} is outside {source}"
+        elif not os.path.isfile(source / cfg[key]):
+            yield f"steps.{step}.{key}: no file {cfg[key]} in {source}"
 
 
 def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,

@@ -194,7 +194,8 @@ def test_processing_job_is_created_from_the_step_settings(tmp_path, sagemaker):
     assert job["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 2
     assert job["RoleArn"] == ROLE
     assert job["StoppingCondition"]["MaxRuntimeInSeconds"] == 600
-    assert job["Environment"] == {"LOG_LEVEL": "debug"}
+    assert job["Environment"] == {"LOG_LEVEL": "debug",
+                                  "SMTASK_SETTINGS": "/opt/ml/processing/input/config/config.json"}
     inputs = {i["InputName"]: i["S3Input"] for i in job["ProcessingInputs"]}
     assert inputs["data-source"]["S3Uri"] == "s3://smtask-cloud-tests/data/"
     assert inputs["data-source"]["LocalPath"] == "/opt/ml/processing/input/data-source"
@@ -761,3 +762,212 @@ def test_the_author_may_allow_a_run_to_pick_the_image(tmp_path, sagemaker):
     result = run_dag(SPLIT, config=config, conf={"steps": {"splitor": {"image": other}}})
     assert result.ok, result.states
     assert sagemaker.request("create_processing_job")["AppSpecification"]["ImageUri"] == other
+
+
+# --- step settings, framework processing, local paths (issue 8) ----------------------------
+
+@pytest.fixture
+def puts(monkeypatch) -> list[str]:
+    """The keys of every S3 upload made from this process."""
+    from botocore.client import BaseClient
+
+    keys: list[str] = []
+    make_api_call = BaseClient._make_api_call
+
+    def spied(self: Any, operation: str, params: Any) -> Any:
+        if operation in ("PutObject", "CreateMultipartUpload"):
+            keys.append(params["Key"])
+        return make_api_call(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", spied)
+    return keys
+
+
+def s3_text(uri: str) -> str:
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    return client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+
+def test_processing_settings_reach_the_job_as_the_config_input(tmp_path, sagemaker, puts):
+    settings = {"label_column": "label", "split_strategy": {"by": "timestamp"}}
+    config = cloud_config(tmp_path, splitor={"settings": settings})
+    assert run_dag(SPLIT, config=config).ok
+    job = sagemaker.request("create_processing_job")
+    inputs = {i["InputName"]: i["S3Input"] for i in job["ProcessingInputs"]}
+    assert inputs["config"]["LocalPath"] == "/opt/ml/processing/input/config"
+    assert inputs["config"]["S3Uri"].startswith(f"s3://{BUCKET}/pipelines/_settings/")
+    assert job["Environment"]["SMTASK_SETTINGS"] == "/opt/ml/processing/input/config/config.json"
+    uploaded = json.loads(s3_text(inputs["config"]["S3Uri"]))
+    assert uploaded["pipeline_name"] == "churn" and uploaded["mode"] == "sagemaker"
+    assert list(uploaded["steps"]) == ["splitor"]  # not the other steps' settings
+    step = uploaded["steps"]["splitor"]
+    assert step["label_column"] == "label" and step["split_strategy"] == {"by": "timestamp"}
+    assert step["outputs"]["train"] == {"source": "/opt/ml/processing/train"}
+    # once per content: a second run with the same settings uploads nothing under _settings
+    puts.clear()
+    sagemaker.requests.clear()
+    assert run_dag(SPLIT, config=config).ok
+    assert [key for key in puts if "/_settings/" in key] == []
+    # a run's conf changes the settings: a new file
+    assert run_dag(SPLIT, config=config, conf={"steps": {"splitor": {"settings": {
+        "label_column": "y"}}}}).ok
+    last = sagemaker.requests["create_processing_job"][-1]
+    uri = {i["InputName"]: i["S3Input"]["S3Uri"] for i in last["ProcessingInputs"]}["config"]
+    assert json.loads(s3_text(uri))["steps"]["splitor"]["label_column"] == "y"
+
+
+def test_training_settings_reach_the_job_as_the_config_channel(tmp_path, sagemaker):
+    config = cloud_config(tmp_path, trainer={"settings": {"features": ["a", "b"]}})
+    assert run_dag(TRAIN, config=config).ok
+    job = sagemaker.request("create_training_job")
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in job["InputDataConfig"]}
+    assert channels["config"].startswith(f"s3://{BUCKET}/pipelines/_settings/")
+    assert job["Environment"]["SMTASK_SETTINGS"] == "/opt/ml/input/data/config/config.json"
+    uploaded = json.loads(s3_text(channels["config"]))
+    assert uploaded["steps"]["trainer"]["features"] == ["a", "b"]
+    assert uploaded["steps"]["trainer"]["hyperparameters"]["max_depth"] == 6
+
+
+def test_a_settings_key_that_shadows_a_step_key_fails_before_any_job(tmp_path, sagemaker, capfd):
+    config = cloud_config(tmp_path, splitor={"settings": {"outputs": {}}})
+    result = run_dag(SPLIT, config=config)
+    assert result.states["split"] == "failed"
+    assert "steps.splitor.settings.outputs: collides with the step's own key 'outputs'" in \
+        capfd.readouterr().out
+    assert sagemaker.creates == []
+
+
+FRAMEWORK_STEP = {"code_path": None, "source_dir": "tests/scripts/framework",
+                  "code": "pkg/job.py", "requirements": "requirements.txt"}
+
+
+def test_framework_processing_runs_the_sdks_runproc_over_the_packed_source_dir(
+        tmp_path, sagemaker, puts):
+    import io
+    import tarfile
+
+    config = cloud_config(tmp_path, splitor=FRAMEWORK_STEP)
+    assert run_dag(SPLIT, config=config).ok
+    job = sagemaker.request("create_processing_job")
+    assert job["AppSpecification"]["ContainerEntrypoint"] == [
+        "/bin/bash", "/opt/ml/processing/input/entrypoint/runproc.sh"]
+    inputs = {i["InputName"]: i["S3Input"] for i in job["ProcessingInputs"]}
+    assert set(inputs) == {"data-source", "config", "code", "entrypoint"}
+    code, entrypoint = inputs["code"]["S3Uri"], inputs["entrypoint"]["S3Uri"]
+    assert code.startswith(f"s3://{BUCKET}/pipelines/_code/") and code.endswith("/")
+    assert inputs["code"]["LocalPath"] == "/opt/ml/processing/input/code/"
+    assert entrypoint == code + "runproc.sh"
+    runproc = s3_text(entrypoint)
+    assert "tar -xzf sourcedir.tar.gz" in runproc
+    assert "install_requirements.py requirements.txt" in runproc
+    assert 'python3 pkg/job.py "$@"' in runproc  # the entry script by its path in source_dir
+    bucket, key = (code + "sourcedir.tar.gz").removeprefix("s3://").split("/", 1)
+    body = client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        assert {"helper.py", "requirements.txt", "pkg/job.py"} <= set(tar.getnames())
+    s3_text(code + "install_requirements.py")  # the SDK's installer beside it
+    assert any("/_code/" in key for key in puts)
+    # once per content: the same code again is not uploaded again
+    puts.clear()
+    assert run_dag(SPLIT, config=config, conf={"steps": {"splitor": {"arguments": ["-v"]}}}).ok
+    assert [key for key in puts if "/_code/" in key] == []
+    assert {i["InputName"]: i["S3Input"]["S3Uri"] for i in sagemaker.requests[
+        "create_processing_job"][-1]["ProcessingInputs"]}["code"] == code
+
+
+def test_a_function_returning_an_input_named_config_fails_before_any_job(tmp_path, sagemaker,
+                                                                         capfd):
+    body = SPLIT.replace('{"data-source"', '{"config": "s3://smtask-cloud-tests/c/", "data-source"')
+    result = run_dag(body, config=cloud_config(tmp_path))
+    assert result.states["split"] == "failed"
+    assert "step 'splitor': input name 'config' is reserved" in capfd.readouterr().out
+    assert sagemaker.creates == []
+
+
+LOCAL_PATHS = '''
+@sm_processing(step="splitor")
+def split():
+    return {"data-source": "DATA", "extra": "file://EXTRA"}
+
+@sm_training(step="trainer")
+def train(_):
+    return {"train": "DATA"}
+
+@sm_transform(step="transformer")
+def predict(_):
+    return {"data": "file://EXTRA",
+            "model": {"job_name": "t", "model": "s3://smtask-cloud-tests/m/model.tar.gz",
+                      "image": "IMAGE"}}
+
+predict(train(split()))
+'''
+
+
+def test_local_paths_are_uploaded_once_per_content(tmp_path, sagemaker, puts):
+    data, extra = tmp_path / "data", tmp_path / "extra.csv"
+    (data / "part").mkdir(parents=True)
+    (data / "part" / "a.csv").write_text("x\n1\n")
+    extra.write_text("y\n2\n")
+    body = LOCAL_PATHS.replace("DATA", str(data)).replace("EXTRA", str(extra)).replace(
+        "IMAGE", IMAGE)
+    config = cloud_config(tmp_path)
+    result = run_dag(body, config=config)
+    assert result.ok, result.states
+    processing = sagemaker.request("create_processing_job")
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in processing["ProcessingInputs"]}
+    training = sagemaker.request("create_training_job")
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in training["InputDataConfig"]}
+    transform = sagemaker.request("create_transform_job")
+    scored = transform["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+    prefix = f"s3://{BUCKET}/pipelines/_data/"
+    assert inputs["data-source"].startswith(prefix) and inputs["data-source"].endswith("/")
+    assert channels["train"] == inputs["data-source"]  # the same content, the same upload
+    assert inputs["extra"].startswith(prefix) and inputs["extra"].endswith("/extra.csv")
+    assert scored == inputs["extra"]
+    assert s3_text(inputs["data-source"] + "part/a.csv") == "x\n1\n"
+    assert s3_text(inputs["extra"]) == "y\n2\n"
+    assert sorted(k for k in puts if "/_data/" in k and not k.endswith(".complete")) == sorted(
+        [inputs["data-source"].removeprefix(f"s3://{BUCKET}/") + "part/a.csv",
+         inputs["extra"].removeprefix(f"s3://{BUCKET}/")])
+    puts.clear()
+    assert run_dag(body, config=config).ok  # a second run: nothing uploaded again
+    assert [key for key in puts if "/_data/" in key] == []
+
+
+def test_a_local_path_that_does_not_exist_fails_before_any_job(tmp_path, sagemaker, capfd):
+    body = LOCAL_PATHS.replace("DATA", str(tmp_path / "nowhere")).replace(
+        "EXTRA", str(tmp_path / "x")).replace("IMAGE", IMAGE)
+    result = run_dag(body, config=cloud_config(tmp_path))
+    assert result.states["split"] == "failed"
+    assert f"step 'splitor': input 'data-source': no file or folder {tmp_path}/nowhere" in \
+        capfd.readouterr().out
+    assert sagemaker.creates == []
+
+
+def test_seed004_example_runs_in_sagemaker_mode(tmp_path, sagemaker, monkeypatch):
+    from test_settings import dag_results, seed004_dag
+
+    config = json.loads((ROOT / "dags" / "seed004_splitor.json").read_text())
+    client("s3").create_bucket(Bucket=config["artifacts"].removeprefix("s3://").split("/")[0])
+    state, results = dag_results(seed004_dag(), {"mode": "sagemaker"})
+    assert state == "success", results
+    job = sagemaker.request("create_processing_job")
+    assert job["AppSpecification"]["ContainerEntrypoint"] == [
+        "python3", "/opt/ml/processing/input/code/preprocessing.py"]
+    inputs = {i["InputName"]: i["S3Input"] for i in job["ProcessingInputs"]}
+    assert set(inputs) == {"data-source", "config", "code"}
+    assert inputs["data-source"]["S3Uri"] == results["data-source"]
+    assert inputs["data-source"]["LocalPath"] == "/opt/ml/processing/input/data-source"
+    assert inputs["config"]["LocalPath"] == "/opt/ml/processing/input/config"
+    seen = json.loads(s3_text(inputs["config"]["S3Uri"]))["steps"]["splitor"]
+    assert seen["data_destination"] == inputs["data-source"]["LocalPath"]
+    assert seen["split_strategy"]["datasets"]["test"] == {"equal": "2022-07"}
+    outputs = {o["OutputName"]: o["S3Output"] for o in job["ProcessingOutputConfig"]["Outputs"]}
+    assert {n: o["LocalPath"] for n, o in outputs.items()} == {
+        "train": "/opt/ml/processing/train", "test": "/opt/ml/processing/test"}
+    assert results["splitor"]["outputs"] == {n: o["S3Uri"] for n, o in outputs.items()}
+    bucket, key = (results["data-source"] + "/part-0000.parquet").removeprefix("s3://").split("/", 1)
+    body = client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert body[:4] == b"PAR1"  # the data source wrote parquet to S3

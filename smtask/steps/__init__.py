@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from smtask.errors import SmtaskError
 from smtask.storage import local_path
 
 log = logging.getLogger(__name__)
+SETTINGS_FILE = "config.json"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,15 @@ class StepContext:
         from smtask.sessions import artifacts_root
 
         return f"{artifacts_root(self.params).rstrip('/')}/_code"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What the job's script reads from its config.json: the pipeline's name and mode and
+        this step's settings (no other step's), the keys of ``settings`` at the step's level
+        (the params refuse a key that would shadow one of the step's own)."""
+        cfg = {k: v for k, v in self.cfg.items() if k != "settings"}
+        return {"pipeline_name": self.params["pipeline_name"], "mode": self.params["mode"],
+                "steps": {self.step: {**cfg, **self.cfg.get("settings", {})}}}
 
     def path(self, relative: str) -> str:
         """A path of the step's settings, resolved against the config's folder."""
@@ -188,16 +199,62 @@ def check_uri(step: str, name: str, value: Any) -> str:
     return value
 
 
-def check_uri_map(step: str, what: str, value: Any) -> dict[str, str]:
-    """The function's ``{name: URI}`` return value (processing inputs, training channels)."""
+def check_uri_map(step: str, what: str, value: Any,
+                  reserved: tuple[str, ...] = ()) -> dict[str, str]:
+    """The function's ``{name: URI}`` return value (processing inputs, training channels);
+    ``reserved`` names are smtask's own (the settings file, the code)."""
     from smtask.params import check_name
 
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise TypeError(
             f"step '{step}': the function must return a dict of {what} name -> URI, "
             f"got {type(value).__name__}")
-    return {check_name(step, what, name): check_uri(step, f"{what} '{name}'", uri)
+    taken = sorted(set(value) & set(reserved))
+    if taken:
+        raise TypeError(f"step '{step}': {what} name {taken[0]!r} is reserved (smtask's own "
+                        f"{what}s: {', '.join(reserved)}); rename it")
+    uris = {check_name(step, what, name): check_uri(step, f"{what} '{name}'", uri)
             for name, uri in value.items()}
+    for name, uri in uris.items():
+        check_exists(step, f"{what} '{name}'", uri)
+    return uris
+
+
+def check_exists(step: str, what: str, uri: str) -> None:
+    """A local path (``file://``) must be there when the job is built, in either mode."""
+    if urlparse(uri).scheme == "file" and not os.path.exists(local_path(uri)):
+        raise SmtaskError(f"step '{step}': {what}: no file or folder {local_path(uri)}")
+
+
+def data_prefix(job: dict[str, Any]) -> str:
+    """Where local data goes in sagemaker mode, by content (like the code)."""
+    return f"{job['artifacts'].rstrip('/')}/_data"
+
+
+def remote(session: Any, uri: str, prefix: str) -> str:
+    """``uri`` as the job can read it in sagemaker mode: a ``file://`` path is uploaded under
+    ``prefix`` once per content (the SDK would upload the string ``file:///...``)."""
+    if urlparse(uri).scheme != "file":
+        return uri
+    return upload_once(session, str(local_path(uri)), prefix)
+
+
+def settings_source(job: dict[str, Any], session: Any) -> str:
+    """The job's config.json (``job["settings"]``, see :attr:`StepContext.settings`) where the
+    job can read it: a read-only file of the local session, or an S3 object under
+    ``<artifacts>/_settings/<hash of its content>/`` uploaded once per content."""
+    import json
+    import tempfile
+
+    text = json.dumps(job["settings"], indent=2, sort_keys=True)
+    if session.local_mode:
+        from smtask.local import read_only_file
+
+        return str(read_only_file(session, SETTINGS_FILE, text))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, SETTINGS_FILE)
+        path.write_text(text)
+        return upload_once(session, str(path), f"{job['artifacts'].rstrip('/')}/_settings")
 
 
 def prepare_output(uri: str, root: str) -> None:

@@ -1,60 +1,167 @@
-"""Processing: the step's script in a ``ScriptProcessor`` job; inputs come from the function."""
+"""Processing: the step's script in a ``ScriptProcessor`` job (``code_path``), or a source dir
+with an entry script and its requirements in a ``FrameworkProcessor`` job (``source_dir`` +
+``code``); inputs come from the function, the step's settings arrive as the ``config`` input."""
 
 from __future__ import annotations
 
+import gzip
+import os
 import posixpath
+import shutil
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from smtask.steps import StepContext, aws_tags, check_uri_map, prepare_output, upload_once
+from smtask.params import SETTINGS_ENV
+from smtask.steps import (
+    SETTINGS_FILE,
+    StepContext,
+    aws_tags,
+    check_uri_map,
+    data_prefix,
+    prepare_output,
+    remote,
+    settings_source,
+    upload_once,
+)
 
 KIND = "processing"
+SETTINGS_INPUT = "config"
+# smtask's own inputs: the settings file, and the SDK's code inputs
+RESERVED = (SETTINGS_INPUT, "code", "entrypoint")
+
 
 def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
-    """``returned`` is ``{input name: URI}``; each lands in ``<input_destination>/<name>``."""
+    """``returned`` is ``{input name: URI}``; each lands in ``<input_destination>/<name>``,
+    the step's settings in ``<input_destination>/config/config.json``."""
     cfg = ctx.cfg
-    inputs = check_uri_map(ctx.step, "input", returned)
+    inputs = check_uri_map(ctx.step, "input", returned, RESERVED)
     clash = sorted(set(inputs) & set(cfg["outputs"]))
     if clash:
         raise TypeError(f"step '{ctx.step}': input names {clash} are also output names")
     base = cfg.get("input_destination", "/opt/ml/processing/input")
+    settings_path = posixpath.join(base, SETTINGS_INPUT, SETTINGS_FILE)
+    job = ctx.common("ml.m5.large", scope="processing")
+    job["environment"][SETTINGS_ENV] = settings_path
+    framework = "source_dir" in cfg
+    requirements = cfg.get("requirements")
+    if framework and not requirements and \
+            os.path.isfile(Path(ctx.path(cfg["source_dir"]), "requirements.txt")):
+        requirements = "requirements.txt"  # the SDK's runproc.sh installs it anyway
     return {
-        **ctx.common("ml.m5.large", scope="processing"),
+        **job,
         "command": cfg.get("command", ["python3"]),
-        "code": ctx.path(cfg["code_path"]),
+        # one script (ScriptProcessor), or a source dir and its entry script (FrameworkProcessor)
+        "code": ctx.path(cfg["code_path"]) if not framework else cfg["code"],
+        "source_dir": ctx.path(cfg["source_dir"]) if framework else None,
+        "requirements": requirements,
         "arguments": list(cfg.get("arguments", [])),
         "inputs": {n: {"source": uri, "destination": posixpath.join(base, n)}
                    for n, uri in inputs.items()},
+        "settings": ctx.settings,
+        "settings_destination": posixpath.dirname(settings_path),
         "outputs": {n: {"source": o["source"], "destination": f"{ctx.prefix}/{n}"}
                     for n, o in cfg["outputs"].items()},
         "code_prefix": ctx.code_prefix,
     }
 
 
-def _local_processor_class() -> type:
-    from sagemaker.core.processing import ScriptProcessor
+class _LocalFiles:
+    """Keeps file:// code and inputs where they are; the SDK would upload them to S3."""
 
-    class LocalScriptProcessor(ScriptProcessor):  # type: ignore[misc]
-        """Keeps file:// code and inputs where they are; the SDK would upload them to S3."""
+    def _handle_user_code_url(self, code: str, kms_key: Any = None) -> str:
+        if urlparse(code).scheme in ("", "file"):
+            return Path(urlparse(code).path).resolve().as_uri()
+        return super()._handle_user_code_url(code, kms_key)  # type: ignore[misc]
 
-        def _handle_user_code_url(self, code: str, kms_key: Any = None) -> str:
-            if urlparse(code).scheme in ("", "file"):
-                return Path(urlparse(code).path).resolve().as_uri()
-            return super()._handle_user_code_url(code, kms_key)
+    def _normalize_inputs(self, inputs: Any = None, kms_key: Any = None) -> list[Any]:
+        inputs = inputs or []
+        local = [i for i in inputs if urlparse(i.s3_input.s3_uri).scheme == "file"]
+        remote_ = [i for i in inputs if urlparse(i.s3_input.s3_uri).scheme != "file"]
+        return local + super()._normalize_inputs(remote_, kms_key)  # type: ignore[misc]
 
-        def _normalize_inputs(self, inputs: Any = None, kms_key: Any = None) -> list[Any]:
-            inputs = inputs or []
-            local = [i for i in inputs if urlparse(i.s3_input.s3_uri).scheme == "file"]
-            remote = [i for i in inputs if urlparse(i.s3_input.s3_uri).scheme != "file"]
-            return local + super()._normalize_inputs(remote, kms_key)
 
-    return LocalScriptProcessor
+def _processor_class(local: bool, framework: bool) -> type:
+    from sagemaker.core.processing import FrameworkProcessor, ScriptProcessor
+
+    if not framework:
+        return type("LocalScriptProcessor", (_LocalFiles, ScriptProcessor), {}) if local \
+            else ScriptProcessor
+
+    class SmtaskFrameworkProcessor(*((_LocalFiles,) if local else ()), FrameworkProcessor):  # type: ignore[misc]
+        """The SDK's FrameworkProcessor (its runproc.sh, its requirements installer, its code
+        inputs), with the code packed reproducibly and placed once per content: uploaded
+        under ``<artifacts>/_code/`` (the SDK uploads three files per job under the default
+        bucket), or, in local mode, a copy in the session's scratch folder."""
+
+        smtask_place: Any = None  # folder -> URI of the folder, set by submit
+
+        def _pack_and_upload_code(self, code: str, source_dir: str, requirements: str | None,
+                                  job_name: str, inputs: Any, kms_key: Any = None,
+                                  entry_point: Any = None, dependencies: Any = None) -> Any:
+            import sagemaker.core.utils.install_requirements as installer
+
+            with tempfile.TemporaryDirectory() as folder:
+                bundle = Path(folder, "code")
+                bundle.mkdir()
+                _pack(Path(source_dir), bundle / "sourcedir.tar.gz")
+                shutil.copy(installer.__file__, bundle / "install_requirements.py")
+                # the entry script by its path in the source dir (the SDK keeps only its name)
+                (bundle / "runproc.sh").write_text(self._generate_framework_script(
+                    code, None, source_dir, self._SOURCE_CODE_CONTAINER_DIR, requirements))
+                code_uri, runproc = self.smtask_place(bundle)
+            return runproc, self._patch_inputs_with_payload(
+                inputs, code_uri.rstrip("/") + "/sourcedir.tar.gz"), job_name
+
+    return SmtaskFrameworkProcessor
+
+
+def _pack(source_dir: Path, target: Path) -> None:
+    """``source_dir`` as the SDK packs it (its entries at the archive's root), reproducibly:
+    names sorted, times and owners zeroed, so the same code is the same upload."""
+
+    def reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    with open(target, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w") as tar:
+        for folder, folders, files in os.walk(source_dir):
+            folders[:] = sorted(d for d in folders if d != "__pycache__")
+            for name in sorted(folders + files):
+                path = Path(folder, name)
+                if path.is_file() or path.is_symlink() or path.is_dir():
+                    tar.add(path, arcname=str(path.relative_to(source_dir)), recursive=False,
+                            filter=reset)
+
+
+def _local_placer(session: Any) -> Any:
+    """Local mode: the code folder is a copy in the session's scratch folder (a job may unpack
+    into it, as on SageMaker, and never touches the source dir); ``runproc.sh`` a read-only
+    file of its own (mounted as that one file)."""
+    from smtask.local import read_only_file
+
+    def place(bundle: Path) -> tuple[str, str]:
+        copy = Path(tempfile.mkdtemp(dir=session.smtask_scratch)) / "code"
+        shutil.copytree(bundle, copy)
+        runproc = read_only_file(session, "runproc.sh", (bundle / "runproc.sh").read_text())
+        return copy.as_uri() + "/", runproc.as_uri()
+
+    return place
+
+
+def _cloud_placer(session: Any, prefix: str) -> Any:
+    def place(bundle: Path) -> tuple[str, str]:
+        folder = upload_once(session, str(bundle), prefix)
+        return folder, folder + "runproc.sh"
+
+    return place
 
 
 def submit(job: dict[str, Any], session: Any) -> None:
     """Start the job (in local mode the SDK runs it to the end before returning)."""
-    from sagemaker.core.processing import ScriptProcessor
     from sagemaker.core.shapes import (
         ProcessingInput,
         ProcessingOutput,
@@ -62,30 +169,48 @@ def submit(job: dict[str, Any], session: Any) -> None:
         ProcessingS3Output,
     )
 
+    local, framework = session.local_mode, job["source_dir"] is not None
     for output in job["outputs"].values():
         prepare_output(output["destination"], job["artifacts"])
-    processor_class = _local_processor_class() if session.local_mode else ScriptProcessor
-    processor = processor_class(
-        role=job["role"] if not session.local_mode else None,
+    environment = dict(job["environment"])
+    if local and job["requirements"]:
+        from smtask.local import install_from_wheels
+
+        environment.update(install_from_wheels(
+            session, Path(job["source_dir"]) / job["requirements"]))
+    processor = _processor_class(local, framework)(
+        role=job["role"] if not local else None,
         image_uri=job["image"],
         command=job["command"],
         instance_type=job["instance_type"],
         instance_count=job["instance_count"],
         volume_size_in_gb=job["volume_size_gb"],
         max_runtime_in_seconds=job["max_runtime_seconds"],
-        env=job["environment"] or None,
+        env=environment or None,
         tags=aws_tags(job),
         sagemaker_session=session,
     )
-    code = job["code"]
-    if not session.local_mode:  # by content, not under the SDK's default-bucket root
-        code = upload_once(session, code, job["code_prefix"])
+    sources = {name: i["source"] if local else remote(session, i["source"], data_prefix(job))
+               for name, i in job["inputs"].items()}
+    settings = settings_source(job, session)
+    inputs = [ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
+                  s3_uri=sources[name], local_path=i["destination"], s3_data_type="S3Prefix",
+                  s3_input_mode="File", s3_data_distribution_type="FullyReplicated"))
+              for name, i in job["inputs"].items()]
+    inputs.append(ProcessingInput(input_name=SETTINGS_INPUT, s3_input=ProcessingS3Input(
+        s3_uri=Path(settings).as_uri() if local else settings,
+        local_path=job["settings_destination"], s3_data_type="S3Prefix", s3_input_mode="File",
+        s3_data_distribution_type="FullyReplicated")))
+    run: dict[str, Any] = {"code": job["code"]}
+    if framework:
+        processor.smtask_place = _local_placer(session) if local else \
+            _cloud_placer(session, job["code_prefix"])
+        run.update(source_dir=job["source_dir"], requirements=job["requirements"])
+    elif not local:  # by content, not under the SDK's default-bucket root
+        run["code"] = upload_once(session, job["code"], job["code_prefix"])
     processor.run(
-        code=code,
-        inputs=[ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
-                    s3_uri=i["source"], local_path=i["destination"], s3_data_type="S3Prefix",
-                    s3_input_mode="File", s3_data_distribution_type="FullyReplicated"))
-                for name, i in job["inputs"].items()],
+        **run,
+        inputs=inputs,
         outputs=[ProcessingOutput(output_name=name, s3_output=ProcessingS3Output(
                      s3_uri=o["destination"], local_path=o["source"], s3_upload_mode="EndOfJob"))
                  for name, o in job["outputs"].items()],

@@ -13,20 +13,36 @@ from typing import Any
 from unittest import mock
 from urllib.parse import urlparse
 
-from smtask.steps import StepContext, check_uri_map, prepare_output, upload_once
+from smtask.params import SETTINGS_ENV
+from smtask.steps import (
+    SETTINGS_FILE,
+    StepContext,
+    check_uri_map,
+    data_prefix,
+    prepare_output,
+    remote,
+    settings_source,
+    upload_once,
+)
 from smtask.storage import local_path
 
 KIND = "training"
+SETTINGS_CHANNEL = "config"
 
 
 def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
     """``returned`` is ``{channel name: URI}``; each lands in ``/opt/ml/input/data/<name>``."""
     cfg = ctx.cfg
     job = ctx.common("ml.m5.large")
-    channels = check_uri_map(ctx.step, "channel", returned)
+    channels = check_uri_map(ctx.step, "channel", returned, (SETTINGS_CHANNEL,))
     if "source_dir" not in cfg and ctx.local and job["algorithm"]:
         # the local image stands in for AWS's algorithm image: tell it which one
         job["environment"]["SMTASK_ALGORITHM"] = job["algorithm"]
+    # a script's settings; an image without user code (a built-in algorithm) would refuse
+    # a channel it does not know
+    scripted = bool(cfg.get("source_dir"))
+    if scripted:
+        job["environment"][SETTINGS_ENV] = f"/opt/ml/input/data/{SETTINGS_CHANNEL}/{SETTINGS_FILE}"
     return {
         **job,
         "source_dir": ctx.path(cfg["source_dir"]) if "source_dir" in cfg else None,
@@ -35,6 +51,7 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
         "hyperparameters": hyperparameter_strings(cfg.get("hyperparameters", {})),
         "channels": channels,
         "channel_settings": channel_settings(ctx.step, cfg.get("channels", {}), channels),
+        "settings": ctx.settings if scripted else None,
         "output_path": ctx.prefix,
         "validate_role": bool(ctx.params.get("validate_role")),
         "code_prefix": ctx.code_prefix,
@@ -83,12 +100,19 @@ def trainer_patches(job: dict[str, Any], session: Any) -> Iterator[None]:
 
 
 def channels(job: dict[str, Any], session: Any) -> list[Any]:
-    """The job's channels as the SDK takes them (local mode: host paths)."""
+    """The job's channels as the SDK takes them (local mode: host paths; sagemaker mode: a
+    local path uploaded once per content), and the ``config`` channel of the script's
+    settings."""
     from sagemaker.core.training.configs import InputData
 
     local = session.local_mode
-    return [InputData(channel_name=name, data_source=str(local_path(uri)) if local else uri)
-            for name, uri in job["channels"].items()]
+    found = [InputData(channel_name=name, data_source=str(local_path(uri)) if local
+                       else remote(session, uri, data_prefix(job)))
+             for name, uri in job["channels"].items()]
+    if job.get("settings") is not None:
+        found.append(InputData(channel_name=SETTINGS_CHANNEL,
+                               data_source=settings_source(job, session)))
+    return found
 
 
 def trainer(job: dict[str, Any], session: Any) -> Any:
@@ -99,6 +123,12 @@ def trainer(job: dict[str, Any], session: Any) -> Any:
     from sagemaker.train.model_trainer import Mode, ModelTrainer
 
     local = session.local_mode
+    environment = dict(job["environment"])
+    if local and job.get("requirements"):
+        from smtask.local import install_from_wheels
+
+        environment.update(install_from_wheels(
+            session, Path(job["source_dir"]) / job["requirements"]))
     where = ({"local_container_root": str(_local_root(job, session))} if local else {
         # model and uploaded source dir under the run's prefix, not the default-bucket root
         "output_data_config": OutputDataConfig(s3_output_path=job["output_path"]),
@@ -117,7 +147,7 @@ def trainer(job: dict[str, Any], session: Any) -> Any:
                         volume_size_in_gb=job["volume_size_gb"]),
         stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_runtime_seconds"]),
         hyperparameters=job["hyperparameters"],
-        environment=job["environment"],
+        environment=environment,
         tags=[{"key": k, "value": v} for k, v in job["tags"].items()],
         **where,
     )

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from smtask.errors import ModelNotFound, ParamsError
-from smtask.steps import StepContext, aws_tags, check_uri, prepare_output
+from smtask.steps import (
+    StepContext,
+    aws_tags,
+    check_exists,
+    check_uri,
+    data_prefix,
+    prepare_output,
+    remote,
+)
 
 KIND = "transform"
 _LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
@@ -24,6 +32,12 @@ def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, 
     or ``{"data": URI, "model_name": an existing model}``. The model is, in this order: the
     one the function returns, the step's ``model_name``, the one training result among the
     function's arguments."""
+    job = _spec(ctx, returned, upstream)
+    check_exists(ctx.step, "data", job["data"])  # a local path (sagemaker mode uploads it)
+    return job
+
+
+def _spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, Any]:
     model, model_name, data = _model_and_data(ctx, returned)
     if model is None and model_name is None:
         models = [v for v in upstream if is_training_result(v)]
@@ -158,7 +172,7 @@ def submit(job: dict[str, Any], session: Any) -> None:
         sagemaker_session=session,
     )
     transformer.transform(
-        job["data"],
+        job["data"] if session.local_mode else remote(session, job["data"], data_prefix(job)),
         content_type=job["content_type"],
         split_type=job["split_type"],
         job_name=job["job_name"],  # without a name the SDK calls the real DescribeModel API

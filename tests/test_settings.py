@@ -1,0 +1,315 @@
+"""A step's own settings as the script's config.json, requirements installed from wheels the
+host downloads, framework processing (source dir + entry script), and seed 004's splitor
+with its verbatim script: the params checks, and real containers in local mode."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import runpy
+import subprocess
+import tarfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from conftest import DAGS, ROOT, containers_with_label, run_dag, write_config
+
+from smtask import params
+from smtask.errors import ParamsError
+
+STEPS = {"splitor": "processing", "trainer": "training", "transformer": "transform"}
+SEED_SCRIPT_SHA256 = "09feb12a345276a0c97fb1d96869b3e25ac909ccd68101a5d7e194f4e915d119"
+
+
+def path(uri: str) -> Path:
+    assert uri.startswith("file://"), uri
+    return Path(urlparse(uri).path)
+
+
+@pytest.fixture
+def defaults() -> dict:
+    return params.load_config(ROOT / "config.json")
+
+
+def problems(defaults: dict, conf: dict) -> str:
+    with pytest.raises(ParamsError) as caught:
+        params.resolve(defaults, conf, STEPS)
+    return str(caught.value)
+
+
+# --- params -------------------------------------------------------------------------------
+
+def test_settings_are_free_form_and_deep_merged_with_the_runs_conf(defaults):
+    base = params.deep_merge(defaults, {"steps": {"splitor": {"settings": {
+        "label_column": "label", "split_strategy": {"by": "timestamp", "datasets": {
+            "test": {"equal": "2022-07"}}}}}}})
+    merged = params.resolve(base, {"steps": {"splitor": {"settings": {"split_strategy": {
+        "datasets": {"test": {"equal": "2022-06"}}}}}}}, STEPS)
+    settings = merged["steps"]["splitor"]["settings"]
+    assert settings["split_strategy"] == {"by": "timestamp",
+                                          "datasets": {"test": {"equal": "2022-06"}}}
+    assert settings["label_column"] == "label"
+
+
+@pytest.mark.parametrize(("step", "key"), [("splitor", "outputs"), ("splitor", "code_path"),
+                                           ("trainer", "hyperparameters"), ("trainer", "settings")])
+def test_a_settings_key_that_shadows_a_step_key_is_refused_naming_step_and_key(defaults, step,
+                                                                               key):
+    message = problems(defaults, {"steps": {step: {"settings": {key: {}, "fine": 1}}}})
+    assert f"steps.{step}.settings.{key}: collides with the step's own key '{key}'" in message
+    assert "settings.fine" not in message
+
+
+def test_settings_are_size_limited(defaults):
+    message = problems(defaults, {"steps": {"splitor": {"settings": {"blob": "x" * 70_000}}}})
+    assert "steps.splitor.settings: 70012 bytes as JSON, at most 65536" in message
+    message = problems(defaults, {"steps": {"splitor": {"settings": {
+        f"k{i}": i for i in range(101)}}}})
+    assert "steps.splitor.settings: " in message and "(at most 100)" in message
+
+
+def test_settings_only_for_steps_that_run_a_script(defaults):
+    message = problems(defaults, {"steps": {"transformer": {"settings": {"a": 1}}}})
+    assert "steps.transformer.settings: unknown key" in message
+
+
+def test_the_settings_path_variable_is_smtasks_own(defaults):
+    message = problems(defaults, {"steps": {"splitor": {"environment": {
+        "SMTASK_SETTINGS": "/tmp/x"}}}})
+    assert "steps.splitor.environment.SMTASK_SETTINGS: set by smtask" in message
+
+
+FRAMEWORK = {"code_path": None, "source_dir": "tests/scripts/framework", "code": "pkg/job.py"}
+
+
+def test_framework_processing_needs_exactly_one_form(defaults):
+    assert params.resolve(defaults, {"steps": {"splitor": FRAMEWORK}}, STEPS)
+    both = problems(defaults, {"steps": {"splitor": {**FRAMEWORK, "code_path": "code/preprocess.py"}}})
+    assert ("steps.splitor: code_path and source_dir + code both given; give either code_path "
+            "(one script) or source_dir + code (framework processing)") in both
+    neither = problems(defaults, {"steps": {"splitor": {"code_path": None}}})
+    assert "steps.splitor.code_path: required key is missing (or give source_dir + code" in neither
+    half = problems(defaults, {"steps": {"splitor": {**FRAMEWORK, "code": None}}})
+    assert "steps.splitor.code: required with source_dir (framework processing)" in half
+    half = problems(defaults, {"steps": {"splitor": {"code_path": None, "code": "x.py"}}})
+    assert "steps.splitor.source_dir: required with code" in half
+    script = problems(defaults, {"steps": {"splitor": {"requirements": "requirements.txt"}}})
+    assert "steps.splitor.requirements: needs source_dir + code (framework processing)" in script
+
+
+@pytest.mark.parametrize(("conf", "expected"), [
+    ({"code": "missing.py"}, "steps.splitor.code: no file missing.py in"),
+    ({"code": "../../../etc/passwd"}, "steps.splitor.code: '../../../etc/passwd' is outside"),
+    ({"requirements": "nope.txt"}, "steps.splitor.requirements: no file nope.txt in"),
+    ({"requirements": "../../../pyproject.toml"}, "steps.splitor.requirements: '../../../"),
+    ({"source_dir": "../../etc"}, "steps.splitor.source_dir: '../../etc' is outside the code root"),
+    ({"source_dir": "tests/nowhere"}, "steps.splitor.source_dir: no folder"),
+], ids=["no-code", "code-outside", "no-requirements", "requirements-outside", "dir-outside",
+        "no-dir"])
+def test_framework_code_must_exist_inside_its_source_dir(defaults, conf, expected):
+    assert expected in problems(defaults, {"steps": {"splitor": {**FRAMEWORK, **conf}}})
+
+
+def test_training_requirements_must_be_a_file_of_the_source_dir(defaults):
+    message = problems(defaults, {"steps": {"trainer": {"requirements": "requirements.txt"}}})
+    assert "steps.trainer.requirements: no file requirements.txt in" in message
+
+
+def test_the_trigger_form_knows_the_new_keys():
+    from smtask.params import STEP_SCHEMAS, trigger_schema
+
+    form = trigger_schema({"type": "object", "additionalProperties": False,
+                           **STEP_SCHEMAS["processing"]})
+    assert {"settings", "source_dir", "code", "requirements"} <= set(form["properties"])
+    assert "required" not in form
+
+
+def test_pip_output_loses_credentials():
+    from smtask.local import _redacted
+
+    text = "Looking in indexes: https://user:s3cret@pypi.example/simple, https://tok@x.y/z"
+    assert _redacted(text) == "Looking in indexes: https://***@pypi.example/simple, https://***@x.y/z"
+
+
+# --- the function's return value ----------------------------------------------------------
+
+def test_an_input_named_config_is_refused_naming_it(tmp_path, capfd):
+    body = '''
+@sm_processing(step="splitor")
+def split():
+    return {"config": "s3://bucket/x/", "data-source": "s3://bucket/y/"}
+split()
+'''
+    result = run_dag(body, config=write_config(tmp_path, mode="local"))
+    assert result.states["split"] == "failed"
+    out = capfd.readouterr().out
+    assert "TypeError: step 'splitor': input name 'config' is reserved" in out
+    assert containers_with_label() == []
+
+
+def test_a_channel_named_config_is_refused_naming_it(tmp_path, capfd):
+    body = '''
+@sm_training(step="trainer")
+def train():
+    return {"train": "s3://bucket/x/", "config": "s3://bucket/y/"}
+train()
+'''
+    result = run_dag(body, config=write_config(tmp_path, mode="local"))
+    assert result.states["train"] == "failed"
+    assert "step 'trainer': channel name 'config' is reserved" in capfd.readouterr().out
+
+
+def test_a_local_input_that_does_not_exist_fails_before_any_job(tmp_path, capfd):
+    body = f'''
+@sm_processing(step="splitor")
+def split():
+    return {{"data-source": "{tmp_path}/missing"}}
+split()
+'''
+    result = run_dag(body, config=write_config(tmp_path, mode="local"))
+    assert result.states["split"] == "failed"
+    out = capfd.readouterr().out
+    assert f"step 'splitor': input 'data-source': no file or folder {tmp_path}/missing" in out
+    assert "docker-compose" not in out
+
+
+# --- seed 004 -----------------------------------------------------------------------------
+
+def seed_block() -> str | None:
+    """The seed's preprocessing.py as the seed prints it, where the seeds are at hand."""
+    for seed in sorted((ROOT.parent / "shared" / "seeds").glob("004_*.txt")):
+        found = re.search(r"```python\n(# preprocessing\.py\n.*?)```", seed.read_text(), re.S)
+        return found.group(1) if found else ""
+    return None
+
+
+def test_the_seeds_script_is_kept_verbatim():
+    script = (ROOT / "code" / "preprocessing.py").read_bytes()
+    assert hashlib.sha256(script).hexdigest() == SEED_SCRIPT_SHA256
+    block = seed_block()
+    assert block is None or block.encode() == script
+
+
+def seed004_dag():
+    """The example DAG file, unchanged, linked into the dags folder (dag.test needs it there)."""
+    link = DAGS / "seed004_splitor.py"
+    if not link.exists():
+        link.symlink_to(ROOT / "dags" / "seed004_splitor.py")
+    return runpy.run_path(str(link))["seed004_splitor"]()
+
+
+def dag_results(dag, conf=None) -> tuple[str, dict]:
+    from smtask.cli import xcom_results
+
+    dag_run = dag.test(run_conf=conf or {})
+    return (str(getattr(dag_run.state, "value", dag_run.state)),
+            xcom_results(dag.dag_id, dag_run.run_id))
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_seed004_splitor_splits_the_parquet_by_month_with_the_seeds_own_script(loopback_guard):
+    import pandas as pd
+
+    state, results = dag_results(seed004_dag())
+    assert state == "success", results
+    data = pd.read_parquet(path(results["data-source"]))
+    months = data["timestamp"]
+    expected = {"train": int(((months >= "2020-01") & (months <= "2021-12")).sum()),
+                "test": int((months == "2022-07").sum())}
+    assert expected["train"] > expected["test"] > 0 and len(data) > sum(expected.values())
+    outputs = results["splitor"]["outputs"]
+    for name, rows in expected.items():
+        split = pd.read_csv(path(outputs[name]) / f"{name}.csv")
+        assert len(split) == rows, name
+        assert list(split.columns) == ["label", "a", "b"]  # label first, the month dropped
+    assert containers_with_label() == []
+
+
+# --- local containers ---------------------------------------------------------------------
+
+FRAMEWORK_DAG = '''
+@sm_processing(step="splitor")
+def split():
+    return {}
+split()
+'''
+
+
+def host_pip_config() -> list[str]:
+    done = subprocess.run(["python3", "-m", "pip", "config", "list"], capture_output=True,
+                          text=True, check=False)
+    values = [line.split("=", 1)[1].strip("'") for line in done.stdout.splitlines() if "=" in line]
+    return [value for value in values if "/" in value]  # paths and index URLs
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_framework_processing_runs_a_source_dir_with_its_requirements_and_settings(
+        tmp_path, loopback_guard, capfd):
+    source = ROOT / "tests" / "scripts" / "framework"
+    before = sorted(p.name for p in source.rglob("*"))
+    config = write_config(tmp_path, steps={"splitor": {
+        **FRAMEWORK, "requirements": "requirements.txt", "arguments": ["--flag", "1"],
+        "outputs": {"report": {"source": "/opt/ml/processing/report"}},
+        "settings": {"threshold": 0.5, "nested": {"a": 1, "b": 2}}}})
+    conf = {"steps": {"splitor": {"settings": {"nested": {"b": 3}}}}}
+    result = run_dag(FRAMEWORK_DAG, config=config, conf=conf)
+    out = capfd.readouterr().out
+    assert result.ok, out[-3000:]
+    report = json.loads((path(result.xcom["split"]["outputs"]["report"]) / "report.json").read_text())
+    assert report["helper"] == "hello from the source dir"
+    assert report["tabulate"]  # installed from the requirements, with no index
+    assert report["argv"] == ["--flag", "1"]
+    config_seen = report["config"]
+    assert set(config_seen) == {"pipeline_name", "mode", "steps"}
+    assert config_seen["mode"] == "local" and config_seen["pipeline_name"] == "churn"
+    assert list(config_seen["steps"]) == ["splitor"]  # this step's settings only
+    step = config_seen["steps"]["splitor"]
+    assert step["threshold"] == 0.5 and step["nested"] == {"a": 1, "b": 3}  # lifted, merged
+    assert step["code"] == "pkg/job.py" and "settings" not in step
+    assert report["settings_path"] == "/opt/ml/processing/input/config/config.json"
+    assert report["settings_write"] == "OSError"  # read-only
+    assert report["pip_env"]["PIP_NO_INDEX"] == "1"
+    assert report["pip_env"]["PIP_FIND_LINKS"] == "/opt/smtask/wheels"
+    seen = "\n".join(report["pip_config"])
+    for value in host_pip_config():  # none of the host's pip configuration reaches the job
+        assert value not in seen and value not in out, value
+    assert sorted(p.name for p in source.rglob("*")) == before  # nothing unpacked beside it
+    assert containers_with_label() == []
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_training_reads_its_settings_channel_and_installs_requirements(tmp_path, loopback_guard):
+    body = '''
+@task
+def source():
+    from airflow.sdk import get_current_context
+    from smtask.storage import run_prefix, write_text
+    folder = run_prefix(get_current_context(), "data")
+    write_text(folder + "/data.csv", "x\\n1\\n")
+    return folder
+
+@sm_training(step="trainer")
+def train(folder):
+    return {"train": folder}
+train(source())
+'''
+    config = write_config(tmp_path, steps={"trainer": {
+        "source_dir": "tests/scripts/settings_train", "entry_script": "train.py",
+        "requirements": "requirements.txt", "settings": {"features": ["a", "b"]}}})
+    result = run_dag(body, config=config)
+    assert result.ok, result.states
+    with tarfile.open(path(result.xcom["train"]["model"])) as tar:
+        seen = json.load(io.BytesIO(tar.extractfile("seen.json").read()))  # type: ignore[union-attr]
+    assert seen["path"] == "/opt/ml/input/data/config/config.json"
+    assert seen["config"]["steps"]["trainer"]["features"] == ["a", "b"]
+    assert seen["config"]["steps"]["trainer"]["hyperparameters"]["max_depth"] == 6
+    assert list(seen["config"]["steps"]) == ["trainer"]
+    assert {"config", "train"} <= set(seen["channels"])
+    assert seen["tabulate"] and seen["pip_env"]["PIP_NO_INDEX"] == "1"
+    assert containers_with_label() == []
