@@ -1,8 +1,14 @@
 """Test harness: a throw-away Airflow (SQLite) and SMTASK_HOME, DAG runs through
-``dag.test()``, a Docker gate, and a guard that fails a test on any non-loopback connection."""
+``dag.test()``, a Docker gate, and a guard that fails a test on any non-loopback connection.
+
+Under pytest-xdist (``./run test`` uses it) every worker is its own process with its own
+temp home (so its own SMTASK_HOME, Airflow DB, DAG folder and moto server); the Airflow DB is
+migrated once, by the controller, and copied into each worker's home."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import ipaddress
 import json
@@ -14,6 +20,7 @@ import sys
 import tempfile
 import textwrap
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,14 +43,64 @@ os.environ.pop("SMTASK_MODE", None)
 LOCAL_IMAGE = "smtask-local:latest"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist's -n alone hands out test by test: keep each xdist_group (the deployment test's
+    # one deployment, the orphans tests) on one worker all the same
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+    if getattr(config, "workerinput", {}).get("smtask_dist") == "loadgroup":
+        config.option.loadgroup = True  # what xdist's worker sets for --dist loadgroup
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (every worker sorts alike), the order in which tests are handed out: the
+    deployment (the longest, on one worker) and the ``orphans`` tests (one worker, while no
+    other local session runs) first, then the tests without containers, which fill the
+    other workers meanwhile, then the ``docker`` tests, those that start ``smtask`` processes
+    first."""
+    if not hasattr(config, "workerinput"):
+        return
+    for item in items:
+        if item.get_closest_marker("orphans"):
+            item.add_marker(pytest.mark.xdist_group("orphans"))
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("deployment"):
+            return 0
+        if item.get_closest_marker("orphans"):
+            return 1
+        if not item.get_closest_marker("docker"):
+            return 2
+        return 3 if "cli_home" in getattr(item, "fixturenames", ()) else 4
+
+    items.sort(key=rank)
+
+
+_MIGRATED = _HOME / "migrated" / "airflow.db"  # a fresh Airflow DB, copied for each use
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    """One ``airflow db migrate`` per test run (seconds of CPU): an xdist worker copies the
+    DB that its controller migrated before it started the workers."""
+    global _MIGRATED
     _TEST_ROOTS.append(os.path.join(str(session.config._tmp_path_factory.getbasetemp()), ""))
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    template = getattr(session.config, "workerinput", {}).get("smtask_airflow_db")
+    if template:
+        _MIGRATED = Path(template)
+    else:
+        _MIGRATED.parent.mkdir()
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                       env={**os.environ, "AIRFLOW_HOME": str(_MIGRATED.parent)},
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (_HOME / "airflow").mkdir()
+    shutil.copy(_MIGRATED, _HOME / "airflow" / "airflow.db")
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    shutil.rmtree(_HOME, ignore_errors=True)
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, in the controller: the DB each worker copies, how tests are handed out."""
+    node.workerinput["smtask_airflow_db"] = str(_MIGRATED)
+    node.workerinput["smtask_dist"] = node.config.getvalue("dist")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -85,13 +142,50 @@ _TEST_ROOTS = [os.path.join(str(_HOME), "")]
 
 
 def containers_with_label(label: str = "smtask.session") -> list[str]:
-    """Containers with ``label`` that this test run's sessions made (another smtask user of
-    the machine's engine may be running jobs at the same time)."""
+    """Containers with ``label`` that this process's tests made (the other xdist workers,
+    or another smtask user of the machine's engine, may be running jobs at the same time)."""
     out = subprocess.run(["docker", "ps", "-a", "--filter", f"label={label}", "--format",
                           '{{.ID}} {{.Label "smtask.scratch"}}'],
                          capture_output=True, text=True, check=True)
     return [line.split()[0] for line in out.stdout.splitlines()
             if not line.split()[1:] or line.split()[1].startswith(tuple(_TEST_ROOTS))]
+
+
+# Every local session, when it starts, removes the containers of dead processes (smtask/local.py
+# cleanup_orphans), whoever's they are. A test marked ``orphans`` leaves such a container on
+# purpose, for its own clean-up to find: it runs alone among the tests that start local
+# sessions (those marked ``docker``), in this run and any other on the machine.
+_ENGINE_LOCKS = Path(tempfile.gettempdir()) / "smtask-tests-locks"
+
+
+@contextlib.contextmanager
+def _engine_lock(exclusive: bool) -> Iterator[None]:
+    """A host-wide readers-writer lock: many ``docker`` tests at once, or one ``orphans``
+    test. A waiting writer holds the turnstile, so new readers queue behind it."""
+    _ENGINE_LOCKS.mkdir(exist_ok=True)
+    with contextlib.suppress(PermissionError):
+        _ENGINE_LOCKS.chmod(0o1777)
+    with contextlib.ExitStack() as held:
+        def open_lock(name: str) -> int:
+            fd = os.open(_ENGINE_LOCKS / name, os.O_RDWR | os.O_CREAT, 0o666)
+            held.callback(os.close, fd)  # closing the descriptor releases its lock
+            return fd
+
+        turnstile, sessions = open_lock("turnstile.lock"), open_lock("sessions.lock")
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(sessions, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _orphans_survive(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("docker") is None:
+        yield
+        return
+    with _engine_lock(exclusive=request.node.get_closest_marker("orphans") is not None):
+        yield
 
 
 # --- loopback guard ------------------------------------------------------------------------
@@ -238,8 +332,7 @@ class CliHome:
 def cli_home() -> CliHome:
     home = CliHome(_HOME / "cli")
     (home.root / "airflow").mkdir(parents=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=home.env(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.copy(_MIGRATED, home.root / "airflow" / "airflow.db")
     return home
 
 

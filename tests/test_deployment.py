@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 from deployment.stack import AIRFLOW_KEY, Stack, StackError, missing_parts, wait_for
 
-pytestmark = pytest.mark.deployment
+# one deployment for the module: under xdist its tests stay on one worker (--dist loadgroup)
+pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("deployment")]
 
 DAG_ID = "churn"
 # task -> (step, job kind) of the example's SageMaker tasks

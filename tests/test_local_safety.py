@@ -5,9 +5,11 @@ their own model, signals at any moment, clean-up after SIGKILL, failure messages
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -145,20 +147,35 @@ def test_batch_transform_leaves_the_training_output_as_it_was(tmp_path, loopback
 
 # --- parallel transforms ----------------------------------------------------------------
 
+_CONSTANTS = (0, 1, 2)  # the models the tests below score with
+
+
+@functools.cache
+def _constant_models(constants: tuple[int, ...]) -> dict[int, Path]:
+    """model.tar.gz archives of models that each predict one constant, all made by one
+    container (so their scikit-learn version is the server's), once per test process."""
+    folder = Path(os.environ["SMTASK_HOME"]).parent / "constant-models"  # removed after the run
+    folder.mkdir(exist_ok=True)
+    script = "import joblib; from sklearn.dummy import DummyClassifier\n" + "".join(
+        f"joblib.dump(DummyClassifier(strategy='constant', constant={c}).fit([[0], [1]], "
+        f"[{c}, {c + 1}]), '/out/model-{c}.joblib')\n" for c in constants)
+    subprocess.run(["docker", "run", "--rm", "--network", "host", "-v", f"{folder}:/out", LOCAL_IMAGE,
+                    "python3", "-c", script], check=True, capture_output=True)
+    archives = {}
+    for c in constants:
+        archives[c] = folder / f"model-{c}.tar.gz"
+        with tarfile.open(archives[c], "w:gz") as tar:
+            tar.add(folder / f"model-{c}.joblib", arcname="model.joblib")
+    return archives
+
+
 def constant_model(tmp_path: Path, constant: int) -> Path:
-    """A model.tar.gz whose model predicts ``constant`` for every row (made in the image, so
-    its scikit-learn version is the server's)."""
+    """A model.tar.gz of its own, in ``tmp_path``, whose model predicts ``constant`` for
+    every row."""
+    archive = _constant_models(_CONSTANTS if constant in _CONSTANTS else (constant,))[constant]
     folder = tmp_path / f"model-{constant}"
     folder.mkdir()
-    subprocess.run(["docker", "run", "--rm", "--network", "host", "-v", f"{folder}:/out", LOCAL_IMAGE,
-                    "python3", "-c",
-                    "import joblib; from sklearn.dummy import DummyClassifier; "
-                    f"m = DummyClassifier(strategy='constant', constant={constant}).fit([[0], [1]], "
-                    f"[{constant}, {constant + 1}]); joblib.dump(m, '/out/model.joblib')"],
-                   check=True, capture_output=True)
-    with tarfile.open(folder / "model.tar.gz", "w:gz") as tar:
-        tar.add(folder / "model.joblib", arcname="model.joblib")
-    (folder / "model.joblib").unlink()
+    shutil.copy(archive, folder / "model.tar.gz")
     return folder / "model.tar.gz"
 
 
@@ -307,6 +324,7 @@ def test_a_signal_stops_the_task_removes_its_containers_and_fails_the_run(
     assert scratch_folders(cli_home) == []
 
 
+@pytest.mark.orphans  # no other test's session may remove it first
 def test_after_sigkill_cleanup_removes_the_orphaned_container_and_scratch(tmp_path, cli_home):
     run = sleeper_run(tmp_path, cli_home)
     run.wait_for(lambda: run.saw("sleeps.py started"))
@@ -322,6 +340,7 @@ def test_after_sigkill_cleanup_removes_the_orphaned_container_and_scratch(tmp_pa
     assert scratch_folders(cli_home) == []
 
 
+@pytest.mark.orphans  # no other test's session may remove it first
 def test_the_next_local_session_removes_a_dead_processes_container(tmp_path, monkeypatch,
                                                                    loopback_guard):
     from smtask import local

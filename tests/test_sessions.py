@@ -227,6 +227,8 @@ def test_confined_refuses_paths_that_escape_the_root(tmp_path):
             confined(escape, root)
 
 
+@pytest.mark.docker  # a session starts by asking the engine for dead processes' containers
+@pytest.mark.usefixtures("docker")
 def test_local_session_needs_no_aws_and_hands_containers_no_worker_credentials(
         monkeypatch, loopback_guard):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "worker-secret-key-id")
