@@ -43,26 +43,25 @@ os.environ.pop("SMTASK_MODE", None)
 LOCAL_IMAGE = "smtask-local:latest"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # xdist's -n alone hands out test by test: keep each xdist_group (the deployment test's
-    # one deployment, the orphans tests) on one worker all the same
-    if getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"
-    if getattr(config, "workerinput", {}).get("smtask_dist") == "loadgroup":
-        config.option.loadgroup = True  # what xdist's worker sets for --dist loadgroup
+# --- pytest-xdist -----------------------------------------------------------------------------
+
+def _group(item: pytest.Item) -> str | None:
+    """The item's xdist_group: its tests all run on one worker."""
+    if item.get_closest_marker("orphans"):
+        return "orphans"
+    mark = item.get_closest_marker("xdist_group")
+    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default")) if mark else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist (every worker sorts alike), the order in which tests are handed out: the
-    deployment (the longest, on one worker) and the ``orphans`` tests (one worker, while no
-    other local session runs) first, then the tests without containers, which fill the
-    other workers meanwhile, then the ``docker`` tests, those that start ``smtask`` processes
-    first."""
-    if not hasattr(config, "workerinput"):
+    deployment (the longest, one worker) and the ``orphans`` tests (one worker, while no other
+    local session runs) first, then the tests without containers, which fill the other
+    workers meanwhile, then the ``docker`` tests, those that start ``smtask`` processes
+    first. Each worker also tells the controller every test's group."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
         return
-    for item in items:
-        if item.get_closest_marker("orphans"):
-            item.add_marker(pytest.mark.xdist_group("orphans"))
 
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("deployment"):
@@ -74,8 +73,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 3 if "cli_home" in getattr(item, "fixturenames", ()) else 4
 
     items.sort(key=rank)
+    groups = Path(workerinput["smtask_groups"])
+    mine = groups.with_suffix(f".{workerinput['workerid']}")
+    mine.write_text(json.dumps({item.nodeid: group for item in items if (group := _group(item))}))
+    mine.replace(groups)  # the same content from every worker, each written whole
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist load`` (-n alone) and ``loadgroup``: tests handed out one at a time, but those
+    of one xdist_group to one worker. (xdist's own loadgroup renames the tests' node ids,
+    which pytest 9 ignores: every test went its own way.)"""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups: dict[str, str] = {}
+
+    class GroupScheduling(LoadScopeScheduling):
+        # LoadScopeScheduling hands out bigger scopes first: the deployment, then the orphans
+        def _split_scope(self, nodeid: str) -> str:
+            if not groups:  # read once: every worker has collected by now
+                groups.update(json.loads(_GROUPS.read_text()) if _GROUPS.exists() else {})
+                groups.setdefault("", "")
+            return f"group:{groups[nodeid]}" if nodeid in groups else nodeid
+
+    return GroupScheduling(config, log)
+
+
+_GROUPS = _HOME / "xdist-groups.json"  # every test's xdist_group, written by the workers
 _MIGRATED = _HOME / "migrated" / "airflow.db"  # a fresh Airflow DB, copied for each use
 
 
@@ -100,7 +126,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_configure_node(node: Any) -> None:
     """xdist, in the controller: the DB each worker copies, how tests are handed out."""
     node.workerinput["smtask_airflow_db"] = str(_MIGRATED)
-    node.workerinput["smtask_dist"] = node.config.getvalue("dist")
+    node.workerinput["smtask_groups"] = str(_GROUPS)
 
 
 @pytest.hookimpl(hookwrapper=True)
