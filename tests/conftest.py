@@ -349,17 +349,40 @@ class CliHome:
         shutil.copy(self.root / "airflow" / "airflow.db", home / "airflow.db")
         return home
 
+    started: list[subprocess.Popen] = field(default_factory=list)
+
     def smtask(self, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "smtask.cli", *args], env=env or self.env(),
+        proc = subprocess.Popen([sys.executable, "-m", "smtask.cli", *args], env=env or self.env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def end_started(self) -> None:
+        """Stop what a failed test left running (SIGTERM: smtask removes its containers), so
+        that the next tests do not see its containers."""
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.started.clear()
 
 
 @pytest.fixture(scope="session")
-def cli_home() -> CliHome:
+def _cli_home() -> CliHome:
     home = CliHome(_HOME / "cli")
     (home.root / "airflow").mkdir(parents=True)
     shutil.copy(_MIGRATED, home.root / "airflow" / "airflow.db")
     return home
+
+
+@pytest.fixture
+def cli_home(_cli_home: CliHome) -> Iterator[CliHome]:
+    yield _cli_home
+    _cli_home.end_started()
 
 
 def run_example(name: str, *, conf: dict[str, Any] | None = None, **overrides: Any) -> DagResult:
