@@ -23,7 +23,9 @@ from algorithms import (
     check_feature_dim,
     hp,
     inference_features,
+    load_arrays,
     quality_metric,
+    save_arrays,
 )
 
 _INIT = ("normal", "uniform", "constant")
@@ -114,7 +116,7 @@ def train(hps: dict[str, Any], model_dir: Path) -> None:
                 model[p] -= hps[f"{p}_lr"] * (m / (1 - 0.9 ** step)) / (
                     np.sqrt(v / (1 - 0.999 ** step)) + hps["eps"])
         _report(model, hps, "train", x, y, epoch)
-    np.savez(model_dir / "model_algo-1.npz", **model)
+    save_arrays(model_dir, model)
     for name, (features, labels) in found.items():
         _report(model, hps, name, scipy.sparse.csr_matrix(features, dtype="float64"), labels)
 
@@ -146,9 +148,7 @@ def _report(model: dict[str, Any], hps: dict[str, Any], channel: str, x: Any, y:
         quality_metric(channel, "rmse", rmse, loss=True)
 
 
-def load(model_dir: Path, hps: dict[str, Any]) -> dict[str, Any]:
-    with np.load(model_dir / "model_algo-1.npz") as saved:
-        return dict(saved)
+load = load_arrays
 
 
 def invoke(model: dict[str, Any], hps: dict[str, Any], body: bytes, content_type: str,

@@ -22,8 +22,10 @@ from algorithms import (
     dense,
     hp,
     inference_features,
+    load_arrays,
     media_type,
     quality_metric,
+    save_arrays,
 )
 
 HYPERPARAMETERS = {
@@ -97,7 +99,7 @@ def train(hps: dict[str, Any], model_dir: Path) -> None:
              "labels": labels.astype("float64")}
     if projection is not None:
         model["projection"] = projection
-    np.savez(model_dir / "model_algo-1.npz", **model)
+    save_arrays(model_dir, model)
     if "test" in found:
         test_features, test_labels = found["test"]
         check_feature_dim(test_features, hps["feature_dim"], "test")
@@ -108,9 +110,7 @@ def train(hps: dict[str, Any], model_dir: Path) -> None:
             quality_metric("test", "mse", float(((predicted - test_labels) ** 2).mean()), loss=True)
 
 
-def load(model_dir: Path, hps: dict[str, Any]) -> dict[str, Any]:
-    with np.load(model_dir / "model_algo-1.npz") as saved:
-        return dict(saved)
+load = load_arrays
 
 
 def invoke(model: dict[str, Any], hps: dict[str, Any], body: bytes, content_type: str,

@@ -24,8 +24,10 @@ from algorithms import (
     dense,
     hp,
     inference_features,
+    load_arrays,
     log,
     quality_metric,
+    save_arrays,
 )
 
 HYPERPARAMETERS = {
@@ -225,7 +227,7 @@ def train(hps: dict[str, Any], model_dir: Path) -> None:
         model["weights"], model["bias"] = best
     model["label_mean"], model["label_scale"] = np.array(y_mean), np.array(y_scale)
     model["threshold"] = np.array(_threshold(model, hps, loss, found))
-    np.savez(model_dir / "model_algo-1.npz", **model)
+    save_arrays(model_dir, model)
     for channel in found:
         _report(model, hps, loss, channel, *found[channel])
 
@@ -304,9 +306,7 @@ def _report(model: dict[str, Any], hps: dict[str, Any], loss: str, channel: str,
         quality_metric(channel, "absolute_loss", float(np.abs(scores - labels).mean()), loss=True)
 
 
-def load(model_dir: Path, hps: dict[str, Any]) -> dict[str, Any]:
-    with np.load(model_dir / "model_algo-1.npz") as saved:
-        return dict(saved)
+load = load_arrays
 
 
 def invoke(model: dict[str, Any], hps: dict[str, Any], body: bytes, content_type: str,
