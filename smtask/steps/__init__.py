@@ -39,14 +39,6 @@ class StepContext:
         return self.params["mode"] == "local"
 
     @property
-    def code_prefix(self) -> str:
-        """Where code goes in sagemaker mode, by content: ``<artifacts>/_code/<sha256>/``
-        (no pipeline name starts with ``_``), so it is uploaded once for every job and run."""
-        from smtask.sessions import artifacts_root
-
-        return f"{artifacts_root(self.params).rstrip('/')}/_code"
-
-    @property
     def settings(self) -> dict[str, Any]:
         """What the job's script reads from its config.json: the pipeline's name and mode and
         this step's settings (no other step's), the keys of ``settings`` at the step's level
@@ -226,9 +218,11 @@ def check_exists(step: str, what: str, uri: str) -> None:
         raise SmtaskError(f"step '{step}': {what}: no file or folder {local_path(uri)}")
 
 
-def data_prefix(job: dict[str, Any]) -> str:
-    """Where local data goes in sagemaker mode, by content (like the code)."""
-    return f"{job['artifacts'].rstrip('/')}/_data"
+def content_prefix(job: dict[str, Any], what: str) -> str:
+    """Where sagemaker mode uploads local ``what`` (``code``, ``data``, ``settings``) by
+    content: ``<artifacts>/_<what>/<sha256>/`` (no pipeline name starts with ``_``), so each
+    content is uploaded once for every job and run (see :func:`upload_once`)."""
+    return f"{job['artifacts'].rstrip('/')}/_{what}"
 
 
 def remote(session: Any, uri: str, prefix: str) -> str:
@@ -254,7 +248,7 @@ def settings_source(job: dict[str, Any], session: Any) -> str:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder, SETTINGS_FILE)
         path.write_text(text)
-        return upload_once(session, str(path), f"{job['artifacts'].rstrip('/')}/_settings")
+        return upload_once(session, str(path), content_prefix(job, "settings"))
 
 
 def prepare_output(uri: str, root: str) -> None:

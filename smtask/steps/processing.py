@@ -20,7 +20,7 @@ from smtask.steps import (
     StepContext,
     aws_tags,
     check_uri_map,
-    data_prefix,
+    content_prefix,
     prepare_output,
     remote,
     settings_source,
@@ -64,7 +64,6 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
         "settings_destination": posixpath.dirname(settings_path),
         "outputs": {n: {"source": o["source"], "destination": f"{ctx.prefix}/{n}"}
                     for n, o in cfg["outputs"].items()},
-        "code_prefix": ctx.code_prefix,
     }
 
 
@@ -190,7 +189,8 @@ def submit(job: dict[str, Any], session: Any) -> None:
         tags=aws_tags(job),
         sagemaker_session=session,
     )
-    sources = {name: i["source"] if local else remote(session, i["source"], data_prefix(job))
+    data = content_prefix(job, "data")
+    sources = {name: i["source"] if local else remote(session, i["source"], data)
                for name, i in job["inputs"].items()}
     settings = settings_source(job, session)
     inputs = [ProcessingInput(input_name=name, s3_input=ProcessingS3Input(
@@ -204,10 +204,10 @@ def submit(job: dict[str, Any], session: Any) -> None:
     run: dict[str, Any] = {"code": job["code"]}
     if framework:
         processor.smtask_place = _local_placer(session) if local else \
-            _cloud_placer(session, job["code_prefix"])
+            _cloud_placer(session, content_prefix(job, "code"))
         run.update(source_dir=job["source_dir"], requirements=job["requirements"])
     elif not local:  # by content, not under the SDK's default-bucket root
-        run["code"] = upload_once(session, job["code"], job["code_prefix"])
+        run["code"] = upload_once(session, job["code"], content_prefix(job, "code"))
     processor.run(
         **run,
         inputs=inputs,

@@ -18,7 +18,7 @@ from smtask.steps import (
     SETTINGS_FILE,
     StepContext,
     check_uri_map,
-    data_prefix,
+    content_prefix,
     prepare_output,
     remote,
     settings_source,
@@ -54,7 +54,6 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
         "settings": ctx.settings if scripted else None,
         "output_path": ctx.prefix,
         "validate_role": bool(ctx.params.get("validate_role")),
-        "code_prefix": ctx.code_prefix,
     }
 
 
@@ -94,7 +93,8 @@ def trainer_patches(job: dict[str, Any], session: Any) -> Iterator[None]:
     # ModelTrainer appends a timestamp to every name; the task's name must stay deterministic.
     with mock.patch.object(model_trainer, "_get_unique_name", lambda base, *_a, **_k: base), \
             _no_iam_calls(enabled=not job["validate_role"]), \
-            _uploads_by_content(session, None if session.local_mode else job["code_prefix"]), \
+            _uploads_by_content(session, None if session.local_mode
+                                else content_prefix(job, "code")), \
             _with_channel_settings(job.get("channel_settings") or {}):
         yield
 
@@ -107,7 +107,7 @@ def channels(job: dict[str, Any], session: Any) -> list[Any]:
 
     local = session.local_mode
     found = [InputData(channel_name=name, data_source=str(local_path(uri)) if local
-                       else remote(session, uri, data_prefix(job)))
+                       else remote(session, uri, content_prefix(job, "data")))
              for name, uri in job["channels"].items()]
     if job.get("settings") is not None:
         found.append(InputData(channel_name=SETTINGS_CHANNEL,

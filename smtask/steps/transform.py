@@ -13,7 +13,7 @@ from smtask.steps import (
     aws_tags,
     check_exists,
     check_uri,
-    data_prefix,
+    content_prefix,
     prepare_output,
     remote,
 )
@@ -172,7 +172,8 @@ def submit(job: dict[str, Any], session: Any) -> None:
         sagemaker_session=session,
     )
     transformer.transform(
-        job["data"] if session.local_mode else remote(session, job["data"], data_prefix(job)),
+        job["data"] if session.local_mode
+        else remote(session, job["data"], content_prefix(job, "data")),
         content_type=job["content_type"],
         split_type=job["split_type"],
         job_name=job["job_name"],  # without a name the SDK calls the real DescribeModel API

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from smtask.errors import JobFailed
-from smtask.steps import StepContext, aws_tags, training, upload_once
+from smtask.steps import StepContext, aws_tags, content_prefix, training, upload_once
 from smtask.storage import local_path
 
 KIND = "tuning"
@@ -72,7 +72,7 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
             # once per content under the code prefix instead (the SDK takes an s3 tarball).
             tarball = _tarball(job["source_dir"], Path(scratch) / "sourcedir.tar.gz")
             trainer.source_code.source_dir = upload_once(session, str(tarball),
-                                                         job["code_prefix"])
+                                                         content_prefix(job, "code"))
         tuner = HyperparameterTuner(
             model_trainer=trainer,
             objective_metric_name=job["objective"]["metric"],
