@@ -219,7 +219,7 @@ def _check_params(dag: Any, conf: dict[str, Any]) -> dict[str, str]:
                      f"got {conf['mode']!r}")
     steps = params.smtask_steps(dag)
     try:
-        params.resolve(dag.params.dump(), conf, steps)
+        params.resolve(params.dag_defaults(dag), conf, steps)
     except ParamsError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None

@@ -336,8 +336,20 @@ def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
     for key in NEVER:
         if key in config:
             schemas[key] = {"const": config[key]}
-    return {key: Param(value, description=descriptions.get(key), **schemas.get(key, {}))
+    return {key: Param(value, description=descriptions.get(key), schema=_Schema(schemas.get(key, {})))
             for key, value in config.items()}
+
+
+class _Schema(dict):  # type: ignore[type-arg]
+    """A Param's JSON schema, shared by the DAG's params and every task's copy of them.
+
+    Airflow deep-copies the DAG's params into each task when the DAG is parsed; the schemas
+    (every step's, for ``steps``) were most of what that copied. They are built at parse time
+    (:func:`describe_step` completes ``steps``') and only read after, so one object serves all.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Schema:
+        return self
 
 
 def trigger_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -768,4 +780,14 @@ def run_params(context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         context = get_current_context()
     dag = context["dag"]
     conf = getattr(context.get("dag_run"), "conf", None) or {}
-    return resolve(dag.params.dump(), conf, smtask_steps(dag))
+    return resolve(dag_defaults(dag), conf, smtask_steps(dag))
+
+
+def dag_defaults(dag: Any) -> dict[str, Any]:
+    """The DAG's params' values. Airflow's ``params.dump()`` checks every value against its
+    schema, and first checks each schema against JSON Schema's metaschema: about 0.4 s per
+    task for the steps' schemas. smtask's own keys are validated by :func:`resolve` after the
+    merge (a run's conf, at trigger time too), so only the author's own params go through
+    Airflow's check."""
+    return {key: dag.params.get_param(key).value if key in TOP_SCHEMA["properties"]
+            else dag.params[key] for key in dag.params}

@@ -252,3 +252,31 @@ def test_code_root_is_the_configs_folder_or_relative_to_it(tmp_path, given, expe
     path = tmp_path / "dags" / "p.json"
     path.write_text(json.dumps(config))
     assert params.load_config(path)["code_root"] == str((tmp_path / expected).resolve())
+
+
+def test_tasks_share_the_params_schemas_and_an_authors_own_param_is_still_checked(tmp_path):
+    """Airflow deep-copies the DAG's params into every task at parse time, and checks each
+    schema against the metaschema on every dump(): the steps' schemas are shared, and a
+    task reads smtask's keys without that check, but the author's own params keep it."""
+    import copy
+
+    from airflow.sdk import DAG, Param
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from smtask import pipeline_params, sm_training
+    from smtask.params import dag_defaults
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"pipeline_name": "p", "mode": "local", "steps": {"trainer": {}}}))
+    params = {**pipeline_params(path), "threshold": Param(0.5, type="number")}
+    with DAG("shared", schedule=None, params=params) as dag:
+        sm_training(step="trainer", task_id="train")(lambda: {})()
+    steps = dag.params.get_param("steps")
+    assert copy.deepcopy(steps).schema is steps.schema
+    assert dag.tasks[0].params.get_param("steps").schema is steps.schema
+    assert "trainer" in steps.schema["properties"]  # the step's schema, added at parse time
+    assert dag_defaults(dag) == {"pipeline_name": "p", "mode": "local", "code_root": str(tmp_path),
+                                 "steps": {"trainer": {}}, "threshold": 0.5}
+    dag.params.get_param("threshold").value = "high"
+    with pytest.raises(ParamValidationError):
+        dag_defaults(dag)
