@@ -59,21 +59,71 @@ def connection_session(hook: Any, region_name: str | None) -> Any:
                 **({"verify": hook.verify} if hook.verify is not None else {}),
                 "config": config, **given}
 
-    session.client = lambda service, *args, **kwargs: make_client(
-        service, *args, **settings(service, kwargs))
-    session.resource = lambda service, *args, **kwargs: make_resource(
-        service, *args, **settings(service, kwargs))
+    # The SDK describes a training job right after creating it: that is the wait's first poll.
+    described: dict[str, dict[str, Any]] = {}
+
+    def remember(parsed: dict[str, Any], **_: Any) -> None:
+        if parsed.get("TrainingJobStatus"):
+            described[parsed["TrainingJobName"]] = parsed
+
+    session.events.register("after-call.sagemaker.DescribeTrainingJob", remember)
+    session.smtask_described = described
+    clients: dict[tuple[Any, ...], OnFirstUse] = {}
+
+    def client(service: str, region: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """One client per service and region, made on first use. The SDK asks for SageMaker's
+        and S3's several times over (with its own retry and user-agent configs: the first
+        asker's is kept); each new client parses its service's endpoint rules again."""
+        region = region or kwargs.pop("region_name", None) or session.region_name
+        key = (service, region, args, repr(sorted((k, v) for k, v in kwargs.items()
+                                                  if k != "config")))
+        if key not in clients:
+            clients[key] = OnFirstUse(lambda: make_client(
+                service, region, *args, **settings(service, kwargs)))
+        return clients[key]
+
+    session.client = client
+    session.resource = lambda service, *args, **kwargs: OnFirstUse(lambda: make_resource(
+        service, *args, **settings(service, kwargs)))
     return session
+
+
+class OnFirstUse:
+    """A boto3 client or resource made when first used. The SDK's ``Session`` makes eight
+    (runtime, feature store, metrics, S3's client and resource, and sagemaker-core makes its
+    own set again for a training job), each loading its service's model: most of a task's
+    time before its job's create call. A job uses two or three of them."""
+
+    __slots__ = ("_make", "_made")
+
+    def __init__(self, make: Any) -> None:
+        self._make, self._made = make, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._made is None:
+            self._made = self._make()
+        return getattr(self._made, name)
+
+
+def _hook(params: Mapping[str, Any]) -> Any:
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=params.get("aws_conn_id", "aws_default"),
+                       region_name=params.get("region_name"), client_type="sagemaker")
+
+
+def sagemaker_client(params: Mapping[str, Any]) -> Any:
+    """A SageMaker client over the Airflow AWS connection, without the SDK: what a deferred
+    task needs when it resumes (a describe, a stop), in a process that imports no SDK."""
+    return connection_session(_hook(params), params.get("region_name")).client("sagemaker")
 
 
 @contextlib.contextmanager
 def cloud_session(params: Mapping[str, Any]) -> Iterator[Any]:
     """A SageMaker ``Session`` over the Airflow AWS connection (``aws_conn_id``)."""
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
     from sagemaker.core.helper.session_helper import Session
 
-    hook = AwsBaseHook(aws_conn_id=params.get("aws_conn_id", "aws_default"),
-                       region_name=params.get("region_name"), client_type="sagemaker")
+    hook = _hook(params)
     bucket = params["artifacts"].removeprefix("s3://").split("/", 1)[0]
     telemetry = [] if params.get("sdk_telemetry") else telemetry_off()
     with replaced(*telemetry):

@@ -192,17 +192,20 @@ class LogTail:
 def wait(client: Any, kind: str, job_name: str, *, timeout: float | None = None,
          first_poll: float = 0.2, cap: float = 30.0, tail: LogTail | None = None,
          sleep: Callable[[float], None] = time.sleep,
-         clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+         clock: Callable[[], float] = time.monotonic,
+         known: dict[str, Any] | None = None) -> dict[str, Any]:
     """Poll from a short first interval, doubling to ``cap``, until the job ends.
 
     Returns the description of a Completed job. A Failed or Stopped job raises
     :class:`JobFailed` with SageMaker's FailureReason; past ``timeout`` seconds the job is
-    stopped and :class:`JobFailed` raised.
+    stopped and :class:`JobFailed` raised. ``known``, a description just made, is the
+    first poll's.
     """
     deadline = None if timeout is None else clock() + timeout
     delay = first_poll
+    description = known
     while True:
-        description = find(client, kind, job_name)
+        description = description or find(client, kind, job_name)
         if description is None:
             raise JobFailed(kind, job_name, "the job disappeared while waiting for it")
         if tail is not None:
@@ -219,3 +222,4 @@ def wait(client: Any, kind: str, job_name: str, *, timeout: float | None = None,
                             "wait_timeout_seconds; the job was asked to stop")
         sleep(delay if deadline is None else max(0.0, min(delay, deadline - clock())))
         delay = min(delay * 2, cap)
+        description = None

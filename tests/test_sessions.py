@@ -5,6 +5,8 @@ mounting the user's folders writable or sending telemetry."""
 from __future__ import annotations
 
 import socket
+from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -300,3 +302,34 @@ def test_a_symlinked_folder_below_the_root_does_not_carry_a_delete_elsewhere(tmp
     linked_root.symlink_to(root)  # the root itself may be a link
     (root / "churn" / "run" / "trainer").mkdir()
     prepare_output((linked_root / "churn" / "run" / "trainer").as_uri(), linked_root.as_uri())
+
+
+def test_a_cloud_session_makes_one_client_per_service_and_only_when_used(monkeypatch):
+    """The SDK's Session asks for eight clients (and sagemaker-core for its own SageMaker
+    one); each made costs a parse of its service's endpoint rules."""
+    import boto3
+    from botocore.config import Config
+
+    from smtask import sessions
+
+    made: list[str] = []
+    real = boto3.Session.client
+
+    def counted(self: Any, service: str, *args: Any, **kwargs: Any) -> Any:
+        made.append(service)
+        return real(self, service, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.Session, "client", counted)
+    hook = mock.Mock(verify=None, conn_config=mock.Mock(
+        get_service_endpoint_url=lambda service: "http://127.0.0.1:9"))
+    hook.get_session.return_value = boto3.Session(
+        aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1")
+    hook._get_config.return_value = Config()
+    session = sessions.connection_session(hook, "us-east-1")
+    first = session.client("sagemaker")
+    assert session.client("sagemaker", "us-east-1", config=mock.sentinel.other) is first
+    session.client("sagemaker-metrics")
+    assert made == []  # nothing used yet
+    assert first.meta.endpoint_url == "http://127.0.0.1:9"  # the connection's endpoint
+    assert made == ["sagemaker"]
+    assert session.client("s3") is not first

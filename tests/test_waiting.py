@@ -100,3 +100,20 @@ def test_claim_reuses_a_completed_job_unless_told_to_rerun_it():
 
     assert waiting.claim(Jobs(), "training", lambda n: f"n{n}")[0] == "n1"
     assert waiting.claim(Jobs(), "training", lambda n: f"n{n}", rerun_completed=True) == ("n2", None)
+
+
+def test_a_description_just_made_is_the_first_poll():
+    """The SDK describes a training job right after creating it: the wait starts from that
+    description, sleeps, and only then describes again."""
+    sleeps: list[float] = []
+    client = Client(("Completed", None))
+    known = {"TrainingJobName": "job", "TrainingJobStatus": "InProgress"}
+    done = waiting.wait(client, "training", "job", first_poll=0.2, sleep=sleeps.append,
+                        known=known)
+    assert done["TrainingJobStatus"] == "Completed"
+    assert (client.calls, sleeps) == (1, [0.2])
+    client = Client(("InProgress", None))
+    assert waiting.wait(client, "training", "job", known={**known, "TrainingJobStatus":
+                                                          "Completed"}) == \
+        {**known, "TrainingJobStatus": "Completed"}
+    assert client.calls == 0

@@ -80,7 +80,8 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         if not session.local_mode:
             trainer(job, session).train(input_data_config=channels(job, session), wait=False,
                                         logs=False)
-            return None
+            # the SDK described the job right after creating it (sessions.connection_session)
+            return getattr(session.boto_session, "smtask_described", {}).get(job["job_name"])
         return train_locally(job, session)
 
 
