@@ -162,7 +162,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                         session.boto_session.client("logs"), self.kind, name, output)
                     description = waiting.wait(client, self.kind, name, tail=tail,
                                                timeout=cfg.get("wait_timeout_seconds"),
-                                               cap=cfg.get("poll_max_seconds", 30.0))
+                                               cap=cfg.get("poll_max_seconds", 30.0),
+                                               known=description)
                 description = self._complete(client, description)
             except ContainerFailed as exc:
                 raise JobFailed(self.kind, name, exc.reason) from exc
@@ -191,22 +192,18 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resumes a deferred task: the trigger's event says how the job ended."""
+        from smtask.sessions import sagemaker_client  # no SDK: a resume only describes or stops
+
         job = event["job"]
         if event["status"] == "Timeout":
-            from smtask.sessions import cloud_session
-
-            with cloud_session(params.run_params(context)) as session:
-                waiting.stop(session.sagemaker_client, self.kind, job["job_name"])
+            waiting.stop(sagemaker_client(params.run_params(context)), self.kind, job["job_name"])
         if event["status"] not in waiting.DONE:
             raise JobFailed(self.kind, job["job_name"], event["reason"])
         description = event["description"]
         if hasattr(self._module(), "complete"):  # the event holds too little: describe again
-            from smtask.sessions import cloud_session
-
-            with cloud_session(params.run_params(context)) as session:
-                client = session.sagemaker_client
-                description = self._complete(client, waiting.find(client, self.kind,
-                                                                   job["job_name"]) or {})
+            client = sagemaker_client(params.run_params(context))
+            description = self._complete(client, waiting.find(client, self.kind,
+                                                               job["job_name"]) or {})
         return self._module().outputs(job, description)
 
     def _complete(self, client: Any, description: dict[str, Any]) -> dict[str, Any]:

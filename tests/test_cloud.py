@@ -971,3 +971,66 @@ def test_seed004_example_runs_in_sagemaker_mode(tmp_path, sagemaker, monkeypatch
     bucket, key = (results["data-source"] + "/part-0000.parquet").removeprefix("s3://").split("/", 1)
     body = client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     assert body[:4] == b"PAR1"  # the data source wrote parquet to S3
+
+
+RESUME = r'''
+import json, sys, types
+from airflow.sdk import DAG
+from moto import mock_aws
+import boto3
+from smtask import pipeline_params, sm_training
+from smtask.errors import JobFailed
+
+with DAG("resume", schedule=None, params=pipeline_params(sys.argv[1])) as dag:
+    sm_training(step="trainer", task_id="train")(lambda: {})()
+operator = dag.tasks[0]
+context = {"dag": dag, "dag_run": types.SimpleNamespace(conf={})}
+job = {"job_name": "resume-trainer-1", "image": "i", "artifacts": "s3://b/pipelines"}
+from botocore.client import BaseClient
+make_api_call, calls = BaseClient._make_api_call, []
+
+def spied(self, operation, params):  # moto has no StopTrainingJob
+    calls.append(operation)
+    return {} if operation == "StopTrainingJob" else make_api_call(self, operation, params)
+
+BaseClient._make_api_call = spied
+with mock_aws():
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    sm.create_training_job(
+        TrainingJobName=job["job_name"], RoleArn="arn:aws:iam::123456789012:role/r",
+        AlgorithmSpecification={"TrainingImage": "i", "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": "s3://b/o"}, StoppingCondition={"MaxRuntimeInSeconds": 9},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1})
+    done = operator.execute_complete(context, {"status": "Completed", "job": job, "description":
+        sm.describe_training_job(TrainingJobName=job["job_name"])})
+    try:
+        operator.execute_complete(context, {"status": "Timeout", "job": job, "reason": "late",
+                                            "description": {}})
+    except JobFailed as exc:
+        failed = str(exc)
+print(json.dumps({"model": done["model"], "failed": failed, "calls": calls,
+                  "sdk": sorted(m for m in sys.modules if m.split(".")[0] == "sagemaker")}))
+'''
+
+
+def test_a_deferred_task_resumes_without_importing_the_sdk(tmp_path):
+    """The resume (``execute_complete``) is a new task process: it describes or stops the job
+    with a plain client, and never pays the SDK's import (~2 s)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW_CONN"))}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE="/dev/null",
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+               AIRFLOW_CONN_AWS_DEFAULT=json.dumps({"conn_type": "aws",
+                                                    "extra": {"region_name": REGION}}))
+    done = subprocess.run([sys.executable, "-c", RESUME, str(cloud_config(tmp_path))],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["model"] == "s3://b/o/resume-trainer-1/output/model.tar.gz"
+    assert "late" in result["failed"]
+    assert result["calls"][-1] == "StopTrainingJob"  # the Timeout event stopped the job
+    assert result["sdk"] == []
