@@ -312,15 +312,17 @@ def write_dag(body: str, *, config: Path, folder: Path = DAGS) -> tuple[str, Pat
 
 
 def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None) -> DagResult:
-    """Write a DAG file into the dags folder (dag.test needs it there), run it once."""
-    from smtask.cli import xcom_results
+    """Write a DAG file into the dags folder (dag.test needs it there), run it once. The
+    folder fills up with every test's DAG: dag.test parses only this one, as ``smtask run``."""
+    from smtask.cli import one_file_bundle, xcom_results
 
     dag_id, path = write_dag(body, config=config)
     spec = importlib.util.spec_from_file_location(dag_id, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    dag_run = module.the_dag.test(run_conf=conf or {})
+    with one_file_bundle(path):
+        dag_run = module.the_dag.test(run_conf=conf or {})
     return DagResult(
         state=str(getattr(dag_run.state, "value", dag_run.state)),
         run_id=dag_run.run_id,
@@ -389,7 +391,7 @@ def run_example(name: str, *, conf: dict[str, Any] | None = None, **overrides: A
     """Run the example ``dags/<name>.py`` unchanged, with its own ``<name>.json`` deep-merged
     with ``overrides`` (code paths kept): both copied into a folder of their own in the dags
     folder (dag.test needs the file there; the DAG reads the config beside it)."""
-    from smtask.cli import xcom_results
+    from smtask.cli import one_file_bundle, xcom_results
     from smtask.params import deep_merge
 
     config = json.loads((ROOT / "dags" / f"{name}.json").read_text())
@@ -402,7 +404,8 @@ def run_example(name: str, *, conf: dict[str, Any] | None = None, **overrides: A
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    dag_run = getattr(module, name)().test(run_conf=conf or {})
+    with one_file_bundle(folder / f"{name}.py"):
+        dag_run = getattr(module, name)().test(run_conf=conf or {})
     return DagResult(
         state=str(getattr(dag_run.state, "value", dag_run.state)),
         run_id=dag_run.run_id,

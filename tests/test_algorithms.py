@@ -191,7 +191,10 @@ def test_iris_knn_dag_on_sagemaker_creates_the_seeds_jobs(tmp_path, sagemaker): 
     if not link.exists():
         link.symlink_to(ROOT / "dags" / "iris_knn.py")
     dag = runpy.run_path(str(link))["iris_knn"]()
-    dag_run = dag.test(run_conf={"mode": "sagemaker"})
+    from smtask.cli import one_file_bundle
+
+    with one_file_bundle(link):
+        dag_run = dag.test(run_conf={"mode": "sagemaker"})
     from smtask.cli import xcom_results
 
     results = xcom_results(dag.dag_id, dag_run.run_id)
@@ -271,7 +274,10 @@ def test_iris_knn_dag_runs_the_knn_stand_in_and_scores_well_above_chance(tmp_pat
     if not link.exists():
         link.symlink_to(ROOT / "dags" / "iris_knn.py")
     dag = runpy.run_path(str(link))["iris_knn"]()
-    dag_run = dag.test(run_conf={"mode": "local"})
+    from smtask.cli import one_file_bundle
+
+    with one_file_bundle(link):
+        dag_run = dag.test(run_conf={"mode": "local"})
     from smtask.cli import xcom_results
 
     results = xcom_results(dag.dag_id, dag_run.run_id)

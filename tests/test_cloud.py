@@ -701,7 +701,10 @@ def test_example_dag_runs_unchanged_in_sagemaker_mode(tmp_path, sagemaker, monke
         link.symlink_to(ROOT / "dags" / "churn.py")
     dag = runpy.run_path(str(link))["churn"]()
     client("s3").create_bucket(Bucket=config["artifacts"].removeprefix("s3://").split("/")[0])
-    dag_run = dag.test(run_conf={"mode": "sagemaker"})  # the conf may not pick the artifacts
+    from smtask.cli import one_file_bundle
+
+    with one_file_bundle(link):
+        dag_run = dag.test(run_conf={"mode": "sagemaker"})  # the conf may not pick the artifacts
     from smtask.cli import xcom_results
 
     results = xcom_results(dag.dag_id, dag_run.run_id)

@@ -202,9 +202,11 @@ def seed004_dag():
 
 
 def dag_results(dag, conf=None) -> tuple[str, dict]:
-    from smtask.cli import xcom_results
+    from smtask.cli import one_file_bundle, xcom_results
 
-    dag_run = dag.test(run_conf=conf or {})
+
+    with one_file_bundle(Path(dag.fileloc)):
+        dag_run = dag.test(run_conf=conf or {})
     return (str(getattr(dag_run.state, "value", dag_run.state)),
             xcom_results(dag.dag_id, dag_run.run_id))
 
