@@ -2,6 +2,7 @@
 
 1. parse time of dags/churn.py (smtask) / parse time of the same DAG with plain @task bodies
    (benchmarks/plain_churn.py), each the median of N fresh interpreters with Airflow imported;
+   and the same for parse + serialize, which is what Airflow's DAG processor does per parse;
 2. wall time of the example pipeline (``smtask run dags/churn.py``) / the sum of its
    containers' run times (``docker events`` start -> die), i.e. what smtask, Airflow and the
    SDK add around the jobs themselves; and, narrower, the duration of the three smtask tasks
@@ -28,9 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 N = int(os.environ.get("BENCH_N", "15"))
 PARSE = ("import time, runpy, airflow.sdk; t = time.perf_counter(); runpy.run_path({!r}); "
          "print(time.perf_counter() - t)")
+# what the DAG processor does with each parse: the module run, then the DAG serialized
+SERIALIZE = ("import time, airflow.sdk; from airflow.serialization.serialized_objects import "
+             "DagSerialization; from airflow.dag_processing.dagbag import DagBag; "
+             "t = time.perf_counter(); bag = DagBag(dag_folder={!r}); "
+             "[DagSerialization.to_dict(d) for d in bag.dags.values()]; "
+             "print(time.perf_counter() - t)")
 
 
-def parse_seconds(*dag_files: Path) -> list[float]:
+def parse_seconds(*dag_files: Path, code: str = PARSE) -> list[float]:
     """Median parse time of each file, each run in a fresh interpreter with Airflow imported,
     the files taking turns so that a busy spell of the machine hits both. Bytecode is cached
     (as on a deployment), and one untimed round writes it first."""
@@ -38,9 +45,9 @@ def parse_seconds(*dag_files: Path) -> list[float]:
     runs: list[list[float]] = [[] for _ in dag_files]
     for round_ in range(N + 1):
         for i, dag_file in enumerate(dag_files):
-            seconds = float(subprocess.run([sys.executable, "-c", PARSE.format(str(dag_file))],
+            seconds = float(subprocess.run([sys.executable, "-c", code.format(str(dag_file))],
                                            capture_output=True, text=True, check=True,
-                                           env=env).stdout)
+                                           env=env).stdout.split()[-1])
             if round_:
                 runs[i].append(seconds)
     return [statistics.median(r) for r in runs]
@@ -83,6 +90,11 @@ def main() -> None:
                                               ROOT / "benchmarks" / "plain_churn.py")
     print(f"parse: smtask {smtask_parse * 1000:.1f} ms, plain @task {plain_parse * 1000:.1f} ms "
           f"(median of {N}); ratio {smtask_parse / plain_parse:.2f}")
+    smtask_full, plain_full = parse_seconds(ROOT / "dags" / "churn.py",
+                                            ROOT / "benchmarks" / "plain_churn.py", code=SERIALIZE)
+    print(f"parse + serialize (a DAG processor's pass): smtask {smtask_full * 1000:.1f} ms, "
+          f"plain @task {plain_full * 1000:.1f} ms (median of {N}); "
+          f"ratio {smtask_full / plain_full:.2f}")
     wall, busy, count, smtask_tasks = pipeline_seconds()
     print(f"local pipeline: wall {wall:.1f} s (DB migrate excluded), {count} containers ran "
           f"{busy:.1f} s in all; ratio {wall / busy:.2f}")
