@@ -76,8 +76,8 @@ def test_task_id_defaults_to_the_function_name_and_operator_shows_the_decorator(
 
 
 @pytest.mark.parametrize(("conf", "refused"), [
-    ({"steps": {"splitor": {"instance_count": "two"}}}, "'two' is not valid"),
-    ({"steps": {"splitor": {"arguments": "--seed 1"}}}, "'--seed 1' is not valid"),
+    ({"steps": {"splitor": {"instance_count": "two"}}}, "'two' is not of type 'integer'"),
+    ({"steps": {"splitor": {"arguments": "--seed 1"}}}, "'--seed 1' is not of type 'array'"),
     ({"steps": {"splitr": {}}}, "'splitr' was unexpected"),
     ({"code_root": "/"}, "param code_root"),
 ])
