@@ -13,10 +13,14 @@ Fairness. moto runs in a process of its own (``--moto-server PORTFILE CALLSFILE`
 every call it answers as a JSON line) so it does not share the timed tasks' GIL, and its
 SageMaker and S3 backends are warmed before any task runs. The DAG runs BENCH_ROUNDS times
 (default 3), a fresh DAG run each; the tasks run one at a time in a chain (dag.test runs the
-ready tasks in no set order), smtask's task of a kind before the provider's in even rounds and
-after it in odd ones. smtask uploads its code and settings once per content: the smtask
+ready tasks in no set order), smtask's task of a kind before the provider's in rounds 1, 3,
+... and after it in rounds 2, 4, ... smtask uploads its code and settings once per content: the smtask
 objects under ``pipelines/`` are deleted between rounds, so every round pays those uploads as a
-first run does. The provider's jobs get a new name each round.
+first run does (BENCH_CLEAR_UPLOADS=0 keeps them). The provider's jobs get a new name each
+round. The tasks run in this process: after each task the heap is frozen (``gc.freeze``),
+else a full garbage-collector pass over what earlier tasks and rounds left lands in a
+random task (0.8-1.1 s seen; BENCH_GC_FREEZE=0 shows it). BENCH_PROFILE=1 prints a
+cProfile of each task's ``execute`` (last round).
 Usage: .venv/bin/python benchmarks/bench_cloud.py
 """
 
@@ -371,8 +375,9 @@ def main() -> None:
         if profiles:
             profiled(profiles)
         results, cleared = [], []
+        clear = os.environ.get("BENCH_CLEAR_UPLOADS", "1") == "1"
         for number in range(rounds):
-            if number:
+            if number and clear:
                 cleared.append(clear_smtask_uploads(endpoint))
             _, offset = read_calls(calls_file, offset)  # the clearing's calls
             result = run_round(home, number, smtask_first=number % 2 == 0)
@@ -415,8 +420,10 @@ def report(results: list[dict[str, Any]], cleared: list[int], freeze: bool) -> N
           "tasks one at a time, smtask's of each kind first in rounds 1, 3, ... and the "
           "provider's first in rounds 2, 4, ...")
     print("smtask uploads its code and settings once per content: its objects under "
-          f"pipelines/ were deleted before rounds 2.. ({', '.join(map(str, cleared)) or '-'} "
-          "objects), so each round paid its uploads as a first run does")
+          f"pipelines/ were deleted before rounds 2.. ({', '.join(map(str, cleared))} "
+          "objects), so each round paid its uploads as a first run does" if cleared else
+          "smtask uploads its code and settings once per content: kept between rounds "
+          "(BENCH_CLEAR_UPLOADS=0), rounds 2.. reuse round 1's")
     print("the heap left by earlier tasks is frozen after each task (gc.freeze; "
           "BENCH_GC_FREEZE=0 to not)" if freeze else "the heap is not frozen between tasks")
     print(f"{'job':<11} {'smtask calls':>12} {'provider calls':>15}   "
