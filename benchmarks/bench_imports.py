@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,9 +63,8 @@ print(json.dumps({{"seconds": took, "modules": len(set(sys.modules) - before),
 """
 
 
-def environment() -> dict[str, str]:
+def environment(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    home = Path(tempfile.mkdtemp(prefix="smtask-bench-imports-"))
     env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
                AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="false")
     return env
@@ -99,7 +99,14 @@ def importtime(env: dict[str, str]) -> list[tuple[int, int, int, str]]:
 
 def main() -> None:
     n = int(os.environ.get("BENCH_N", "7"))
-    env = environment()
+    home = Path(tempfile.mkdtemp(prefix="smtask-bench-imports-"))  # an AIRFLOW_HOME
+    try:
+        report(n, environment(home))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def report(n: int, env: dict[str, str]) -> None:
     for names in SETS.values():  # untimed: compiles smtask's bytecode, warms the page cache
         measure(names, env)
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in SETS}
