@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from children import end
+
 ROOT = Path(__file__).resolve().parent.parent
 REGION, BUCKET = "us-east-1", "smtask-bench"
 ROLE = "arn:aws:iam::123456789012:role/bench"
@@ -385,12 +387,7 @@ def main() -> None:
             result["calls"], offset = read_calls(calls_file, offset)
             results.append(result)
     finally:
-        if moto.stdin:
-            moto.stdin.close()
-        try:
-            moto.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            moto.terminate()
+        end(moto, timeout=15)
     report(results, cleared, freeze)
     if profiles:
         print_profiles(profiles)

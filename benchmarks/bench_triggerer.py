@@ -47,6 +47,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from children import end
+
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT, REGION = "123456789012", "us-east-1"
 POLL_MAX = 5.0
@@ -345,12 +347,7 @@ def main() -> None:
                 measure(moto, env, "new", args.baseline_n),
                 measure(moto, env, "new", args.n)]
     finally:
-        if moto.stdin:
-            moto.stdin.close()
-        try:
-            moto.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            moto.kill()
+        end(moto, timeout=10)
         moto_log.close()
         shutil.rmtree(home, ignore_errors=True)
     report(runs)
