@@ -80,9 +80,12 @@ def _migrate() -> None:
 
 
 def _load_dag(dag_file: Path, dag_id: str | None) -> Any:
-    """Parse the file the way the scheduler does (a DagBag), so what runs is what deploys."""
+    """Parse the file the way the scheduler does (a DagBag), so what runs is what deploys:
+    with the DAG's folder on ``sys.path`` (a bundle's is), where its helper modules are."""
     from airflow.dag_processing.dagbag import DagBag
 
+    if str(dag_file.parent) not in sys.path:
+        sys.path.append(str(dag_file.parent))
     bag = DagBag(dag_folder=str(dag_file), safe_mode=False)
     if bag.import_errors:
         raise SystemExit("\n".join(f"{f}: {e}" for f, e in bag.import_errors.items()))
@@ -245,6 +248,7 @@ def _check_params(dag: Any, conf: dict[str, Any]) -> dict[str, str]:
     steps = params.smtask_steps(dag)
     try:
         params.resolve(params.dag_defaults(dag), conf, steps)
+        params.check_authors_params(dag, conf)
     except ParamsError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None

@@ -366,8 +366,8 @@ def trigger_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(schema.get("properties"), Mapping):
         partial["properties"] = {key: or_null(trigger_schema(sub))
                                  for key, sub in schema["properties"].items()}
-    if isinstance(schema.get("additionalProperties"), Mapping):
-        partial["additionalProperties"] = trigger_schema(schema["additionalProperties"])
+    if isinstance(schema.get("additionalProperties"), Mapping):  # a map: null drops an entry
+        partial["additionalProperties"] = or_null(trigger_schema(schema["additionalProperties"]))
     return partial
 
 
@@ -804,10 +804,31 @@ def run_params(context: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 def dag_defaults(dag: Any) -> dict[str, Any]:
-    """The DAG's params' values. Airflow's ``params.dump()`` checks every value against its
-    schema, and first checks each schema against JSON Schema's metaschema: about 0.4 s per
-    task for the steps' schemas. smtask's own keys are validated by :func:`resolve` after the
-    merge (a run's conf, at trigger time too), so only the author's own params go through
-    Airflow's check."""
-    return {key: dag.params.get_param(key).value if key in TOP_SCHEMA["properties"]
-            else dag.params[key] for key in dag.params}
+    """The DAG's params' default values (``None`` for a Param without one, which a run's conf
+    then gives). Airflow's ``params.dump()`` checks every value against its schema, first
+    checking each schema against JSON Schema's metaschema: about 0.4 s per task for the
+    steps' schemas. smtask's keys are validated by :func:`resolve` after the merge; Airflow
+    checks a run's conf against every Param when the run is created."""
+    from airflow.sdk.definitions._internal.types import is_arg_set
+
+    values = {key: dag.params.get_param(key).value for key in dag.params}
+    return {key: value if is_arg_set(value) else None for key, value in values.items()}
+
+
+def check_authors_params(dag: Any, conf: Mapping[str, Any]) -> None:
+    """The DAG author's own params (beside smtask's keys), as Airflow checks them when a run
+    is created: a bad value in ``conf`` is refused here with the key named (``smtask run``,
+    ``smtask validate``)."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    problems = []
+    for key in dag.params:
+        if key in TOP_SCHEMA["properties"]:
+            continue
+        param = dag.params.get_param(key)
+        try:
+            param.resolve(conf[key]) if key in conf else param.resolve(suppress_exception=False)
+        except ParamValidationError as exc:
+            problems.append(f"param {key}: {str(exc).splitlines()[0]}")
+    if problems:
+        raise ParamsError("\n".join(problems))

@@ -63,3 +63,49 @@ def test_validate_accepts_a_good_conf(tmp_path):
                   '{"mode": "sagemaker", "steps": {"trainer": {"hyperparameters": {"max_depth": 3}}}}')
     assert done.returncode == 0, done.stderr
     assert "churn: params valid for steps splitor, trainer, transformer" in done.stdout
+
+
+def test_validate_checks_an_authors_own_param_in_the_conf(tmp_path):
+    """An author's own Param beside pipeline_params: a bad value in the conf passes
+    ``smtask validate`` (exit 0), and ``smtask run`` dies in dag.test with Airflow's
+    traceback (ParamValidationError), not the one-line refusal naming the key."""
+    dag_file = tmp_path / "authored.py"
+    dag_file.write_text(
+        "from airflow.sdk import Param, dag, task\n"
+        "from smtask import pipeline_params, sm_training\n"
+        "@dag(dag_id='authored', schedule=None, params={"
+        f"**pipeline_params({str(ROOT / 'config.json')!r}),"
+        " 'threshold': Param(0.5, type='number')})\n"
+        "def authored():\n"
+        "    @sm_training(step='trainer')\n"
+        "    def train():\n"
+        "        return {'train': 's3://b/train/'}\n"
+        "    train()\n"
+        "authored()\n")
+    done = smtask(tmp_path, "validate", str(dag_file), "-c", '{"threshold": "high"}')
+    assert done.returncode == 1, done.stdout
+    assert "threshold" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_dag_importing_a_helper_beside_it_validates_from_any_folder(tmp_path):
+    """The scheduler has the DAGs folder on sys.path, so a DAG may import a module beside
+    it. ``smtask validate``/``run`` found it only when started from that folder (cwd is on
+    sys.path with ``-m``): from elsewhere, "No module named 'helper_for_trial'"."""
+    folder = tmp_path / "my dags"
+    folder.mkdir()
+    (folder / "helper_for_trial.py").write_text("STEP = 'trainer'\n")
+    (folder / "uses_helper.py").write_text(
+        "from airflow.sdk import dag\n"
+        "from helper_for_trial import STEP\n"
+        "from smtask import pipeline_params, sm_training\n"
+        "@dag(dag_id='uses_helper', schedule=None, "
+        f"params=pipeline_params({str(ROOT / 'config.json')!r}))\n"
+        "def uses_helper():\n"
+        "    @sm_training(step=STEP)\n"
+        "    def train():\n"
+        "        return {'train': 's3://b/train/'}\n"
+        "    train()\n"
+        "uses_helper()\n")
+    done = smtask(tmp_path, "validate", str(folder / "uses_helper.py"))  # cwd: the project
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "uses_helper: params valid for steps trainer" in done.stdout

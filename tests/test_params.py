@@ -257,14 +257,14 @@ def test_code_root_is_the_configs_folder_or_relative_to_it(tmp_path, given, expe
 def test_tasks_share_the_params_schemas_and_an_authors_own_param_is_still_checked(tmp_path):
     """Airflow deep-copies the DAG's params into every task at parse time, and checks each
     schema against the metaschema on every dump(): the steps' schemas are shared, and a
-    task reads smtask's keys without that check, but the author's own params keep it."""
+    task reads the defaults without that check; the author's own params are checked against
+    a conf as Airflow checks them, with the key named."""
     import copy
 
     from airflow.sdk import DAG, Param
-    from airflow.sdk.definitions.param import ParamValidationError
 
     from smtask import pipeline_params, sm_training
-    from smtask.params import dag_defaults
+    from smtask.params import check_authors_params, dag_defaults
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"pipeline_name": "p", "mode": "local", "steps": {"trainer": {}}}))
@@ -277,6 +277,45 @@ def test_tasks_share_the_params_schemas_and_an_authors_own_param_is_still_checke
     assert "trainer" in steps.schema["properties"]  # the step's schema, added at parse time
     assert dag_defaults(dag) == {"pipeline_name": "p", "mode": "local", "code_root": str(tmp_path),
                                  "steps": {"trainer": {}}, "threshold": 0.5}
-    dag.params.get_param("threshold").value = "high"
-    with pytest.raises(ParamValidationError):
-        dag_defaults(dag)
+    check_authors_params(dag, {"threshold": 0.7})
+    with pytest.raises(ParamsError, match="param threshold: .*'high' is not of type 'number'"):
+        check_authors_params(dag, {"threshold": "high"})
+
+
+def test_an_authors_param_without_default_given_by_the_run_conf_passes(tmp_path):
+    """A Param without a default (a required field of the trigger form, allowed with
+    schedule=None) is given by the run's conf: Airflow accepts the run, so must smtask.
+    (Before dag_defaults, params.dump() answered None for it and the conf's value won.)"""
+    from airflow.sdk import DAG, Param
+
+    from smtask import pipeline_params, sm_training
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"pipeline_name": "p", "mode": "local", "steps": {"trainer": {}}}))
+    with DAG("required", schedule=None,
+             params={**pipeline_params(path), "threshold": Param(type="number")}) as dag:
+        sm_training(step="trainer", task_id="train")(lambda: {})()
+    merged = params.resolve(params.dag_defaults(dag), {"threshold": 0.7}, {})
+    assert merged["threshold"] == 0.7
+
+
+@pytest.mark.parametrize("conf", [
+    {"steps": {"trainer": {"hyperparameters": {"max_depth": None}}}},
+    {"steps": {"splitor": {"outputs": {"batch": None}}}},
+    {"tags": {"project": None}},
+], ids=["hyperparameter", "output", "tag"])
+def test_a_null_that_smtask_accepts_is_accepted_by_the_trigger_schemas(conf):
+    """README: the trigger form's schemas allow ``null`` (remove a key). smtask's own check
+    accepts a null in a map (a hyperparameter, an output, a tag) and drops the key; Airflow's
+    check of the same conf at trigger time (and in dag.test: ``smtask run``) refused it with
+    "Invalid input for param steps: None is not of type ..." naming no step or key."""
+    from airflow.sdk import DAG
+
+    from smtask import pipeline_params, sm_processing, sm_training
+
+    params.resolve(params.load_config(ROOT / "config.json"), conf, STEPS)  # smtask: fine
+    with DAG("nulls", schedule=None, params=pipeline_params(ROOT / "config.json")) as dag:
+        sm_processing(step="splitor", task_id="split")(lambda: {})()
+        sm_training(step="trainer", task_id="train")(lambda: {})()
+    for key, value in conf.items():
+        dag.params.get_param(key).resolve(value)  # Airflow's check of the conf, per param
