@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from conftest import DAGS, ROOT, run_dag, write_config
+from conftest import ROOT, run_dag, run_example, write_config
 from test_cloud import BUCKET, client, cloud_config, moto_server, sagemaker  # noqa: F401
 
 from smtask import params
@@ -170,7 +170,6 @@ def test_channel_settings_for_a_channel_the_function_did_not_return_fail_before_
 def test_iris_knn_dag_on_sagemaker_creates_the_seeds_jobs(tmp_path, sagemaker):  # noqa: F811
     """Seed 001 use case 2 in sagemaker mode: moto runs no containers, so the transform's
     output is written when its job completes (the labels, as a perfect k-NN would answer)."""
-    import runpy
 
     s3 = client("s3")
     config = json.loads((ROOT / "dags" / "iris_knn.json").read_text())
@@ -187,18 +186,9 @@ def test_iris_knn_dag_on_sagemaker_creates_the_seeds_jobs(tmp_path, sagemaker): 
                                    for v in labels).encode())
 
     sagemaker.on_complete["transform"] = transform_outputs
-    link = DAGS / "iris_knn_example.py"
-    if not link.exists():
-        link.symlink_to(ROOT / "dags" / "iris_knn.py")
-    dag = runpy.run_path(str(link))["iris_knn"]()
-    from smtask.cli import one_file_bundle
-
-    with one_file_bundle(link):
-        dag_run = dag.test(run_conf={"mode": "sagemaker"})
-    from smtask.cli import xcom_results
-
-    results = xcom_results(dag.dag_id, dag_run.run_id)
-    assert str(getattr(dag_run.state, "value", dag_run.state)) == "success", results
+    result = run_example("iris_knn", conf={"mode": "sagemaker"})
+    results = result.xcom
+    assert result.ok, results
     assert results["check_accuracy"] == {"metric": "accuracy", "value": 1.0, "rows": 45}
     training = sagemaker.request("create_training_job")
     assert training["AlgorithmSpecification"]["TrainingImage"] == KNN_IMAGE
@@ -268,20 +258,9 @@ def _separable(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker")
 def test_iris_knn_dag_runs_the_knn_stand_in_and_scores_well_above_chance(tmp_path, loopback_guard):
-    import runpy
-
-    link = DAGS / "iris_knn_local.py"
-    if not link.exists():
-        link.symlink_to(ROOT / "dags" / "iris_knn.py")
-    dag = runpy.run_path(str(link))["iris_knn"]()
-    from smtask.cli import one_file_bundle
-
-    with one_file_bundle(link):
-        dag_run = dag.test(run_conf={"mode": "local"})
-    from smtask.cli import xcom_results
-
-    results = xcom_results(dag.dag_id, dag_run.run_id)
-    assert str(getattr(dag_run.state, "value", dag_run.state)) == "success", results
+    result = run_example("iris_knn", conf={"mode": "local"})
+    results = result.xcom
+    assert result.ok, results
     check = results["check_accuracy"]
     assert check["rows"] == 45 and check["value"] >= 0.9  # chance is 1/3
     assert results["train_model"]["image"] == "smtask-local:latest"

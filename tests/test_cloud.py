@@ -11,7 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import DAGS, ROOT, run_dag, write_config
+from conftest import DAGS, ROOT, run_dag, run_example, write_config
 
 ACCOUNT, REGION, BUCKET = "123456789012", "us-east-1", "smtask-cloud-tests"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/smtask-test"
@@ -641,18 +641,7 @@ def test_deferrable_wait_runs_in_a_trigger_to_success(tmp_path, sagemaker, capfd
     assert "new_state=deferred" in captured.out + captured.err
 
 
-def test_code_is_uploaded_once_per_content_across_jobs_and_runs(tmp_path, sagemaker, monkeypatch):
-    from botocore.client import BaseClient
-
-    puts: list[str] = []
-    make_api_call = BaseClient._make_api_call
-
-    def spied(self: Any, operation: str, params: Any) -> Any:
-        if operation in ("PutObject", "CreateMultipartUpload"):
-            puts.append(params["Key"])
-        return make_api_call(self, operation, params)
-
-    monkeypatch.setattr(BaseClient, "_make_api_call", spied)
+def test_code_is_uploaded_once_per_content_across_jobs_and_runs(tmp_path, sagemaker, puts):
     config = cloud_config(tmp_path)
     assert run_dag(TRAIN, config=config).ok
     first = [key for key in puts if "/_code/" in key]
@@ -950,12 +939,11 @@ def test_a_local_path_that_does_not_exist_fails_before_any_job(tmp_path, sagemak
 
 
 def test_seed004_example_runs_in_sagemaker_mode(tmp_path, sagemaker, monkeypatch):
-    from test_settings import dag_results, seed004_dag
-
     config = json.loads((ROOT / "dags" / "seed004_splitor.json").read_text())
     client("s3").create_bucket(Bucket=config["artifacts"].removeprefix("s3://").split("/")[0])
-    state, results = dag_results(seed004_dag(), {"mode": "sagemaker"})
-    assert state == "success", results
+    result = run_example("seed004_splitor", conf={"mode": "sagemaker"})
+    results = result.xcom
+    assert result.ok, results
     job = sagemaker.request("create_processing_job")
     assert job["AppSpecification"]["ContainerEntrypoint"] == [
         "python3", "/opt/ml/processing/input/code/preprocessing.py"]

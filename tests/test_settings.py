@@ -8,14 +8,13 @@ import hashlib
 import io
 import json
 import re
-import runpy
 import subprocess
 import tarfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import DAGS, ROOT, containers_with_label, run_dag, write_config
+from conftest import ROOT, containers_with_label, run_dag, run_example, write_config
 
 from smtask import params
 from smtask.errors import ParamsError
@@ -193,31 +192,14 @@ def test_the_seeds_script_is_kept_verbatim():
     assert block is None or block.encode() == script
 
 
-def seed004_dag():
-    """The example DAG file, unchanged, linked into the dags folder (dag.test needs it there)."""
-    link = DAGS / "seed004_splitor.py"
-    if not link.exists():
-        link.symlink_to(ROOT / "dags" / "seed004_splitor.py")
-    return runpy.run_path(str(link))["seed004_splitor"]()
-
-
-def dag_results(dag, conf=None) -> tuple[str, dict]:
-    from smtask.cli import one_file_bundle, xcom_results
-
-
-    with one_file_bundle(Path(dag.fileloc)):
-        dag_run = dag.test(run_conf=conf or {})
-    return (str(getattr(dag_run.state, "value", dag_run.state)),
-            xcom_results(dag.dag_id, dag_run.run_id))
-
-
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker")
 def test_seed004_splitor_splits_the_parquet_by_month_with_the_seeds_own_script(loopback_guard):
     import pandas as pd
 
-    state, results = dag_results(seed004_dag())
-    assert state == "success", results
+    result = run_example("seed004_splitor")  # the example DAG file, unchanged
+    results = result.xcom
+    assert result.ok, results
     data = pd.read_parquet(path(results["data-source"]))
     months = data["timestamp"]
     expected = {"train": int(((months >= "2020-01") & (months <= "2021-12")).sum()),
