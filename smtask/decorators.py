@@ -194,14 +194,18 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         """Resumes a deferred task: the trigger's event says how the job ended."""
         from smtask.sessions import sagemaker_client  # no SDK: a resume only describes or stops
 
+        # The run's params were validated before the task deferred; validating them again
+        # would resolve any {"framework"} image, importing the SDK. Only the connection is read.
+        connection = {key: context["params"].get(key) for key in ("aws_conn_id", "region_name")
+                      if context["params"].get(key)}
         job = event["job"]
         if event["status"] == "Timeout":
-            waiting.stop(sagemaker_client(params.run_params(context)), self.kind, job["job_name"])
+            waiting.stop(sagemaker_client(connection), self.kind, job["job_name"])
         if event["status"] not in waiting.DONE:
             raise JobFailed(self.kind, job["job_name"], event["reason"])
         description = event["description"]
         if hasattr(self._module(), "complete"):  # the event holds too little: describe again
-            client = sagemaker_client(params.run_params(context))
+            client = sagemaker_client(connection)
             description = self._complete(client, waiting.find(client, self.kind,
                                                                job["job_name"]) or {})
         return self._module().outputs(job, description)

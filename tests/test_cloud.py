@@ -975,7 +975,7 @@ from smtask.errors import JobFailed
 with DAG("resume", schedule=None, params=pipeline_params(sys.argv[1])) as dag:
     sm_training(step="trainer", task_id="train")(lambda: {})()
 operator = dag.tasks[0]
-context = {"dag": dag, "dag_run": types.SimpleNamespace(conf={})}
+context = {"dag": dag, "dag_run": types.SimpleNamespace(conf={}), "params": dag.params}
 job = {"job_name": "resume-trainer-1", "image": "i", "artifacts": "s3://b/pipelines"}
 from botocore.client import BaseClient
 make_api_call, calls = BaseClient._make_api_call, []
@@ -1006,7 +1006,8 @@ print(json.dumps({"model": done["model"], "failed": failed, "calls": calls,
 
 def test_a_deferred_task_resumes_without_importing_the_sdk(tmp_path):
     """The resume (``execute_complete``) is a new task process: it describes or stops the job
-    with a plain client, and never pays the SDK's import (~2 s)."""
+    with a plain client, and never pays the SDK's import (~2 s), even for a step whose image
+    the SDK's tables resolve."""
     import os
     import subprocess
     import sys
@@ -1017,7 +1018,10 @@ def test_a_deferred_task_resumes_without_importing_the_sdk(tmp_path):
                AWS_SHARED_CREDENTIALS_FILE="/dev/null",
                AIRFLOW_CONN_AWS_DEFAULT=json.dumps({"conn_type": "aws",
                                                     "extra": {"region_name": REGION}}))
-    done = subprocess.run([sys.executable, "-c", RESUME, str(cloud_config(tmp_path))],
+    # an image resolved by the SDK's tables: the resume must not resolve it again
+    config = cloud_config(tmp_path, trainer={"image": {"framework": "sklearn",
+                                                       "version": "1.2-1"}})
+    done = subprocess.run([sys.executable, "-c", RESUME, str(config)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
