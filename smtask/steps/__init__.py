@@ -92,11 +92,11 @@ class StepContext:
         ``{"framework", "version"}`` resolved to its URI. Local mode: the step's own image
         string, unless it is one of AWS's images (a built-in algorithm's URI, or given as
         ``{"framework", ...}``), which the local image stands in for."""
+        if self.local:  # a {"framework"} image was resolved when the params were validated
+            return local_image(self.params, self.cfg.get("image"))
         key, given = self.given_image()
         resolved = resolve_image(key, given, scope=scope, params=self.params,
                                  instance_type=self.cfg.get("instance_type", default_instance))
-        if self.local:
-            return local_image(self.params, self.cfg.get("image"))
         if not resolved and required:
             raise SmtaskError(f"steps.{self.step}.image: no image for {self.params['mode']} mode")
         return resolved
