@@ -281,14 +281,17 @@ def upload_once(session: Any, path: str, prefix: str) -> str:
     bucket, key = target.netloc, target.path.strip("/")
     s3 = session.s3_client
     folder = f"s3://{bucket}/{key}/"
+
+    def absent(name: str) -> bool:
+        return s3.list_objects_v2(Bucket=bucket, Prefix=name, MaxKeys=1).get("KeyCount", 0) == 0
+
     if local.is_file():  # one object appears whole or not at all (multipart too): no marker
-        if s3.list_objects_v2(Bucket=bucket, Prefix=f"{key}/{local.name}",
-                              MaxKeys=1).get("KeyCount", 0) == 0:
+        if absent(f"{key}/{local.name}"):
             s3.upload_file(str(local), bucket, f"{key}/{local.name}")
         return folder + local.name
     # the marker sits beside the folder, not in it: a job's download of the folder skips it
     marker = f"{key}.complete"
-    if s3.list_objects_v2(Bucket=bucket, Prefix=marker, MaxKeys=1).get("KeyCount", 0) == 0:
+    if absent(marker):
         # side by side: a training job's source dir and the SDK's drivers are ~30 small files
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda file: s3.upload_file(
