@@ -193,8 +193,22 @@ def _mount(volume: str, scratch: Path) -> str:
     return ":".join([host, container, *(o for o in options if o not in ("ro", "rw")), "ro"])
 
 
+def literal(value: Any) -> Any:
+    """``value`` with every ``$`` doubled in its strings: compose would otherwise substitute
+    ``${VAR}``/``$VAR`` from the worker's environment into a job's arguments and environment
+    (and refuse a lone ``$``); ``$$`` is compose's literal ``$``."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [literal(item) for item in value]
+    if isinstance(value, dict):
+        return {key: literal(item) for key, item in value.items()}
+    return value
+
+
 def harden(content: dict[str, Any], session: Any) -> dict[str, Any]:
-    """A copy of an SDK compose file: host networking, read-only inputs, labels, own port."""
+    """A copy of an SDK compose file: host networking, read-only inputs, labels, own port,
+    every value literal (no compose interpolation)."""
     content = copy.deepcopy(content)
     content.pop("networks", None)
     scratch = Path(session.smtask_scratch)
@@ -213,6 +227,7 @@ def harden(content: dict[str, Any], session: Any) -> dict[str, Any]:
         if service.get("command") == "serve" and session.smtask_serving_port:
             service.setdefault("environment", []).append(
                 f"SAGEMAKER_BIND_TO_PORT={session.smtask_serving_port}")
+    content["services"] = literal(content.get("services", {}))
     return content
 
 

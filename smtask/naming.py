@@ -57,9 +57,16 @@ def attempt_name(job_name: str, attempt: int, max_length: int = MAX_JOB_NAME) ->
     return head[: max_length - len(tail)].rstrip("-") + tail
 
 
-def run_prefix(artifacts: str, pipeline: str, run_id: str, map_index: int = -1) -> str:
-    """Where one run's artifacts live: ``<artifacts>/<pipeline>/<run id slug>[/<map index>]``."""
-    # Airflow allows dots in run ids: ".." or ".hidden" must not become a path component
-    run = re.sub(r"^\.+", "_", _slug(run_id, "A-Za-z0-9._-")) or "_"
-    prefix = f"{artifacts.rstrip('/')}/{_slug(pipeline)}/{run}"
+def path_component(text: str) -> str:
+    """``text`` (an Airflow id: run id, dag id) as one path component: [A-Za-z0-9._-] only,
+    never ``.``, ``..`` or hidden (Airflow allows dots in ids)."""
+    return re.sub(r"^\.+", "_", _slug(text, "A-Za-z0-9._-")) or "_"
+
+
+def run_prefix(artifacts: str, pipeline: str, dag_id: str, run_id: str, map_index: int = -1) -> str:
+    """Where one run's artifacts live: ``<artifacts>/<pipeline>/<dag id>/<run id>[/<map
+    index>]``. The dag id keeps apart two DAGs that share a pipeline name and a run id (two
+    ``@daily`` DAGs both run ``scheduled__<date>``; a copied DAG keeps its config)."""
+    prefix = f"{artifacts.rstrip('/')}/{_slug(pipeline)}/{path_component(dag_id)}/" \
+             f"{path_component(run_id)}"
     return f"{prefix}/{map_index}" if map_index >= 0 else prefix

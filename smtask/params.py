@@ -45,8 +45,21 @@ def _string(max_length: int, **schema: Any) -> dict[str, Any]:
     return {"type": "string", "maxLength": max_length, **schema}
 
 
-def _string_map(key_max: int, value_max: int, entries: int) -> dict[str, Any]:
-    return {"type": "object", "maxProperties": entries, "propertyNames": {"maxLength": key_max},
+# SageMaker's own patterns, so that what its API would refuse fails here, named, before any job.
+# Its ".*" (hyperparameters) admits no line terminator.
+ONE_LINE = "^[^\n\r\u0085\u2028\u2029]*$"
+# Tags: letters, digits, spaces and _ . : / = + - @ (AWS: [\p{L}\p{Z}\p{N}_.:/=+\-@]), no "aws:" key.
+_TAG_TEXT = "[\\w .:/=+@\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000-]*$"
+_TAGS = {"type": "object", "maxProperties": 50,
+         "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": f"^(?!aws:){_TAG_TEXT}"},
+         "additionalProperties": _string(256, pattern=f"^{_TAG_TEXT}")}
+
+
+def _environment(value_max: int, entries: int = 100) -> dict[str, Any]:
+    """A job's environment as SageMaker takes it: names ``[A-Za-z_][A-Za-z0-9_]*``; values
+    of any characters (they reach the job literally, in both modes), at most ``value_max``."""
+    return {"type": "object", "maxProperties": entries,
+            "propertyNames": {"maxLength": 256, "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
             "additionalProperties": _string(value_max)}
 
 
@@ -63,8 +76,8 @@ _IMAGE = {
 _PATH = _string(1024)
 # a file:// URI names no host: file://data/x would mean /x to smtask and data/x to the SDK
 _URI = _string(1024, pattern="^(s3://[^/]|file:///)")
-_TAGS = _string_map(128, 256, 50)
-_ENVIRONMENT = _string_map(256, 1024, 100)
+# a model's container environment (local.models, a transform's model): SageMaker's limits
+_ENVIRONMENT = _environment(1024)
 # an s3:// or file:/// URI, or a path (no scheme) relative to the config's folder
 _URI_OR_PATH = _string(1024, pattern="^(s3://[^/]|file:///|[^:]*$)")
 _POSITIVE = {"type": "integer", "minimum": 1}
@@ -119,9 +132,19 @@ TOP_SCHEMA: dict[str, Any] = {
 # Whoever may trigger a DAG must not be able to read the worker's files or pick the role.
 # An existing model brings its own image (and, on SageMaker, its own role): choosing one is
 # choosing what runs.
+#
+# The same goes for a job's command, and for the environment variables that make a shell, the
+# dynamic loader, Python or pip run or load something else (the SDK's training driver is a
+# bash script traced with ``set -x``: ``PS4`` or ``BASH_ENV`` would run a command in it), and
+# for the serving contract's code location.
+EXEC_ENVIRONMENT = ("BASH_ENV", "ENV", "PS4", "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS",
+                    "BASH_FUNC_*", "LD_*", "PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+                    "PYTHONINSPECT", "PYTHONUSERBASE", "PYTHONSAFEPATH", "PIP_*",
+                    "SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SMTASK_*")
 PROTECTED = ("role", "image", "artifacts", "aws_conn_id", "region_name", "local.image",
              "local.artifacts", "local.s3_endpoint", "local.models", "steps.*.image",
-             "steps.*.model_name")
+             "steps.*.model_name", "steps.*.command",
+             *(f"steps.*.environment.{name}" for name in EXEC_ENVIRONMENT))
 # What a run's conf may never change: where the code comes from, and the rule itself.
 NEVER = ("code_root", "conf_may_override")
 
@@ -158,6 +181,7 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["outputs"],
         "properties": {
             **_COMMON_STEP_KEYS,
+            "environment": _environment(256),  # CreateProcessingJob's limits
             "code_path": _PATH,
             "source_dir": _PATH,
             "code": _PATH,
@@ -185,6 +209,7 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         "dependencies": {"source_dir": ["entry_script"], "entry_script": ["source_dir"]},
         "properties": {
             **_COMMON_STEP_KEYS,
+            "environment": _environment(512),  # CreateTrainingJob's limits
             "source_dir": _PATH,
             "entry_script": _PATH,
             "requirements": _PATH,
@@ -206,8 +231,9 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
             "hyperparameters": {
                 "type": "object",
                 "maxProperties": 100,
-                "propertyNames": {"maxLength": 256},
-                "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": 2500},
+                "propertyNames": {"maxLength": 256, "pattern": ONE_LINE},
+                "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": 2500,
+                                         "pattern": ONE_LINE},
             },
         },
     },
@@ -215,6 +241,8 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": [],
         "properties": {
             **_COMMON_STEP_KEYS,
+            # CreateTransformJob's limits; the model it creates gets the same environment
+            "environment": _environment(1024, entries=16),
             "content_type": _NAME,
             "accept": _NAME,
             "split_type": {"enum": ["None", "Line", "RecordIO", "TFRecord"]},
@@ -478,6 +506,8 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
             form = list(_form_problems(step, kind, configured[step]))
             shape = form + list(_settings_problems(step, kind, configured[step]))
             problems.extend(shape)
+        if kind in ("training", "tuning") and not shape:
+            problems.extend(_driver_problems(step, configured[step]))
         if kind == "tuning" and not shape:
             problems.extend(_tuning_problems(step, configured[step], params.get("mode")))
         if not top and not shape:  # a path the schema refused is not looked up on disk
@@ -691,6 +721,29 @@ def with_training_steps(params: dict[str, Any], steps: Mapping[str, str]
     return {**params, "steps": merged}, problems
 
 
+# The SDK's training driver (ModelTrainer with source code, both modes) writes every
+# hyperparameter into a shell file as ``export SM_HP_<NAME>='<value>'`` and sources it, quoting
+# nothing: a quote in a value, or a name that is no shell name, would run as shell code.
+DRIVER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _driver_problems(step: str, cfg: Mapping[str, Any]) -> Iterable[str]:
+    """Hyperparameters (and tuned ones) that the SDK's training driver cannot pass on safely."""
+    if "source_dir" not in cfg:
+        return  # a built-in algorithm reads hyperparameters.json: no shell on the way
+    ranges = (cfg.get("tuning") or {}).get("ranges") or {}
+    values = [(f"hyperparameters.{_key_path(n)}", n, [v]) for n, v in
+              (cfg.get("hyperparameters") or {}).items()]
+    values += [(f"tuning.ranges.{_key_path(n)}", n, r.get("values") or []) for n, r in ranges.items()]
+    for where, name, given in values:
+        if not DRIVER_NAME.fullmatch(name):
+            yield (f"steps.{step}.{where}: a script's hyperparameter name is A-Z a-z 0-9 _ - "
+                   "only (the SDK's training driver exports it as a shell variable)")
+        elif any(isinstance(v, str) and "'" in v for v in given):
+            yield (f"steps.{step}.{where}: a script's hyperparameter may not contain ' (the "
+                   "SDK's training driver writes it between single quotes into a shell file)")
+
+
 def _tuning_problems(step: str, cfg: Mapping[str, Any], mode: Any) -> Iterable[str]:
     """What the schema cannot say about a tuning step (called once its shape is right)."""
     tuning, where = cfg["tuning"], f"steps.{step}.tuning"
@@ -762,12 +815,14 @@ def _override_problems(defaults: Mapping[str, Any], params: Mapping[str, Any]) -
 
 
 def _paths(pattern: str, params: Mapping[str, Any]) -> set[str]:
-    """The dotted paths matching ``pattern`` (``*`` is any one key) that ``params`` has room for."""
+    """The dotted paths matching ``pattern`` that ``params`` has room for; a part with a
+    wildcard (``*``, ``LD_*``) matches the keys there that fit it."""
     found = {""}
     for part in pattern.split("."):
         found = {f"{path}.{key}".lstrip(".") for path in found
-                 for key in ([part] if part != "*" else
-                             (k for k in (_get(params, path) or {}) if isinstance(k, str)))}
+                 for key in ([part] if "*" not in part else
+                             (k for k in (_get(params, path) or {})
+                              if isinstance(k, str) and fnmatch.fnmatchcase(k, part)))}
     return found
 
 

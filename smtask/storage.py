@@ -40,10 +40,17 @@ def map_index(context: Any) -> int:
     return -1 if index is None else int(index)
 
 
+def dag_id(context: Any) -> str:
+    """The id of the task instance's DAG."""
+    dag = context.get("dag")
+    return str(getattr(dag, "dag_id", None) or context["ti"].dag_id)
+
+
 def run_prefix(context: Any, step: str | None = None,
                params: dict[str, Any] | None = None) -> str:
-    """The URI of this run's artifacts (the same one the smtask tasks of the run write under),
-    or of one step's folder in it. For plain tasks, e.g. a data source."""
+    """The URI of this run's artifacts, ``<artifacts>/<pipeline>/<dag id>/<run id>`` (the same
+    one the smtask tasks of the run write under), or of one step's folder in it. For plain
+    tasks, e.g. a data source."""
     from smtask.params import name_problem, run_params
     from smtask.sessions import artifacts_root
 
@@ -51,8 +58,8 @@ def run_prefix(context: Any, step: str | None = None,
     if problem:  # it becomes a folder of the run's artifacts
         raise SmtaskError(f"run_prefix: step {problem}")
     params = params or run_params(context)
-    prefix = naming.run_prefix(artifacts_root(params), params["pipeline_name"], context["run_id"],
-                               map_index(context))
+    prefix = naming.run_prefix(artifacts_root(params), params["pipeline_name"], dag_id(context),
+                               context["run_id"], map_index(context))
     return f"{prefix}/{step}" if step else prefix
 
 

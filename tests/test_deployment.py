@@ -276,7 +276,7 @@ def test_the_example_runs_on_the_deployment_with_one_job_per_task(deployment):
     dep, run = deployment, "plain"
     assert dep.wait_run(run) == "success", dep.airflow.states(run)
     results = {task: dep.airflow.xcom(run, task) for task in (*SAGEMAKER_TASKS, "evaluate")}
-    prefix = f"{dep.artifacts}/churn/{run}"
+    prefix = f"{dep.artifacts}/churn/{DAG_ID}/{run}"
     # the SageMaker tasks' XCom: their job and its S3 outputs, which the jobs wrote
     split, train, predict = results["split"], results["train"], results["predict"]
     assert split["outputs"] == {name: f"{prefix}/splitor/{name}" for name in ("train", "test", "batch")}

@@ -51,9 +51,9 @@ def test_later_attempts_keep_the_hash_and_differ_from_the_first():
 
 
 def test_run_prefix_is_per_pipeline_run_and_map_index():
-    assert naming.run_prefix("file:///a/", "churn", RUN) == \
-        "file:///a/churn/manual__2026-11-21T16-39-49.123456-00-00"
-    assert naming.run_prefix("s3://b/p", "churn", RUN, 2).endswith("/2")
+    assert naming.run_prefix("file:///a/", "churn", "churn_dag", RUN) == \
+        "file:///a/churn/churn_dag/manual__2026-11-21T16-39-49.123456-00-00"
+    assert naming.run_prefix("s3://b/p", "churn", "d", RUN, 2).endswith("/2")
 
 
 def test_map_index_zero_is_its_own_prefix_and_unmapped_is_not():
@@ -62,7 +62,7 @@ def test_map_index_zero_is_its_own_prefix_and_unmapped_is_not():
     from smtask import storage
 
     def context(index):
-        return {"ti": SimpleNamespace(map_index=index), "run_id": RUN}
+        return {"ti": SimpleNamespace(map_index=index, dag_id="churn"), "run_id": RUN}
 
     params = {"mode": "local", "pipeline_name": "churn", "local": {"artifacts": "file:///a"}}
     assert storage.map_index(context(0)) == 0 and storage.map_index(context(None)) == -1
@@ -77,4 +77,4 @@ def test_map_index_zero_is_its_own_prefix_and_unmapped_is_not():
     ("a..b", "a..b"),
 ])
 def test_run_id_never_becomes_a_dot_or_hidden_path_component(run_id, component):
-    assert naming.run_prefix("file:///a", "churn", run_id) == f"file:///a/churn/{component}"
+    assert naming.run_prefix("file:///a", "churn", "d", run_id) == f"file:///a/churn/d/{component}"

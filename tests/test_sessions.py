@@ -264,7 +264,7 @@ def test_a_plain_tasks_step_folder_cannot_escape_the_run(step):
     from smtask.storage import run_prefix
 
     with pytest.raises(SmtaskError, match="run_prefix: step"):
-        run_prefix({"run_id": "r"}, step, {"mode": "local", "pipeline_name": "p"})
+        run_prefix({"run_id": "r", "ti": None}, step, {"mode": "local", "pipeline_name": "p"})
 
 
 def test_only_regular_files_and_folders_leave_a_local_job(tmp_path):

@@ -29,7 +29,7 @@ class StepContext:
     step: str
     params: dict[str, Any]  # the merged, validated params of the run
     job_name: str
-    prefix: str  # URI under which this step's outputs go: <artifacts>/<pipeline>/<run>/<step>
+    prefix: str  # URI under which this step's outputs go: <artifacts>/<pipeline>/<dag>/<run>/<step>
 
     @property
     def cfg(self) -> dict[str, Any]:

@@ -1,0 +1,154 @@
+"""Trust at the edges: a run's conf cannot run or read anything, every run writes only its own
+outputs, and only a completed job's outputs are published. Tried as a hostile user would, in
+real containers (local mode) and against moto (sagemaker mode)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from conftest import containers_with_label, run_dag, write_config
+
+from smtask import params
+from smtask.errors import ParamsError
+
+STEPS = {"splitor": "processing", "trainer": "training", "transformer": "transform"}
+
+
+def path(uri: str) -> Path:
+    return Path(urlparse(uri).path)
+
+
+def refusal(conf: dict, config: dict | None = None, steps: dict | None = None) -> str:
+    """The one-line refusal of ``conf`` over the example's config (deep-merged with ``config``)."""
+    defaults = params.deep_merge(params.load_config(Path(__file__).parent.parent / "config.json"),
+                                 config or {})
+    with pytest.raises(ParamsError) as refused:
+        params.resolve(defaults, conf, steps or STEPS)
+    return str(refused.value)
+
+
+# --- no conf value is interpreted by a shell, compose or a template ----------------------------
+
+@pytest.mark.parametrize("value", ["x'; echo INJECTED-$(id -u); echo '", "it's"])
+def test_a_quote_in_a_scripts_hyperparameter_is_refused_before_any_job(value):
+    message = refusal({"steps": {"trainer": {"hyperparameters": {"mode": value}}}})
+    assert "steps.trainer.hyperparameters.mode: a script's hyperparameter may not contain '" \
+        in message
+
+
+@pytest.mark.parametrize("name", ["a;id", "a b", "a.b", "x$(id)"])
+def test_a_scripts_hyperparameter_name_must_be_a_shell_name(name):
+    message = refusal({"steps": {"trainer": {"hyperparameters": {name: 1}}}})
+    assert "a script's hyperparameter name is A-Z a-z 0-9 _ - only" in message
+
+
+def test_a_quote_in_a_tuned_categorical_value_is_refused():
+    tuner = {"source_dir": "code", "entry_script": "train.py", "tuning": {
+        "objective": {"metric": "acc"}, "metric_definitions": [{"name": "acc", "regex": "a=(.*)"}],
+        "strategy": "Grid", "ranges": {"criterion": {"type": "categorical",
+                                                     "values": ["gini", "x'; id; '"]}}}}
+    message = refusal({}, {"steps": {"tuner": tuner}}, {"tuner": "tuning"})
+    assert "steps.tuner.tuning.ranges.criterion: a script's hyperparameter may not contain '" \
+        in message
+
+
+def test_a_built_in_algorithm_takes_any_one_line_hyperparameter():
+    """No driver script: the algorithm reads hyperparameters.json."""
+    defaults = params.deep_merge(params.load_config(Path(__file__).parent.parent / "config.json"),
+                                 {"steps": {"algo": {"image": {"framework": "knn", "version": "1"},
+                                                     "hyperparameters": {"k": "it's"}}}})
+    params.resolve(defaults, {}, {"algo": "training"})
+
+
+@pytest.mark.parametrize(("conf", "expected"), [
+    ({"hyperparameters": {"note": "two\nlines"}},
+     "steps.trainer.hyperparameters.note: 'two\\nlines' does not match"),
+    ({"environment": {"1ST": "x"}}, "steps.trainer.environment: '1ST' does not match"),
+    ({"environment": {"A-B": "x"}}, "steps.trainer.environment: 'A-B' does not match"),
+    ({"tags": {"aws:owner": "me"}}, "steps.trainer.tags: 'aws:owner' does not match"),
+    ({"tags": {"team": "ml;rm"}}, "steps.trainer.tags.team: 'ml;rm' does not match"),
+])
+def test_what_sagemaker_refuses_is_refused_with_the_key_named(conf, expected):
+    assert expected in refusal({"steps": {"trainer": conf}})
+
+
+@pytest.mark.parametrize("name", ["BASH_ENV", "PS4", "LD_PRELOAD", "PYTHONPATH", "PIP_INDEX_URL",
+                                  "SAGEMAKER_SUBMIT_DIRECTORY"])
+def test_a_run_may_not_set_a_variable_that_makes_the_job_run_something_else(name):
+    message = refusal({"steps": {"trainer": {"environment": {name: "/opt/ml/input/x"}}}})
+    assert f"steps.trainer.environment.{name}: a run's conf may not change it" in message
+
+
+def test_the_author_may_set_such_a_variable_and_allow_a_run_to_change_it():
+    defaults = params.deep_merge(
+        params.load_config(Path(__file__).parent.parent / "config.json"),
+        {"steps": {"trainer": {"environment": {"PYTHONPATH": "/opt/ml/code/lib"}}},
+         "conf_may_override": ["steps.trainer.environment.PYTHONPATH"]})
+    resolved = params.resolve(defaults, {"steps": {"trainer": {"environment": {
+        "PYTHONPATH": "/opt/ml/code/other"}}}}, STEPS)
+    assert resolved["steps"]["trainer"]["environment"]["PYTHONPATH"] == "/opt/ml/code/other"
+
+
+def test_a_run_may_not_change_a_jobs_command():
+    message = refusal({"steps": {"splitor": {"command": ["bash", "-c", "env"]}}})
+    assert "steps.splitor.command: a run's conf may not change it" in message
+
+
+# (not JSON: the SDK's driver, like AWS's training toolkit, decodes a hyperparameter that is)
+LITERALS = ["${SECRET}", "$SECRET", "costs $5", "$(id -u)", "`id -u`", 'say "dq"', "a;b|c&d", "$$"]
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_a_processing_jobs_arguments_and_environment_arrive_literally(
+        tmp_path, loopback_guard, monkeypatch):
+    monkeypatch.setenv("SECRET", "worker-secret-4711")  # the worker's environment
+    config = write_config(tmp_path, steps={"splitor": {
+        "code_path": "tests/scripts/reports_what_it_got.py", "arguments": [],
+        "outputs": {"report": {"source": "/opt/ml/processing/report"}}}})
+    environment = {f"V{i}": value for i, value in enumerate(LITERALS)}
+    conf = {"steps": {"splitor": {"arguments": LITERALS, "environment": {
+        **environment, "REPORT_VARIABLES": ",".join(environment)}}}}
+    result = run_dag('''
+@sm_processing(step="splitor")
+def split():
+    return {}
+split()
+''', config=config, conf=conf)
+    assert result.ok, result.states
+    report = json.loads((path(result.xcom["split"]["outputs"]["report"]) / "report.json").read_text())
+    assert report["argv"] == LITERALS
+    assert report["env"] == environment
+    assert "worker-secret-4711" not in json.dumps(report)
+    assert containers_with_label() == []
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_a_training_scripts_hyperparameters_arrive_literally(tmp_path, loopback_guard, monkeypatch):
+    monkeypatch.setenv("SECRET", "worker-secret-4711")
+    hyperparameters = {f"h{i}": value for i, value in enumerate(LITERALS)}
+    config = write_config(tmp_path, steps={"trainer": {
+        "source_dir": "tests/scripts", "entry_script": "reports_what_it_got.py",
+        "hyperparameters": {}, "environment": {"NOTE": "${SECRET} costs $5",
+                                               "REPORT_VARIABLES": "NOTE"}}})
+    result = run_dag('''
+@sm_training(step="trainer")
+def train():
+    return {}
+train()
+''', config=config, conf={"steps": {"trainer": {"hyperparameters": hyperparameters}}})
+    assert result.ok, result.states
+    with tarfile.open(path(result.xcom["train"]["model"])) as tar:
+        report = json.load(tar.extractfile("report.json"))  # type: ignore[arg-type]
+    assert {k: v for k, v in report["sm_hps"].items() if k in hyperparameters} == hyperparameters
+    assert {k: v for k, v in report["sm_hp"].items() if k.startswith("SM_HP_H")} == {
+        f"SM_HP_H{i}": value for i, value in enumerate(LITERALS)}
+    assert report["env"] == {"NOTE": "${SECRET} costs $5"}
+    args = report["argv"]
+    assert {args[args.index(f"--h{i}") + 1] for i in range(len(LITERALS))} == set(LITERALS)
+    assert "worker-secret-4711" not in json.dumps(report)
