@@ -288,6 +288,7 @@ class DagResult:
     run_id: str
     states: dict[str, str]
     xcom: dict[str, Any]
+    dag_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -311,9 +312,11 @@ def write_dag(body: str, *, config: Path, folder: Path = DAGS) -> tuple[str, Pat
     return dag_id, path
 
 
-def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None) -> DagResult:
+def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None,
+            logical_date: Any = None) -> DagResult:
     """Write a DAG file into the dags folder (dag.test needs it there), run it once. The
-    folder fills up with every test's DAG: dag.test parses only this one, as ``smtask run``."""
+    folder fills up with every test's DAG: dag.test parses only this one, as ``smtask run``.
+    The same ``logical_date`` gives two DAGs the same run id."""
     from smtask.cli import one_file_bundle, xcom_results
 
     dag_id, path = write_dag(body, config=config)
@@ -322,13 +325,16 @@ def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None) -> D
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     with one_file_bundle(path):
-        dag_run = module.the_dag.test(run_conf=conf or {})
+        dag_run = module.the_dag.test(run_conf=conf or {},
+                                      **({"logical_date": logical_date, "run_after": logical_date}
+                                         if logical_date else {}))
     return DagResult(
         state=str(getattr(dag_run.state, "value", dag_run.state)),
         run_id=dag_run.run_id,
         states={ti.task_id: str(getattr(ti.state, "value", ti.state))
                 for ti in dag_run.get_task_instances()},
         xcom=xcom_results(dag_id, dag_run.run_id),
+        dag_id=dag_id,
     )
 
 
@@ -412,4 +418,5 @@ def run_example(name: str, *, conf: dict[str, Any] | None = None, **overrides: A
         states={ti.task_id: str(getattr(ti.state, "value", ti.state))
                 for ti in dag_run.get_task_instances()},
         xcom=xcom_results(dag_run.dag_id, dag_run.run_id),
+        dag_id=dag_run.dag_id,
     )

@@ -11,6 +11,13 @@ from urllib.parse import urlparse
 
 import pytest
 from conftest import containers_with_label, run_dag, write_config
+from test_cloud import (  # noqa: F401
+    BUCKET,
+    client,
+    cloud_config,
+    moto_server,
+    sagemaker,
+)
 
 from smtask import params
 from smtask.errors import ParamsError
@@ -152,3 +159,25 @@ train()
     args = report["argv"]
     assert {args[args.index(f"--h{i}") + 1] for i in range(len(LITERALS))} == set(LITERALS)
     assert "worker-secret-4711" not in json.dumps(report)
+
+
+# --- every run writes only its own outputs ------------------------------------------------------
+
+def test_two_dags_sharing_a_pipeline_name_and_a_run_id_write_apart(tmp_path, sagemaker):
+    """A copied DAG that kept its config, or two @daily DAGs (both run scheduled__<date>)."""
+    from datetime import UTC, datetime
+
+    when = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+    config = cloud_config(tmp_path)
+    split = '''
+@sm_processing(step="splitor")
+def split():
+    return {"data-source": "s3://smtask-cloud-tests/data/"}
+split()
+'''
+    first, second = (run_dag(split, config=config, logical_date=when) for _ in range(2))
+    assert first.ok and second.ok and first.run_id == second.run_id
+    outputs = [r.xcom["split"]["outputs"]["train"] for r in (first, second)]
+    assert outputs[0] != outputs[1]
+    assert all(f"/churn/{dag}/" in uri for uri, dag in zip(
+        outputs, (first.dag_id, second.dag_id), strict=True))
