@@ -130,7 +130,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
 
         cfg = run_params["steps"][self.step]
         output = ContainerOutput(lambda line: self.log.info("%s", line))
-        with open_session(run_params, output) as session:
+        with open_session(run_params, output, self.step) as session:
             self._active = (session, job["job_name"])
             client, base = session.sagemaker_client, job["job_name"]
             name, existing = waiting.claim(client, self.kind,
@@ -141,6 +141,11 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
             self._active = (session, name)
             try:
                 description = existing
+                if existing is None and name != base and not session.local_mode:
+                    from smtask.steps import clear_leftovers
+
+                    clear_leftovers(session, getattr(self._module(), "shared_outputs",
+                                                     lambda _: [])(job), self.log.info)
                 if existing is None:
                     description = self._module().submit(job, session)
                     if session.local_mode:  # the job ran inside submit()
@@ -272,6 +277,9 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         if description is None or waiting.status(self.kind, description) not in waiting.DONE:
             state = "no job" if description is None else waiting.status(self.kind, description)
             raise JobFailed(self.kind, name, f"the local job did not complete ({state})")
+        from smtask.local import publish
+
+        publish(session)  # only a completed job's outputs reach the artifacts
         return dict(description)
 
     def _user_killed(self) -> bool:

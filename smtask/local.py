@@ -38,10 +38,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from smtask.errors import SmtaskError
 from smtask.naming import smtask_home
-from smtask.storage import confined
+from smtask.storage import confined, local_path
 
 LOCAL_IMAGE = "smtask-local:latest"
 DEFAULT_REGION = "us-east-1"
@@ -424,6 +425,100 @@ def scratch_copy(session: Any, uri: str) -> str:
     return target.as_uri()
 
 
+# --- outputs: published only once the job completed ---------------------------------------
+
+class OutputsNotWritten(SmtaskError):
+    """A local job's outputs could not be copied to the artifacts (a full disk): nothing of
+    them was published."""
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """``source`` copied to the new folder ``target``, stopping at the first error (shutil's
+    copytree goes on past a full disk and reports every file)."""
+    target.mkdir(parents=True)
+    for folder, folders, files in os.walk(source):
+        here = target / Path(folder).relative_to(source)
+        for name in sorted(folders):
+            (here / name).mkdir()
+        for name in sorted(files):
+            shutil.copyfile(Path(folder, name), here / name)
+
+
+def stage(session: Any, source: Path, destination: str, output: str) -> None:
+    """Copy a job's ``output`` (a folder, or one file) towards ``destination`` (a ``file://``
+    URI inside the artifacts root) under a temporary name beside it; :func:`publish` renames
+    it into place once the job completed. A full disk fails with one line naming the step, the
+    output and the free space, and leaves nothing behind."""
+    final = local_path(destination, session.smtask_artifacts)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        if source.is_dir():
+            _copy_tree(source, staging)
+        else:
+            shutil.copyfile(source, staging)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True) if staging.is_dir() else \
+            staging.unlink(missing_ok=True)
+        usage = shutil.disk_usage(final.parent)
+        size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) \
+            if source.is_dir() else source.stat().st_size
+        raise OutputsNotWritten(
+            f"step '{session.smtask_step}' output '{output}': {exc.strerror or exc} while copying "
+            f"the job's outputs ({size / 2**20:.1f} MB) to {final.parent} ({usage.free / 2**20:.1f}"
+            f" MB free of {usage.total / 2**20:.1f} MB); nothing was published") from None
+    session.smtask_staged.append((staging, final))
+
+
+def publish(session: Any) -> None:
+    """Put every staged output in place, each by one rename (an earlier attempt's outputs of
+    the same step, a completed job's, are replaced only now)."""
+    for staging, final in session.smtask_staged:
+        if final.exists():
+            log_replaced = final.is_dir() and any(final.iterdir())
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            final.rename(old)
+            staging.rename(final)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            if log_replaced:
+                session.smtask_output.sink(f"smtask: replaced the outputs an earlier attempt of "
+                                           f"this step wrote in {final}")
+        else:
+            staging.rename(final)
+    session.smtask_staged.clear()
+
+
+def _discard_staged(session: Any) -> None:
+    for staging, _ in session.smtask_staged:
+        shutil.rmtree(staging, ignore_errors=True) if staging.is_dir() else \
+            staging.unlink(missing_ok=True)
+    session.smtask_staged.clear()
+
+
+def _move_to_destination(real: Callable[..., str]) -> Callable[..., str]:
+    """The SDK's ``move_to_destination``, which copies a local job's outputs to their URI
+    (processing: even after the job failed, in a ``finally``; transform: once it is done).
+    A failed, stopped or timed-out job's outputs are dropped; ``file://`` outputs are staged
+    (see :func:`stage`)."""
+
+    def move(source: str, destination: str, job_name: str, sagemaker_session: Any,
+             prefix: str = "") -> str:
+        session = sagemaker_session
+        if getattr(session, "smtask_staged", None) is None:
+            return real(source, destination, job_name, sagemaker_session, prefix)
+        try:
+            if session.smtask_job_failed or session.smtask_killed:
+                return destination  # a failed job's outputs are not a result
+            if urlparse(destination).scheme != "file":
+                return real(source, destination, job_name, sagemaker_session, prefix)
+            stage(session, Path(source), destination, local_path(destination).name)
+            return destination
+        finally:
+            shutil.rmtree(source, ignore_errors=True)
+
+    return move
+
+
 # --- container output and health --------------------------------------------------------
 
 class ContainerOutput:
@@ -480,10 +575,12 @@ def keep_only_files(scratch: Path, log: Callable[[str], None]) -> None:
                     "regular files and folders leave a local job")
 
 
-def _stream_output(output: ContainerOutput, scratch: Path) -> Callable[[subprocess.Popen], int]:
+def _stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess.Popen], int]:
     """The SDK's ``_stream_output`` (it prints to stdout), sending each line to ``output`` and
-    failing with the container's own reason. Once the container has exited, and before the
-    SDK copies anything, only regular files and folders are left in the scratch folder."""
+    failing with the container's own reason (the job is then marked failed: its outputs are
+    not copied). Once the container has exited, and before the SDK copies anything, only
+    regular files and folders are left in the scratch folder."""
+    scratch = Path(session.smtask_scratch)
 
     def stream_output(process: subprocess.Popen) -> int:
         own: deque[str] = deque(maxlen=40)
@@ -494,6 +591,7 @@ def _stream_output(output: ContainerOutput, scratch: Path) -> Callable[[subproce
         exit_code = process.wait()
         keep_only_files(scratch, output)
         if exit_code not in (0, 130):  # the SDK's own rule: 130 is a stopped container
+            session.smtask_job_failed = True
             container_code = _container_exit_code(list(own))
             raise ContainerFailed(output.failure(container_code or exit_code, list(own)))
         return exit_code
@@ -570,17 +668,21 @@ def _split_recordio(splitter: Any, file: str) -> Iterator[bytes]:
 
 def _sdk_corrections(session: Any, output: ContainerOutput) -> contextlib.AbstractContextManager[None]:
     from sagemaker.core.local import data, entities, image
+    from sagemaker.core.local import utils as local_utils
     from sagemaker.train.local import local_container
 
     from smtask.sessions import replaced, telemetry_off
 
-    stream = _stream_output(output, Path(session.smtask_scratch))
+    stream = _stream_output(output, session)
+    move = _move_to_destination(local_utils.move_to_destination)
     return replaced(
         *telemetry_off(),
         (image, "_stream_output", stream),
         (local_container, "_stream_output", stream),
         (entities, "_wait_for_serving_container", _wait_for_serving_container(session, output)),
         (data.RecordIOSplitter, "split", _split_recordio),
+        (local_utils, "move_to_destination", move),  # processing outputs (image.py)
+        (entities, "move_to_destination", move),  # batch transform's predictions
     )
 
 
@@ -591,7 +693,8 @@ def stop(session: Any) -> list[str]:
 
 
 @contextlib.contextmanager
-def local_session(params: Mapping[str, Any], output: ContainerOutput) -> Iterator[Any]:
+def local_session(params: Mapping[str, Any], output: ContainerOutput,
+                  step: str = "") -> Iterator[Any]:
     """A ``LocalSession`` whose jobs run in Docker on this machine. On exit, however it
     comes (an error, a signal), its compose processes and containers are stopped and its
     scratch folder deleted; orphans of killed processes are removed on entry."""
@@ -619,10 +722,16 @@ def local_session(params: Mapping[str, Any], output: ContainerOutput) -> Iterato
         session.smtask_exit, session.smtask_closing = exit_stack, False
         session.smtask_killed, session.smtask_mounts = False, []
         session.smtask_output = output  # where jobs run by smtask itself (tuning trials) log
+        # the job's outputs, staged until it completed (see stage, publish)
+        session.smtask_step, session.smtask_staged, session.smtask_job_failed = step, [], False
+        from smtask.sessions import artifacts_root
+
+        session.smtask_artifacts = artifacts_root(params)
         try:
             with _sdk_corrections(session, output):
                 yield session
         finally:
             session.smtask_closing = True  # a signal from here on must not cut the clean-up short
             stop(session)
+            _discard_staged(session)  # what was not published is no result
             _remove_scratch(scratch)

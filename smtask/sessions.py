@@ -132,11 +132,12 @@ def cloud_session(params: Mapping[str, Any]) -> Iterator[Any]:
                       default_bucket=bucket)
 
 
-def open_session(params: Mapping[str, Any], output: Any) -> contextlib.AbstractContextManager[Any]:
-    """The session for the params' mode; ``output`` (a :class:`smtask.local.ContainerOutput`)
-    receives the local containers' output."""
+def open_session(params: Mapping[str, Any], output: Any,
+                 step: str = "") -> contextlib.AbstractContextManager[Any]:
+    """The session for the params' mode, for one job of ``step``; ``output`` (a
+    :class:`smtask.local.ContainerOutput`) receives the local containers' output."""
     if params["mode"] == "local":
         from smtask.local import local_session
 
-        return local_session(params, output)
+        return local_session(params, output, step)
     return cloud_session(params)

@@ -49,6 +49,7 @@ class FakeSageMaker:
         self.initial: dict[str, tuple[str, str]] = {}  # kind -> (status, failure reason)
         self.after: dict[str, tuple[float, str]] = {}  # kind -> (seconds, status)
         self.on_complete: dict[str, Any] = {}  # kind -> callable(job) when it completes
+        self.on_create: dict[str, Any] = {}  # kind -> callable(job) when it is created
         for kind in STATUS:
             method = f"create_{kind}_job"
             monkeypatch.setattr(SageMakerModelBackend, method,
@@ -87,6 +88,8 @@ class FakeSageMaker:
             status, reason = planned.pop(0) if isinstance(planned, list) else planned
             setattr(job, STATUS[kind], status)
             job.failure_reason = reason or None
+            if kind in self.on_create:
+                self.on_create[kind](job)
             if status == "Completed" and kind in self.on_complete:
                 self.on_complete[kind](job)
             if kind in self.after:

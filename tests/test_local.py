@@ -131,15 +131,28 @@ def test_failing_script_fails_its_task_with_the_scripts_error(tmp_path, loopback
     assert containers_with_label() == []
 
 
-def test_an_earlier_attempts_outputs_are_replaced_not_merged(tmp_path, loopback_guard):
-    """A re-run of the same run and step starts from empty output folders."""
-    from smtask.steps import prepare_output
+def test_an_earlier_attempts_outputs_are_replaced_not_merged(tmp_path):
+    """A re-run of the same run and step publishes only its own outputs, by one rename, and
+    only once its job completed: until then the earlier attempt's stay as they were."""
+    from types import SimpleNamespace
 
-    stale = tmp_path / "out" / "train"
-    stale.mkdir(parents=True)
-    (stale / "stale.csv").write_text("old")
-    prepare_output(stale.as_uri(), (tmp_path / "out").as_uri())
-    assert stale.is_dir() and list(stale.iterdir()) == []
+    from smtask import local
+
+    final = tmp_path / "out" / "train"
+    final.mkdir(parents=True)
+    (final / "stale.csv").write_text("old")
+    produced = tmp_path / "job"
+    produced.mkdir()
+    (produced / "new.csv").write_text("new")
+    lines: list[str] = []
+    session = SimpleNamespace(smtask_artifacts=(tmp_path / "out").as_uri(), smtask_staged=[],
+                              smtask_step="splitor", smtask_output=SimpleNamespace(sink=lines.append))
+    local.stage(session, produced, final.as_uri(), "train")
+    assert sorted(p.name for p in final.iterdir()) == ["stale.csv"]
+    local.publish(session)
+    assert sorted(p.name for p in final.iterdir()) == ["new.csv"]
+    assert sorted(p.name for p in final.parent.iterdir()) == ["train"]  # no temporary name left
+    assert any("replaced the outputs an earlier attempt" in line for line in lines)
 
 
 def test_deferrable_steps_run_in_place_in_local_mode(tmp_path, loopback_guard, capfd):

@@ -15,7 +15,9 @@ from test_cloud import (  # noqa: F401
     BUCKET,
     client,
     cloud_config,
+    get_s3,
     moto_server,
+    put_s3,
     sagemaker,
 )
 
@@ -181,3 +183,91 @@ split()
     assert outputs[0] != outputs[1]
     assert all(f"/churn/{dag}/" in uri for uri, dag in zip(
         outputs, (first.dag_id, second.dag_id), strict=True))
+
+
+# --- only a completed job's outputs are published ------------------------------------------------
+
+FAILS_AFTER_WRITING = {"splitor": {
+    "code_path": "tests/scripts/writes_then_fails.py", "arguments": [],
+    "outputs": {"train": {"source": "/opt/ml/processing/train"}}}}
+SPLIT = '''
+@sm_processing(step="splitor")
+def split():
+    return {}
+split()
+'''
+
+
+def _published(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_a_failed_processing_job_publishes_none_of_its_outputs(tmp_path, loopback_guard, capfd):
+    artifacts = tmp_path / "artifacts"
+    config = write_config(tmp_path, local={"artifacts": artifacts.as_uri()},
+                          steps=FAILS_AFTER_WRITING)
+    result = run_dag(SPLIT, config=config)
+    assert result.states == {"split": "failed"}
+    assert "failed after writing the outputs" in capfd.readouterr().out
+    assert _published(artifacts) == []  # no part, no _SUCCESS, no temporary folder
+    assert containers_with_label() == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB file system (tmpfs) for the artifacts: the copy of a bigger output hits ENOSPC."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_a_full_disk_fails_in_one_line_and_publishes_nothing(
+        tmp_path, loopback_guard, capfd, small_disk):
+    config = write_config(tmp_path, local={"artifacts": small_disk.as_uri()},
+                          steps=FAILS_AFTER_WRITING)
+    result = run_dag(SPLIT, config=config,
+                     conf={"steps": {"splitor": {"arguments": ["--size-mb", "4"]}}})
+    assert result.states == {"split": "failed"}
+    out = capfd.readouterr().out
+    line = next(line for line in out.splitlines() if "while copying the job's outputs" in line)
+    assert "step 'splitor' output 'train': No space left on device" in line
+    assert "outputs (4.0 MB) to" in line and "MB free of 2.0 MB); nothing was published" in line
+    assert "shutil.Error" not in out
+    assert _published(small_disk) == []  # neither truncated parts nor the marker
+    assert containers_with_label() == []
+
+
+def test_a_rerun_after_a_failed_job_publishes_only_its_own_outputs(tmp_path, sagemaker):
+    """On SageMaker a failed job may have written part of its outputs: they are no result."""
+    sagemaker.initial["processing"] = [("Failed", "AlgorithmError: boom"), ("Completed", "")]
+
+    def writes(job):
+        for output in job.processing_output_config["Outputs"]:
+            status = job.processing_job_status
+            put_s3(output["S3Output"]["S3Uri"] + ("/stale.csv" if status == "Failed" else
+                                                  "/part-0.csv"), status)
+
+    sagemaker.on_create["processing"] = writes
+    config = cloud_config(tmp_path, splitor={"if_job_failed": "rerun"})
+    body = SPLIT.replace("return {}", 'return {"data-source": "s3://smtask-cloud-tests/data/"}')
+    first = run_dag(body.replace("@sm_processing(", "@sm_processing(retries=1, retry_delay=0, "),
+                    config=config)
+    assert first.ok, first.states
+    names = [name for kind, name in sagemaker.creates if kind == "processing"]
+    assert len(names) == 2 and names[1].endswith("-r2-" + names[0][-8:])
+    train = first.xcom["split"]["outputs"]["train"]
+    keys = [o["Key"] for o in client("s3").list_objects_v2(
+        Bucket=BUCKET, Prefix=train.removeprefix(f"s3://{BUCKET}/") + "/")["Contents"]]
+    assert [k.rsplit("/", 1)[1] for k in keys] == ["part-0.csv"]
+    assert get_s3(f"{train}/part-0.csv") == "Completed"

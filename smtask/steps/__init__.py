@@ -5,10 +5,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,6 @@ from urllib.parse import urlparse
 from smtask.errors import SmtaskError
 from smtask.storage import local_path
 
-log = logging.getLogger(__name__)
 SETTINGS_FILE = "config.json"
 
 
@@ -253,16 +250,31 @@ def settings_source(job: dict[str, Any], session: Any) -> str:
 
 
 def prepare_output(uri: str, root: str) -> None:
-    """A file:// output starts empty: the SDK merges into what is there, so an earlier
-    attempt's files of the same run and step would otherwise survive beside the new ones.
-    Only a folder inside ``root`` (the artifacts root), reached through no link, is emptied."""
-    if urlparse(uri).scheme != "file":
-        return
-    path = local_path(uri, root)
-    if path.exists() and any(path.iterdir()):
-        log.warning("replacing the outputs an earlier attempt of this step wrote in %s", path)
-        shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
+    """A ``file://`` output must be a folder inside ``root`` (the artifacts root), reached
+    through no link. Nothing is emptied here: local mode stages a job's outputs beside their
+    folder and renames them into place once the job completed (:func:`smtask.local.publish`),
+    so an earlier attempt's outputs are replaced only by a completed job's."""
+    if urlparse(uri).scheme == "file":
+        local_path(uri, root).parent.mkdir(parents=True, exist_ok=True)
+
+
+def clear_leftovers(session: Any, uris: list[str], log: Any) -> None:
+    """Delete what an earlier, failed or stopped, job of this task instance left under its
+    ``s3://`` output prefixes (a failed job's outputs are no result), before the next job
+    writes there: the outputs a task publishes are its completed job's alone."""
+    s3 = session.s3_client
+    for uri in uris:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            continue
+        bucket, prefix = parsed.netloc, parsed.path.strip("/") + "/"
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
+        for start in range(0, len(keys), 1000):
+            s3.delete_objects(Bucket=bucket, Delete={
+                "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
+        if keys:
+            log(f"removed {len(keys)} object(s) that a failed job left under {uri}")
 
 
 def upload_once(session: Any, path: str, prefix: str) -> str:

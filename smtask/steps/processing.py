@@ -221,6 +221,11 @@ def submit(job: dict[str, Any], session: Any) -> None:
     )
 
 
+def shared_outputs(job: dict[str, Any]) -> list[str]:
+    """The output URIs every job of the task instance writes to (not per job name)."""
+    return [o["destination"] for o in job["outputs"].values()]
+
+
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
     return {"job_name": job["job_name"],
             "outputs": {name: o["destination"] for name, o in job["outputs"].items()}}

@@ -166,7 +166,7 @@ def train_locally(job: dict[str, Any], session: Any) -> dict[str, Any]:
     try:
         trainer(job, session).train(input_data_config=channels(job, session), wait=True,
                                     logs=False)
-        model_uri = _keep_artifacts(root, job["output_path"], job["artifacts"])
+        model_uri = _keep_artifacts(root, job, session)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": model_uri}}
@@ -245,12 +245,16 @@ def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
             "outputs": {"model": model_uri}}
 
 
-def _keep_artifacts(root: Path, output_path: str, artifacts: str) -> str:
-    """Local ModelTrainer leaves model.tar.gz in its container root: move it to the run's prefix."""
-    prepare_output(output_path, artifacts)
-    target = local_path(output_path, artifacts)
-    for name in ("model.tar.gz", "output.tar.gz"):
+def _keep_artifacts(root: Path, job: dict[str, Any], session: Any) -> str | None:
+    """Local ModelTrainer leaves model.tar.gz (and output.tar.gz) in its container root: they
+    are staged for the run's prefix, published once the job completed (smtask.local.stage)."""
+    from smtask.local import stage
+
+    prepare_output(job["output_path"], job["artifacts"])
+    staged = {}
+    for name, output in (("model.tar.gz", "model"), ("output.tar.gz", "output")):
         produced = root / "compressed_artifacts" / name
         if produced.exists():
-            shutil.move(str(produced), target / name)
-    return (target / "model.tar.gz").as_uri()
+            staged[name] = f"{job['output_path'].rstrip('/')}/{name}"
+            stage(session, produced, staged[name], output)
+    return staged.get("model.tar.gz")

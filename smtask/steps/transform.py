@@ -197,6 +197,11 @@ def _check_model(session: Any, step: str, name: str) -> None:
             f"{error.get('Message')} (DescribeModel); no transform job was created") from exc
 
 
+def shared_outputs(job: dict[str, Any]) -> list[str]:
+    """The output URIs every job of the task instance writes to (not per job name)."""
+    return [job["output_path"]]
+
+
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
     return {"job_name": job["job_name"], "model_name": job["model_name"] or job["job_name"],
             "outputs": {"predictions": job["output_path"]}}

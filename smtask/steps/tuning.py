@@ -26,7 +26,6 @@ from typing import Any
 
 from smtask.errors import JobFailed
 from smtask.steps import StepContext, aws_tags, content_prefix, training, upload_once
-from smtask.storage import local_path
 
 KIND = "tuning"
 
@@ -280,10 +279,9 @@ def _per_trial_output(session: Any) -> Iterator[threading.local]:
     from smtask.sessions import replaced
 
     current = threading.local()
-    scratch = Path(session.smtask_scratch)
 
     def stream_output(process: Any) -> int:
-        return local._stream_output(current.output, scratch)(process)  # type: ignore[arg-type]
+        return local._stream_output(current.output, session)(process)  # type: ignore[arg-type]
 
     with replaced((local_container, "_stream_output", stream_output)):
         yield current
@@ -354,7 +352,7 @@ def _trial(job: dict[str, Any], session: Any, number: int, values: dict[str, str
     trial.metrics = dict(output.metrics)
     model = description["ModelArtifacts"]["S3ModelArtifacts"]
     objective = job["objective"]["metric"]
-    if not local_path(model).is_file():
+    if model is None:  # staged, published with the tuning job's result
         trial.error = f"the trial wrote no model ({output.failure(None)})"
     elif objective not in output.metrics:
         patterns = " or ".join(p.pattern for p in metric_regexes(job).get(objective, []))
