@@ -146,10 +146,10 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
 
                     clear_leftovers(session, getattr(self._module(), "shared_outputs",
                                                      lambda _: [])(job), self.log.info)
-                if existing is None:
+                if existing is None and session.local_mode:  # the job runs inside submit()
+                    description = self._run_locally(job, session, cfg)
+                elif existing is None:
                     description = self._module().submit(job, session)
-                    if session.local_mode:  # the job ran inside submit()
-                        description = self._local_result(session, name, description)
                 elif waiting.status(self.kind, existing) in waiting.DONE:
                     self.log.info("%s job %s already completed: reusing its outputs", self.kind, name)
                 else:
@@ -267,6 +267,22 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
     def _interrupted(self) -> TaskInterrupted:
         return TaskInterrupted(f"{self.custom_operator_name} task {self.task_id} (step "
                                f"'{self.step}') was killed; its job was stopped")
+
+    def _run_locally(self, job: dict[str, Any], session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Run the job in local containers within the step's time limits, as SageMaker would
+        (:func:`smtask.local.time_limit`): past one, its containers are stopped and the task
+        fails with the limit named."""
+        from smtask.local import time_limit
+
+        with time_limit(session, self.kind, cfg) as limit:
+            try:
+                description = self._module().submit(job, session)
+            except Exception:
+                if not limit.expired:
+                    raise
+        if limit.expired:
+            raise JobFailed(self.kind, job["job_name"], limit.reason)
+        return self._local_result(session, job["job_name"], description)
 
     def _local_result(self, session: Any, name: str, description: Any) -> dict[str, Any]:
         """A local job's end. The SDK's telemetry wrapper swallows any BaseException raised

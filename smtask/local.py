@@ -31,6 +31,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
@@ -49,6 +50,7 @@ DEFAULT_REGION = "us-east-1"
 LABEL = "smtask.session"
 OWNER_LABEL = "smtask.owner"  # "<host>:<pid>:<process start time>" of the task process
 SCRATCH_LABEL = "smtask.scratch"  # the session's scratch folder, removed with its containers
+ROOT_LABEL = "smtask.root"  # the folder of the job's compose file (one job of a session)
 OWNER_FILE = ".smtask-owner"
 # smtask's own files for a job (its settings) in the scratch folder: mounted read-only, unlike
 # the SDK's scratch folders. No job name (the SDK's folders) starts with "_".
@@ -207,9 +209,9 @@ def literal(value: Any) -> Any:
     return value
 
 
-def harden(content: dict[str, Any], session: Any) -> dict[str, Any]:
-    """A copy of an SDK compose file: host networking, read-only inputs, labels, own port,
-    every value literal (no compose interpolation)."""
+def harden(content: dict[str, Any], session: Any, root: str = "") -> dict[str, Any]:
+    """A copy of an SDK compose file (written in ``root``): host networking, read-only inputs,
+    labels, own port, every value literal (no compose interpolation)."""
     content = copy.deepcopy(content)
     content.pop("networks", None)
     scratch = Path(session.smtask_scratch)
@@ -218,7 +220,7 @@ def harden(content: dict[str, Any], session: Any) -> dict[str, Any]:
         service.pop("ports", None)  # with host networking the server binds its port itself
         service["network_mode"] = "host"
         service["labels"] = {LABEL: session.smtask_session_id, OWNER_LABEL: str(session.smtask_owner),
-                             SCRATCH_LABEL: str(scratch)}
+                             SCRATCH_LABEL: str(scratch), ROOT_LABEL: str(root)}
         service["volumes"] = [_mount(v, scratch) for v in service.get("volumes", [])]
         if "entrypoint" not in service and "command" not in service:
             # an image without user code (a built-in algorithm): SageMaker runs `<image> train`
@@ -261,7 +263,8 @@ class _SDKPatches:
         def generate_hardened(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
             content = generate(self, *args, **kwargs)
             with open(os.path.join(self.container_root, "docker-compose.yaml"), "w") as f:
-                yaml.safe_dump(harden(content, self.sagemaker_session), f, default_flow_style=False)
+                yaml.safe_dump(harden(content, self.sagemaker_session, self.container_root), f,
+                               default_flow_style=False)
             return content
 
         generate_hardened.__wrapped__ = generate  # type: ignore[attr-defined]
@@ -686,10 +689,70 @@ def _sdk_corrections(session: Any, output: ContainerOutput) -> contextlib.Abstra
     )
 
 
-def stop(session: Any) -> list[str]:
-    """Stop a session's jobs now: its compose processes, then its containers."""
-    _stop_compose(Path(session.smtask_scratch))
-    return remove_containers(session.smtask_session_id)
+def stop(session: Any, root: str | None = None) -> list[str]:
+    """Stop a session's jobs now (or only the one whose compose file is in ``root``): its
+    compose processes, then its containers."""
+    _stop_compose(Path(root or session.smtask_scratch))
+    if root is None:
+        return remove_containers(session.smtask_session_id)
+    ids = _docker("ps", "-aq", "--filter", f"label={LABEL}={session.smtask_session_id}",
+                  "--filter", f"label={ROOT_LABEL}={root}").split()
+    if ids:
+        _docker("rm", "-f", *ids)
+    return ids
+
+
+class TimeLimit:
+    """A local job's limit, enforced as SageMaker enforces it: when it passes, the job's
+    compose processes and containers are stopped (its outputs are not published) and
+    ``reason`` says which limit ended it. ``root``: only the job whose compose file is there
+    (one tuning trial), else the session's every job."""
+
+    def __init__(self, session: Any, seconds: float | None, reason: str,
+                 root: str | None = None) -> None:
+        self.session, self.seconds, self.reason, self.root = session, seconds, reason, root
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self.root is None:
+            self.session.smtask_job_failed = True
+        self.session.smtask_output.sink(f"smtask: {self.reason}")
+        stop(self.session, self.root)
+
+    def __enter__(self) -> TimeLimit:
+        if self.seconds is not None:
+            self._timer = threading.Timer(self.seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def max_runtime(seconds: int) -> str:
+    return (f"stopped after {seconds} s: its max_runtime_seconds passed (SageMaker stops a "
+            "job at its MaxRuntimeInSeconds: MaxRuntimeExceeded)")
+
+
+def wait_timeout(seconds: float) -> str:
+    return f"still running after the {seconds:g} s wait_timeout_seconds; the job was stopped"
+
+
+def time_limit(session: Any, kind: str, cfg: Mapping[str, Any]) -> TimeLimit:
+    """The limit of a task's local job: the sooner of the step's ``max_runtime_seconds`` (a
+    processing or training job's; a tuning job's trials each have their own, and a batch
+    transform has none, as on SageMaker) and ``wait_timeout_seconds`` (the whole job)."""
+    limits = []
+    if cfg.get("max_runtime_seconds") and kind in ("processing", "training"):
+        limits.append((cfg["max_runtime_seconds"], max_runtime(cfg["max_runtime_seconds"])))
+    if cfg.get("wait_timeout_seconds"):
+        limits.append((cfg["wait_timeout_seconds"], wait_timeout(cfg["wait_timeout_seconds"])))
+    seconds, reason = min(limits, key=lambda limit: limit[0]) if limits else (None, "")
+    return TimeLimit(session, seconds, reason)
 
 
 @contextlib.contextmanager

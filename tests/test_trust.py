@@ -271,3 +271,46 @@ def test_a_rerun_after_a_failed_job_publishes_only_its_own_outputs(tmp_path, sag
         Bucket=BUCKET, Prefix=train.removeprefix(f"s3://{BUCKET}/") + "/")["Contents"]]
     assert [k.rsplit("/", 1)[1] for k in keys] == ["part-0.csv"]
     assert get_s3(f"{train}/part-0.csv") == "Completed"
+
+
+# --- local mode enforces the time limits as SageMaker does -------------------------------------
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_a_local_job_past_its_max_runtime_is_stopped_and_fails_naming_the_limit(
+        tmp_path, loopback_guard, capfd):
+    import time
+
+    artifacts = tmp_path / "artifacts"
+    config = write_config(tmp_path, local={"artifacts": artifacts.as_uri()}, steps={"splitor": {
+        "code_path": "tests/scripts/sleeps.py", "arguments": [], "max_runtime_seconds": 4,
+        "wait_timeout_seconds": 60, "outputs": {"train": {"source": "/opt/ml/processing/train"}}}})
+    started = time.monotonic()
+    result = run_dag(SPLIT, config=config)
+    took = time.monotonic() - started
+    assert result.states == {"split": "failed"}
+    assert took < 40, took  # not the script's 120 s
+    out = capfd.readouterr().out
+    assert "stopped after 4 s: its max_runtime_seconds passed" in out
+    assert "MaxRuntimeExceeded" in out and "sleeps.py finished" not in out
+    assert _published(artifacts) == []
+    assert containers_with_label() == []
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_a_local_training_past_the_wait_timeout_is_stopped(tmp_path, loopback_guard, capfd):
+    config = write_config(tmp_path, steps={"trainer": {
+        "source_dir": "tests/scripts", "entry_script": "train_sleeps.py", "hyperparameters": {},
+        "wait_timeout_seconds": 4}})
+    result = run_dag('''
+@sm_training(step="trainer")
+def train():
+    return {}
+train()
+''', config=config)
+    assert result.states == {"train": "failed"}
+    out = capfd.readouterr().out
+    assert "still running after the 4 s wait_timeout_seconds; the job was stopped" in out
+    assert "train_sleeps.py finished" not in out
+    assert containers_with_label() == []

@@ -130,7 +130,7 @@ def trainer(job: dict[str, Any], session: Any) -> Any:
 
         environment.update(install_from_wheels(
             session, Path(job["source_dir"]) / job["requirements"]))
-    where = ({"local_container_root": str(_local_root(job, session))} if local else {
+    where = ({"local_container_root": str(local_root(job, session))} if local else {
         # model and uploaded source dir under the run's prefix, not the default-bucket root
         "output_data_config": OutputDataConfig(s3_output_path=job["output_path"]),
         "input_s3_key_prefix": urlparse(job["output_path"]).path.strip("/"),
@@ -154,14 +154,14 @@ def trainer(job: dict[str, Any], session: Any) -> Any:
     )
 
 
-def _local_root(job: dict[str, Any], session: Any) -> Path:
+def local_root(job: dict[str, Any], session: Any) -> Path:
     return Path(session.config["local"]["container_root"]) / job["job_name"]
 
 
 def train_locally(job: dict[str, Any], session: Any) -> dict[str, Any]:
     """Run the job in a local container to its end (inside :func:`trainer_patches`); its
     model goes to ``<output_path>/model.tar.gz``. Returns the job's description."""
-    root = _local_root(job, session)
+    root = local_root(job, session)
     root.mkdir(parents=True, exist_ok=True)
     try:
         trainer(job, session).train(input_data_config=channels(job, session), wait=True,

@@ -329,6 +329,7 @@ def _run_trials(job: dict[str, Any], session: Any) -> dict[str, Any]:
 
 def _trial(job: dict[str, Any], session: Any, number: int, values: dict[str, str],
            current: threading.local, halt: threading.Event) -> Trial:
+    from smtask import local
     from smtask.local import ContainerFailed
 
     name = f"{job['job_name']}-{number:03d}"
@@ -341,13 +342,21 @@ def _trial(job: dict[str, Any], session: Any, number: int, values: dict[str, str
     trial_job = {**job, "job_name": name, "hyperparameters": {**job["hyperparameters"], **values},
                  # as on SageMaker: <output path>/<training job>/...
                  "output_path": f"{job['output_path'].rstrip('/')}/{name}"}
+    # each trial is a training job with its own max_runtime_seconds, as on SageMaker
+    limit = local.TimeLimit(session, job["max_runtime_seconds"],
+                            local.max_runtime(job["max_runtime_seconds"]),
+                            root=str(training.local_root(trial_job, session)))
     try:
-        description = training.train_locally(trial_job, session)
+        with limit:
+            description = training.train_locally(trial_job, session)
     except ContainerFailed as exc:
-        trial.error = exc.reason
+        trial.error = limit.reason if limit.expired else exc.reason
         return trial
     except Exception as exc:  # noqa: BLE001 - the SDK's errors are the trial's failure
-        trial.error = f"{exc} ({output.failure(None)})"
+        trial.error = limit.reason if limit.expired else f"{exc} ({output.failure(None)})"
+        return trial
+    if limit.expired:
+        trial.error = limit.reason
         return trial
     trial.metrics = dict(output.metrics)
     model = description["ModelArtifacts"]["S3ModelArtifacts"]
