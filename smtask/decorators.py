@@ -105,14 +105,15 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
         self._ti_key = (ti.dag_id, context["run_id"], storage.map_index(context))
         self._mode = run_params["mode"]
         self._on_kill = run_params["steps"][self.step].get("on_kill", "auto")
+        instance: dict[str, Any] = {"dag_id": ti.dag_id, "run_id": context["run_id"],
+                                    "task_id": ti.task_id, "map_index": storage.map_index(context)}
         return StepContext(
             step=self.step,
             params=run_params,
-            job_name=naming.job_name(run_params["pipeline_name"], self.step,
-                                     dag_id=ti.dag_id, run_id=context["run_id"],
-                                     task_id=ti.task_id, map_index=storage.map_index(context),
+            job_name=naming.job_name(run_params["pipeline_name"], self.step, **instance,
                                      max_length=self.max_name),
             prefix=storage.run_prefix(context, self.step, run_params),
+            instance=naming.task_instance_id(**instance),
         )
 
     def build_spec(self, ctx: StepContext, returned: Any, upstream: list[Any]) -> dict[str, Any]:
@@ -149,7 +150,7 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                 if existing is None and session.local_mode:  # the job runs inside submit()
                     description = self._run_locally(job, session, cfg)
                 elif existing is None:
-                    description = self._module().submit(job, session)
+                    description = self._submit(job, session)
                 elif waiting.status(self.kind, existing) in waiting.DONE:
                     self.log.info("%s job %s already completed: reusing its outputs", self.kind, name)
                 else:
@@ -267,6 +268,23 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
     def _interrupted(self) -> TaskInterrupted:
         return TaskInterrupted(f"{self.custom_operator_name} task {self.task_id} (step "
                                f"'{self.step}') was killed; its job was stopped")
+
+    def _submit(self, job: dict[str, Any], session: Any) -> dict[str, Any] | None:
+        """Create the job on SageMaker. ``ResourceInUse`` means a job of this name exists: when
+        an answer was lost (a 503 or a timeout after SageMaker created it) botocore's retry of
+        the create meets this task instance's own job, which is re-attached to."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._module().submit(job, session)
+        except ClientError as exc:
+            if waiting.error_code(exc) != "ResourceInUse":
+                raise
+            description = waiting.adopt(session.sagemaker_client, self.kind, job["job_name"],
+                                        job["tags"][waiting.INSTANCE_TAG], exc)
+            self.log.info("%s job %s was created, but the answer was lost: re-attaching to it "
+                          "(%s)", self.kind, job["job_name"], waiting.status(self.kind, description))
+            return description
 
     def _run_locally(self, job: dict[str, Any], session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         """Run the job in local containers within the step's time limits, as SageMaker would

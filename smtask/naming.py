@@ -38,10 +38,18 @@ def job_name(pipeline: str, step: str, *, dag_id: str, run_id: str, task_id: str
     The same task instance always gets the same name (so a retry can find its job); the hash
     over dag, run, task and map index keeps different task instances apart after truncation.
     """
-    digest = hashlib.sha256(f"{dag_id}\0{run_id}\0{task_id}\0{map_index}".encode()).hexdigest()[:8]
+    digest = task_instance_id(dag_id=dag_id, run_id=run_id, task_id=task_id,
+                              map_index=map_index)[:8]
     tail = (f"-m{map_index}" if map_index >= 0 else "") + f"-{digest}"
     head = f"{_slug(pipeline)}-{_slug(step)}-{run_stamp(run_id)}"
     return head[: max_length - len(tail)].rstrip("-") + tail
+
+
+def task_instance_id(*, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """A task instance's id in SageMaker: the sha256 of dag, run, task and map index. Its start
+    ends each job name; the whole is every job's ``smtask:task-instance`` tag, so a job that
+    exists under the task's name can be told to be this task instance's own."""
+    return hashlib.sha256(f"{dag_id}\0{run_id}\0{task_id}\0{map_index}".encode()).hexdigest()
 
 
 def attempt_name(job_name: str, attempt: int, max_length: int = MAX_JOB_NAME) -> str:

@@ -32,6 +32,9 @@ API = {
                "HyperParameterTuningJobStatus", "stop_hyper_parameter_tuning_job",
                "/aws/sagemaker/TrainingJobs"),
 }
+INSTANCE_TAG = "smtask:task-instance"  # see naming.task_instance_id
+ARN = {"processing": "ProcessingJobArn", "training": "TrainingJobArn",
+       "transform": "TransformJobArn", "tuning": "HyperParameterTuningJobArn"}
 RUNNING = {"InProgress", "Stopping"}
 DONE = {"Completed"}
 FAILED = {"Failed", "Stopped"}
@@ -40,8 +43,12 @@ TRANSIENT = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooMa
 NOT_FOUND = {"ValidationException", "ResourceNotFound", "ResourceNotFoundException"}
 
 
-def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+def error_code(exc: BaseException) -> str:
+    """A botocore ClientError's code (``ResourceInUse``, ``ThrottlingException``...)."""
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+_code = error_code
 
 
 def transient(exc: BaseException) -> bool:
@@ -146,6 +153,22 @@ def claim(client: Any, kind: str, name: Callable[[int], str], *,
         log.info("%s job %s ended %s; this attempt starts a new one", kind, job_name,
                  status(kind, description))
         attempt += 1
+
+
+def adopt(client: Any, kind: str, job_name: str, instance: str,
+          refused: Exception) -> dict[str, Any]:
+    """The job a create call was refused for (``refused``: it exists), if its tags say this
+    task instance (``instance``) made it; else an error that says it is another's."""
+    description = find(client, kind, job_name)
+    if description is None:
+        raise refused
+    tags = {t["Key"]: t["Value"] for t in call(client.list_tags, {
+        "ResourceArn": description[ARN[kind]]}).get("Tags", [])}
+    if tags.get(INSTANCE_TAG) != instance:
+        raise JobFailed(kind, job_name, "a job of this name exists that this task instance did "
+                        f"not create (its {INSTANCE_TAG} tag is "
+                        f"{tags.get(INSTANCE_TAG) or 'missing'}); it is left as it is")
+    return description
 
 
 def stop(client: Any, kind: str, job_name: str) -> None:

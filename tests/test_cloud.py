@@ -32,6 +32,16 @@ def moto_server():
     server.stop()
 
 
+def lost_answer() -> Exception:
+    """What a create that did create raises, so that the caller never hears of it: moto
+    answers 503, and botocore retries the create."""
+    from moto.core.exceptions import JsonRESTError
+
+    error = JsonRESTError("ServiceUnavailable", "the service is unavailable")
+    error.code = 503
+    return error
+
+
 class FakeSageMaker:
     """moto's SageMaker backend (it lives in this process), steered per test: jobs can be
     created in a given state, flip to another later, and every create call is counted."""
@@ -50,6 +60,7 @@ class FakeSageMaker:
         self.after: dict[str, tuple[float, str]] = {}  # kind -> (seconds, status)
         self.on_complete: dict[str, Any] = {}  # kind -> callable(job) when it completes
         self.on_create: dict[str, Any] = {}  # kind -> callable(job) when it is created
+        self.lose_answers: dict[str, int] = {}  # kind -> how many creates answer 503 (after creating)
         for kind in STATUS:
             method = f"create_{kind}_job"
             monkeypatch.setattr(SageMakerModelBackend, method,
@@ -78,8 +89,12 @@ class FakeSageMaker:
 
     def _wrap(self, kind: str, create: Any) -> Any:
         def create_job(backend: Any, *args: Any, **kwargs: Any) -> Any:
-            response = create(backend, *args, **kwargs)
+            from moto.sagemaker.exceptions import ResourceInUseException
+
             name = kwargs.get(f"{kind}_job_name") or (args[0] if args else None)
+            if name in getattr(backend, JOBS[kind]):  # as SageMaker: names are unique
+                raise ResourceInUseException(f"{kind} job {name} already exists")
+            response = create(backend, *args, **kwargs)
             name = name or next(reversed(getattr(backend, JOBS[kind])))
             self.creates.append((kind, name))
             job = getattr(backend, JOBS[kind])[name]
@@ -95,6 +110,9 @@ class FakeSageMaker:
             if kind in self.after:
                 delay, later = self.after[kind]
                 threading.Timer(delay, self.flip, (kind, name, later)).start()
+            if self.lose_answers.get(kind, 0) > 0:  # created, but the caller never hears it
+                self.lose_answers[kind] -= 1
+                raise lost_answer()
             return response
 
         return create_job

@@ -314,3 +314,40 @@ train()
     assert "still running after the 4 s wait_timeout_seconds; the job was stopped" in out
     assert "train_sleeps.py finished" not in out
     assert containers_with_label() == []
+
+
+# --- a lost create answer re-attaches in the same attempt --------------------------------------
+
+TRAIN = '''
+@sm_training(step="trainer")
+def train():
+    return {"train": "s3://smtask-cloud-tests/splits/train/"}
+train()
+'''
+
+
+@pytest.mark.parametrize("kind", ["processing", "training"])
+def test_a_lost_create_answer_reattaches_to_the_jobs_own_job(tmp_path, sagemaker, capfd, kind):
+    sagemaker.lose_answers[kind] = 1
+    body = TRAIN if kind == "training" else SPLIT.replace(
+        "return {}", 'return {"data-source": "s3://smtask-cloud-tests/data/"}')
+    result = run_dag(body, config=cloud_config(tmp_path))  # no retries: the same attempt
+    assert result.ok, result.states
+    assert [k for k, _ in sagemaker.creates] == [kind]  # one job, no -r2
+    assert "the answer was lost: re-attaching to it" in capfd.readouterr().out
+
+
+def test_a_job_of_the_same_name_that_another_made_is_left_alone(tmp_path, sagemaker, capfd):
+    """ResourceInUse for a job without this task instance's tag (made between the task's look
+    for its job and its create): not this task's, so neither adopted nor stopped."""
+    def made_by_another(job):
+        job.tags = [t for t in job.tags if t["Key"] != "smtask:task-instance"]
+
+    sagemaker.on_create["training"] = made_by_another
+    sagemaker.lose_answers["training"] = 1
+    result = run_dag(TRAIN, config=cloud_config(tmp_path))
+    assert result.states == {"train": "failed"}
+    out = capfd.readouterr().out
+    assert "a job of this name exists that this task instance did not create" in out
+    (name,) = [n for _, n in sagemaker.creates]
+    assert client().describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Completed"

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from smtask.errors import SmtaskError
 from smtask.storage import local_path
+from smtask.waiting import INSTANCE_TAG
 
 SETTINGS_FILE = "config.json"
 
@@ -27,6 +28,7 @@ class StepContext:
     params: dict[str, Any]  # the merged, validated params of the run
     job_name: str
     prefix: str  # URI under which this step's outputs go: <artifacts>/<pipeline>/<dag>/<run>/<step>
+    instance: str = ""  # the task instance's id (naming.task_instance_id), every job's tag
 
     @property
     def cfg(self) -> dict[str, Any]:
@@ -74,7 +76,7 @@ class StepContext:
             "max_runtime_seconds": cfg.get("max_runtime_seconds", 86400),
             "environment": dict(cfg.get("environment", {})),
             "tags": {**self.params.get("tags", {}), **cfg.get("tags", {}),
-                     "smtask:step": self.step},
+                     "smtask:step": self.step, INSTANCE_TAG: self.instance},
         }
 
     def given_image(self) -> tuple[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any, TypeGuard
 
 from smtask.errors import ModelNotFound, ParamsError
 from smtask.steps import (
+    INSTANCE_TAG,
     StepContext,
     aws_tags,
     check_exists,
@@ -150,13 +151,7 @@ def submit(job: dict[str, Any], session: Any) -> None:
         _check_model(session, job["step"], model_name)
     prepare_output(job["output_path"], job["artifacts"])
     if session.local_mode or not job["existing_model"]:
-        session.sagemaker_client.create_model(
-            ModelName=model_name,
-            PrimaryContainer={"Image": job["image"], "ModelDataUrl": model_data,
-                              "Environment": job["model_environment"]},
-            ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
-            Tags=aws_tags(job),
-        )
+        _create_model(session, job, model_name, model_data)
     transformer = Transformer(
         model_name=model_name,
         instance_count=job["instance_count"],
@@ -180,6 +175,30 @@ def submit(job: dict[str, Any], session: Any) -> None:
         wait=False,
         logs=False,
     )
+
+
+def _create_model(session: Any, job: dict[str, Any], name: str, model_data: str) -> None:
+    """CreateModel, named like the job. A model of that name that this task instance made (its
+    tag says so: an earlier attempt's, or a create whose answer was lost) is used as it is."""
+    from botocore.exceptions import ClientError
+
+    client = session.sagemaker_client
+    try:
+        client.create_model(
+            ModelName=name,
+            PrimaryContainer={"Image": job["image"], "ModelDataUrl": model_data,
+                              "Environment": job["model_environment"]},
+            ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
+            Tags=aws_tags(job),
+        )
+    except ClientError as exc:
+        if session.local_mode or "already exist" not in str(exc):
+            raise
+        arn = client.describe_model(ModelName=name)["ModelArn"]
+        tags = {t["Key"]: t["Value"] for t in client.list_tags(ResourceArn=arn).get("Tags", [])}
+        if tags.get(INSTANCE_TAG) != job["tags"][INSTANCE_TAG]:
+            raise ParamsError(f"step '{job['step']}': a model named {name} exists that this task "
+                              "instance did not create; it is left as it is") from exc
 
 
 def _check_model(session: Any, step: str, name: str) -> None:
