@@ -137,7 +137,8 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
             name, existing = waiting.claim(client, self.kind,
                                            lambda n: naming.attempt_name(base, n, self.max_name),
                                            rerun_failed=cfg.get("if_job_failed") != "fail",
-                                           rerun_completed=cfg.get("if_job_completed") == "rerun")
+                                           rerun_completed=cfg.get("if_job_completed") == "rerun",
+                                           rerun_stopped=cfg.get("if_job_stopped") == "rerun")
             job = {**job, "job_name": name}
             self._active = (session, name)
             try:

@@ -160,6 +160,7 @@ _COMMON_STEP_KEYS: dict[str, Any] = {
     "wait_timeout_seconds": _POSITIVE,
     "poll_max_seconds": {"type": "number", "exclusiveMinimum": 0},
     "if_job_failed": {"enum": ["rerun", "fail"]},
+    "if_job_stopped": {"enum": ["rerun", "fail"]},  # stopped by someone else (a person)
     "if_job_completed": {"enum": ["reuse", "rerun"]},
     "on_kill": {"enum": ["auto", "stop", "leave"]},  # sagemaker mode; local mode always stops
     "deferrable": {"type": "boolean"},

@@ -143,7 +143,7 @@ class SageMakerJobTrigger(BaseTrigger):
             if status in waiting.DONE or status in waiting.FAILED:
                 yield TriggerEvent({
                     "status": status, "job": self.job,
-                    "reason": description.get("FailureReason") or f"the job ended {status}",
+                    "reason": waiting.ended(self.kind, description),
                     "description": {k: description[k] for k in ("ModelArtifacts",)
                                     if k in description}})
                 return

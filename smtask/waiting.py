@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from smtask.errors import JobFailed
@@ -130,28 +131,67 @@ async def afind(client: Any, kind: str, job_name: str, *, run: Runner) -> dict[s
         raise
 
 
+# Set on a job smtask asks to stop (a kill, a wait timeout): a Stopped job without it was
+# stopped by someone or something else (a person, SageMaker's max runtime).
+STOPPED_TAG = "smtask:stopped-by"
+END_TIMES = ("TrainingEndTime", "ProcessingEndTime", "TransformEndTime",
+             "HyperParameterTuningEndTime", "LastModifiedTime")
+
+
+def ended(kind: str, description: dict[str, Any]) -> str:
+    """Why a job ended Failed or Stopped, in SageMaker's words: its FailureReason; for a stop,
+    when it happened and its SecondaryStatus (``MaxRuntimeExceeded``, ``Stopped``...)."""
+    state, reason = status(kind, description), description.get("FailureReason")
+    if state != "Stopped":
+        return str(reason or f"the job ended {state}")
+    when = next((description[k] for k in END_TIMES if description.get(k)), None)
+    details = [f"SecondaryStatus {description['SecondaryStatus']}"] \
+        if description.get("SecondaryStatus") else []
+    details += [str(description[k]) for k in ("ExitMessage", "FailureReason") if description.get(k)]
+    stamp = when.isoformat() if isinstance(when, datetime) else when
+    return ("the job was stopped" + (f" at {stamp}" if stamp else "") + ", not by this task"
+            + (f" ({'; '.join(details)})" if details else ""))
+
+
+def stopped_by_smtask(client: Any, kind: str, description: dict[str, Any]) -> bool:
+    """Whether smtask itself asked SageMaker to stop the job (its tag says so)."""
+    arn = description.get(ARN[kind])
+    if not arn or not hasattr(client, "list_tags"):
+        return False
+    tags = call(client.list_tags, {"ResourceArn": arn}).get("Tags", [])
+    return any(t["Key"] == STOPPED_TAG for t in tags)
+
+
 def claim(client: Any, kind: str, name: Callable[[int], str], *,
-          rerun_failed: bool = True, rerun_completed: bool = False) -> tuple[str, dict[str, Any] | None]:
+          rerun_failed: bool = True, rerun_completed: bool = False,
+          rerun_stopped: bool = False) -> tuple[str, dict[str, Any] | None]:
     """The name this task's job has or gets, and the job already under it, if any.
 
     Names are ``name(1)``, ``name(2)``, ...: a running or completed job under one is this
-    task's job (re-attach or reuse it); a failed or stopped one moves on to the next name,
-    unless ``rerun_failed`` is false, which fails the task instead. With ``rerun_completed``
-    a completed one moves on too (a cleared task runs its job again).
+    task's job (re-attach or reuse it); a failed one, or one smtask stopped (a kill, a wait
+    timeout), moves on to the next name, unless ``rerun_failed`` is false, which fails the
+    task instead. A job someone else stopped (a person, SageMaker's max runtime) fails the
+    task unless ``rerun_stopped``: a job a person stopped stays stopped. With
+    ``rerun_completed`` a completed one moves on too (a cleared task runs its job again).
     """
     attempt = 1
     while True:
         job_name = name(attempt)
         description = find(client, kind, job_name)
-        ended = FAILED | (DONE if rerun_completed else set())
-        if description is None or status(kind, description) not in ended:
+        ended_as = FAILED | (DONE if rerun_completed else set())
+        if description is None or status(kind, description) not in ended_as:
             return job_name, description
-        if status(kind, description) in FAILED and not rerun_failed:
+        current = status(kind, description)
+        if current == "Stopped" and not stopped_by_smtask(client, kind, description):
+            if not rerun_stopped:
+                raise JobFailed(kind, job_name, f"an earlier attempt's job: {ended(kind, description)}."
+                                " if_job_stopped is 'fail' (the default): a job stopped by "
+                                "hand stays stopped; set it to 'rerun' to start a new one")
+        elif current in FAILED and not rerun_failed:
             raise JobFailed(kind, job_name, "an earlier attempt's job ended "
-                            f"{status(kind, description)} and if_job_failed is 'fail': "
+                            f"{current} and if_job_failed is 'fail': "
                             f"{description.get('FailureReason') or 'no reason given'}")
-        log.info("%s job %s ended %s; this attempt starts a new one", kind, job_name,
-                 status(kind, description))
+        log.info("%s job %s ended %s; this attempt starts a new one", kind, job_name, current)
         attempt += 1
 
 
@@ -172,10 +212,15 @@ def adopt(client: Any, kind: str, job_name: str, instance: str,
 
 
 def stop(client: Any, kind: str, job_name: str) -> None:
-    """Ask SageMaker to stop the job; a job that already ended is left as it is."""
+    """Ask SageMaker to stop the job, tagged as stopped by smtask first (so that a retry tells
+    it from a job a person stopped); a job that already ended is left as it is."""
     from botocore.exceptions import ClientError
 
     try:
+        description = find(client, kind, job_name)
+        if description is not None and description.get(ARN[kind]) and hasattr(client, "add_tags"):
+            call(client.add_tags, {"ResourceArn": description[ARN[kind]],
+                                   "Tags": [{"Key": STOPPED_TAG, "Value": "smtask"}]})
         call(getattr(client, API[kind][3]), {API[kind][1]: job_name})
     except ClientError as exc:
         if _code(exc) not in NOT_FOUND:
@@ -237,8 +282,7 @@ def wait(client: Any, kind: str, job_name: str, *, timeout: float | None = None,
         if current in DONE:
             return description
         if current in FAILED:
-            reason = description.get("FailureReason") or f"the job ended {current}"
-            raise JobFailed(kind, job_name, reason)
+            raise JobFailed(kind, job_name, ended(kind, description))
         if deadline is not None and clock() >= deadline:
             stop(client, kind, job_name)
             raise JobFailed(kind, job_name, f"still {current} after the {timeout:g} s "

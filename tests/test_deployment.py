@@ -331,7 +331,7 @@ def test_a_scheduler_restart_mid_job_reattaches_to_the_same_job(deployment):
 WORKER_PERMISSIONS = {
     *(f"sagemaker:{verb}{kind}Job" for verb in ("Create", "Describe", "Stop")
       for kind in ("Processing", "Training", "Transform")),
-    "sagemaker:CreateModel", "sagemaker:AddTags",
+    "sagemaker:CreateModel", "sagemaker:AddTags", "sagemaker:ListTags",
     "s3:GetObject", "s3:PutObject", "s3:ListBucket",
     "logs:DescribeLogStreams", "logs:GetLogEvents",
 }

@@ -351,3 +351,44 @@ def test_a_job_of_the_same_name_that_another_made_is_left_alone(tmp_path, sagema
     assert "a job of this name exists that this task instance did not create" in out
     (name,) = [n for _, n in sagemaker.creates]
     assert client().describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Completed"
+
+
+# --- a job someone else stopped -----------------------------------------------------------------
+
+SPLIT_S3 = '''
+@sm_processing(step="splitor", retries=1, retry_delay=0)
+def split():
+    return {"data-source": "s3://smtask-cloud-tests/data/"}
+split()
+'''
+
+
+def test_a_job_stopped_by_hand_fails_with_when_and_stays_stopped(tmp_path, sagemaker, capfd):
+    sagemaker.initial["processing"] = ("InProgress", "")
+    sagemaker.after["processing"] = (1.0, "Stopped")  # a person stops it in the console
+    result = run_dag(SPLIT_S3, config=cloud_config(tmp_path))
+    assert result.states == {"split": "failed"}
+    out = capfd.readouterr().out
+    assert "the job was stopped at 20" in out and "not by this task" in out
+    assert "if_job_stopped is 'fail' (the default): a job stopped by hand stays stopped" in out
+    assert len(sagemaker.creates) == 1  # the retry started no new job
+
+
+def test_if_job_stopped_rerun_starts_a_new_job(tmp_path, sagemaker):
+    sagemaker.initial["processing"] = [("InProgress", ""), ("Completed", "")]
+    sagemaker.after["processing"] = (1.0, "Stopped")
+    result = run_dag(SPLIT_S3, config=cloud_config(tmp_path, splitor={"if_job_stopped": "rerun"}))
+    assert result.ok, result.states
+    first, second = (name for _, name in sagemaker.creates)
+    assert second.endswith("-r2-" + first[-8:])
+
+
+def test_a_job_this_task_stopped_at_its_wait_timeout_is_rerun_by_the_retry(tmp_path, sagemaker):
+    sagemaker.initial["processing"] = [("InProgress", ""), ("Completed", "")]
+    result = run_dag(SPLIT_S3, config=cloud_config(tmp_path, splitor={"wait_timeout_seconds": 1}))
+    assert result.ok, result.states
+    first, second = (name for _, name in sagemaker.creates)
+    assert second.endswith("-r2-" + first[-8:])
+    arn = client().describe_processing_job(ProcessingJobName=first)["ProcessingJobArn"]
+    assert {"Key": "smtask:stopped-by", "Value": "smtask"} in client().list_tags(
+        ResourceArn=arn)["Tags"]

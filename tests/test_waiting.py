@@ -70,22 +70,45 @@ def test_timeout_stops_the_job():
     assert client.stopped == ["job"] and 5 <= now[0] < 6
 
 
+class Jobs:
+    """Training jobs by name: (status, failure reason, tags)."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+
+    def describe_training_job(self, TrainingJobName):
+        if TrainingJobName not in self.jobs:
+            raise error("ValidationException")
+        status, reason, _ = self.jobs[TrainingJobName]
+        return {"TrainingJobStatus": status, "FailureReason": reason,
+                "TrainingJobArn": f"arn:training-job/{TrainingJobName}",
+                "SecondaryStatus": "Stopped" if status == "Stopped" else status,
+                "TrainingEndTime": "2026-12-01T10:00:00+00:00"}
+
+    def list_tags(self, ResourceArn):
+        return {"Tags": self.jobs[ResourceArn.rsplit("/", 1)[1]][2]}
+
+
+SMTASK_STOPPED = [{"Key": waiting.STOPPED_TAG, "Value": "smtask"}]
+
+
 def test_claim_moves_past_failed_jobs_and_stops_at_a_running_or_new_one():
-    jobs = {"n1": ("Failed", "x"), "n2": ("Stopped", None), "n3": ("InProgress", None)}
-
-    class Jobs:
-        def describe_training_job(self, TrainingJobName):
-            if TrainingJobName not in jobs:
-                raise error("ValidationException")
-            status, reason = jobs[TrainingJobName]
-            return {"TrainingJobStatus": status, "FailureReason": reason}
-
-    name, existing = waiting.claim(Jobs(), "training", lambda n: f"n{n}")
+    jobs = Jobs({"n1": ("Failed", "x", []), "n2": ("Stopped", None, SMTASK_STOPPED),
+                 "n3": ("InProgress", None, [])})
+    name, existing = waiting.claim(jobs, "training", lambda n: f"n{n}")
     assert name == "n3" and existing["TrainingJobStatus"] == "InProgress"
-    del jobs["n3"]
-    assert waiting.claim(Jobs(), "training", lambda n: f"n{n}") == ("n3", None)
+    del jobs.jobs["n3"]
+    assert waiting.claim(jobs, "training", lambda n: f"n{n}") == ("n3", None)
     with pytest.raises(JobFailed, match="if_job_failed is 'fail'"):
-        waiting.claim(Jobs(), "training", lambda n: f"n{n}", rerun_failed=False)
+        waiting.claim(jobs, "training", lambda n: f"n{n}", rerun_failed=False)
+
+
+def test_a_job_stopped_by_hand_stays_stopped_unless_the_step_says_rerun():
+    jobs = Jobs({"n1": ("Stopped", None, [])})  # no smtask tag: someone else stopped it
+    with pytest.raises(JobFailed, match=r"the job was stopped at 2026-12-01T10:00:00\+00:00, "
+                       r"not by this task \(SecondaryStatus Stopped\).*if_job_stopped is 'fail'"):
+        waiting.claim(jobs, "training", lambda n: f"n{n}")
+    assert waiting.claim(jobs, "training", lambda n: f"n{n}", rerun_stopped=True) == ("n2", None)
 
 
 def test_claim_reuses_a_completed_job_unless_told_to_rerun_it():
