@@ -16,7 +16,7 @@ from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factor
 from airflow.sdk.definitions.context import context_merge
 
 from smtask import naming, params, waiting
-from smtask.errors import JobFailed, SmtaskError, TaskInterrupted, TaskShutdown
+from smtask.errors import JobFailed, ParamsError, SmtaskError, TaskInterrupted, TaskShutdown
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -89,8 +89,14 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
 
     def _params(self, context: Context) -> dict[str, Any]:
         """Validated for every smtask step of the DAG, so a typo in a later step fails the
-        first task; the decorator's ``mode`` applies unless the run's conf sets one."""
-        run_params = params.run_params(context)
+        first task; the decorator's ``mode`` applies unless the run's conf sets one. The
+        refusal shows three problems; the task log lists them all (up to 20)."""
+        try:
+            run_params = params.run_params(context)
+        except ParamsError as exc:
+            for problem in exc.problems[:20]:
+                self.log.error("bad params: %s", problem)
+            raise
         conf = getattr(context.get("dag_run"), "conf", None) or {}
         if self.mode and "mode" not in conf:
             run_params["mode"] = self.mode

@@ -13,7 +13,12 @@ class ParamsError(SmtaskError, AirflowFailException):
     """The params (config.json deep-merged with the run's conf) are invalid.
 
     Raised before any job is created; never retried, since a retry would read the same params.
+    Its message shows the first three problems, one a line; ``problems`` holds them all.
     """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else [message]
 
 
 class JobFailed(SmtaskError):

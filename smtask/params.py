@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smtask.errors import ParamsError
+from smtask.schema import DIALECT, KEY, RULE, WHAT, key_path, quoted
+
+_key_path = key_path
 
 if TYPE_CHECKING:
     from airflow.sdk import Param
@@ -48,18 +51,23 @@ def _string(max_length: int, **schema: Any) -> dict[str, Any]:
 # SageMaker's own patterns, so that what its API would refuse fails here, named, before any job.
 # Its ".*" (hyperparameters) admits no line terminator.
 ONE_LINE = "^[^\n\r\u0085\u2028\u2029]*$"
+_ONE_LINE_RULE = "is more than one line (SageMaker refuses line breaks in hyperparameters)"
 # Tags: letters, digits, spaces and _ . : / = + - @ (AWS: [\p{L}\p{Z}\p{N}_.:/=+\-@]), no "aws:" key.
 _TAG_TEXT = "[\\w .:/=+@\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000-]*$"
+_TAG_RULE = "has a character AWS's tags refuse (letters, digits, spaces, _ . : / = + - @ only)"
 _TAGS = {"type": "object", "maxProperties": 50,
-         "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": f"^(?!aws:){_TAG_TEXT}"},
-         "additionalProperties": _string(256, pattern=f"^{_TAG_TEXT}")}
+         "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": f"^(?!aws:){_TAG_TEXT}",
+                           RULE: _TAG_RULE + "; a key may not start with aws:"},
+         "additionalProperties": _string(256, pattern=f"^{_TAG_TEXT}", **{RULE: _TAG_RULE})}
 
 
 def _environment(value_max: int, entries: int = 100) -> dict[str, Any]:
     """A job's environment as SageMaker takes it: names ``[A-Za-z_][A-Za-z0-9_]*``; values
     of any characters (they reach the job literally, in both modes), at most ``value_max``."""
     return {"type": "object", "maxProperties": entries,
-            "propertyNames": {"maxLength": 256, "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            "propertyNames": {"maxLength": 256, "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                              RULE: "is not a variable name ([A-Za-z_][A-Za-z0-9_]*, as SageMaker "
+                                    "takes them)"},
             "additionalProperties": _string(value_max)}
 
 
@@ -75,7 +83,8 @@ _IMAGE = {
 }
 _PATH = _string(1024)
 # a file:// URI names no host: file://data/x would mean /x to smtask and data/x to the SDK
-_URI = _string(1024, pattern="^(s3://[^/]|file:///)")
+_URI = _string(1024, pattern="^(s3://[^/]|file:///)",
+               **{RULE: "is not an s3://bucket/... or file:///... URI"})
 # a model's container environment (local.models, a transform's model): SageMaker's limits
 _ENVIRONMENT = _environment(1024)
 # an s3:// or file:/// URI, or a path (no scheme) relative to the config's folder
@@ -232,9 +241,9 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
             "hyperparameters": {
                 "type": "object",
                 "maxProperties": 100,
-                "propertyNames": {"maxLength": 256, "pattern": ONE_LINE},
+                "propertyNames": {"maxLength": 256, "pattern": ONE_LINE, RULE: _ONE_LINE_RULE},
                 "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": 2500,
-                                         "pattern": ONE_LINE},
+                                         "pattern": ONE_LINE, RULE: _ONE_LINE_RULE},
             },
         },
     },
@@ -360,20 +369,25 @@ def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
     }
     schemas = {key: trigger_schema(schema) for key, schema in TOP_SCHEMA["properties"].items()}
     steps: dict[str, Any] = config["steps"] if isinstance(config.get("steps"), dict) else {}
-    schemas["steps"] = {"type": "object", "additionalProperties": False,
-                        "properties": {step: {"type": ["object", "null"]} for step in steps}}
+    # an unknown step is refused in one line that lists the known ones (propertyNames, not
+    # additionalProperties: jsonschema's own text for that quotes the whole steps schema)
+    schemas["steps"] = {"type": "object", "propertyNames": {"enum": sorted(steps), WHAT: "step"},
+                        "properties": {step: PLAIN_STEP for step in steps}}
     for key in NEVER:
         if key in config:
             schemas[key] = {"const": config[key]}
+    # Airflow checks a Param's schema against its metaschema on every dump(), and dumps params
+    # to serialize and compare operators (each parse, each task): smtask's dialect is draft 7,
+    # whose metaschema check takes a fifth of 2020-12's (the default) for the steps' schemas.
     return {key: Param(value, description=descriptions.get(key),
-                       schema=_Schema({"$schema": DRAFT_7, **schemas.get(key, {})}))
+                       schema=_Schema({"$schema": DIALECT, KEY: key, **schemas.get(key, {})}))
             for key, value in config.items()}
 
 
-# Airflow checks a Param's schema against its metaschema on every dump(), and dumps params to
-# serialize and compare operators (each parse of the DAG, each task): against draft 7's
-# metaschema that check takes a fifth of 2020-12's (the default) for the steps' schemas.
-DRAFT_7 = "http://json-schema.org/draft-07/schema#"
+# A plain task's step (not smtask's): free-form settings, kept small (they are part of every
+# task's params and of the trigger form); see _plain_step_problems for the size in bytes.
+PLAIN_STEP = {"type": ["object", "null"], "maxProperties": 100}
+PLAIN_STEP_MAX_BYTES = 64 * 1024
 
 
 class _Schema(dict):  # type: ignore[type-arg]
@@ -416,10 +430,14 @@ def or_null(schema: dict[str, Any]) -> dict[str, Any]:
 def describe_step(dag: Any, step: str, kind: str) -> None:
     """Give the DAG's ``steps`` param the schema of one smtask step (at parse time)."""
     param = dag.params.get_param("steps") if dag is not None and "steps" in dag.params else None
-    properties = getattr(param, "schema", {}).get("properties")
+    schema = getattr(param, "schema", {})
+    properties, names = schema.get("properties"), schema.get("propertyNames", {}).get("enum")
     if isinstance(properties, dict):
         step_schema = {"type": "object", "additionalProperties": False, **STEP_SCHEMAS[kind]}
         properties[step] = or_null(trigger_schema(step_schema))
+    if isinstance(names, list) and step not in names:
+        names.append(step)
+        names.sort()
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -456,17 +474,6 @@ def check_name(step: str, what: str, name: Any) -> str:
     return str(name)
 
 
-def quoted(text: str, limit: int = 80) -> str:
-    """``text`` quoted with escapes (a look-alike or a newline shows), cut to ``limit``."""
-    shown = ascii(text)
-    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
-
-
-def _key_path(*keys: str) -> str:
-    """``steps.trainer.image``; an odd key is quoted so the path stays readable."""
-    return ".".join(k if NAME_RULES["step"][0].fullmatch(k) else quoted(k) for k in keys)
-
-
 def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
     """Check the top level and every ``steps.<step>`` used by the DAG (step -> job kind).
 
@@ -475,10 +482,25 @@ def validate(params: Mapping[str, Any], steps: Mapping[str, str]) -> None:
     _raise(_problems(params, steps), steps)
 
 
-def _raise(problems: list[str], steps: Mapping[str, str]) -> None:
+MAX_REFUSAL = 500  # characters of a refusal, in at most three lines
+
+
+def refusal(problems: list[str]) -> str:
+    """The refusal of bad params: the problems, one a line (``<key path>: <the rule>``), the
+    first three of them, in under :data:`MAX_REFUSAL` characters."""
+    shown = problems[:3]
+    width = MAX_REFUSAL // len(shown) - 40
+    lines = [p if len(p) <= width else p[: width - 3] + "..." for p in shown]
+    lines[0] = ("bad params: " if len(problems) == 1 else
+                f"bad params ({len(problems)} problems): ") + lines[0]
+    if len(problems) > 3:
+        lines[-1] += f" (and {len(problems) - 3} more)"
+    return "\n".join(lines)
+
+
+def _raise(problems: list[str], steps: Mapping[str, str] | None = None) -> None:
     if problems:
-        where = ", ".join(quoted(s) for s in sorted(steps)) or "the pipeline"
-        raise ParamsError(f"bad params for step {where}:\n  - " + "\n  - ".join(problems))
+        raise ParamsError(refusal(problems), problems)
 
 
 def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
@@ -492,6 +514,7 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, str]) -> list[str]:
     problems.extend(_model_problems(params, steps, configured))
     bad_names = {s: p for s in sorted({*configured, *steps}) if (p := name_problem("step", s))}
     problems.extend(f"steps: step name {p}" for p in bad_names.values())
+    problems.extend(_plain_step_problems(configured, steps))
     for step, kind in sorted(steps.items()):
         if step in bad_names:
             continue
@@ -544,27 +567,20 @@ def _image_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -
 
 
 def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]) -> Iterable[str]:
-    from jsonschema import Draft7Validator
+    from smtask import schema as dialect
 
-    for error in sorted(Draft7Validator(schema).iter_errors(value), key=lambda e: list(e.path)):
-        path = (*prefix, *(str(p) for p in error.absolute_path))
-        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            allowed = error.schema.get("properties", {})
-            for key in sorted(k for k in error.instance if k not in allowed):
-                known = ", ".join(sorted(allowed))
-                yield f"{_key_path(*path, key)}: unknown key (known keys: {known})"
-        elif error.validator == "required":
-            missing = error.message.split("'")[1]
-            yield f"{_key_path(*path, missing)}: required key is missing"
-        elif error.validator == "dependencies":  # "'b' is a dependency of 'a'"
-            missing, given = error.message.split("'")[1::2]
-            yield f"{_key_path(*path, missing)}: required with {given}"
-        else:
-            # the message quotes the value, which may be huge: keep its start and end
-            message = error.message if len(error.message) <= 120 else \
-                f"{error.message[:60]}...{error.message[-40:]}"
-            limit = f" (at most {error.validator_value})" if error.validator in _SIZE_LIMITS else ""
-            yield f"{_key_path(*path) or '<params>'}: {message}{limit}"
+    for error in dialect.errors(value, schema):
+        yield dialect.problem(error, prefix)
+
+
+def _plain_step_problems(configured: Mapping[str, Any], steps: Mapping[str, str]) -> Iterable[str]:
+    """A plain task's step (``steps.data-source``): free-form, but small."""
+    for step in sorted(s for s in configured if s not in steps):
+        yield from _schema_problems(configured[step], PLAIN_STEP, ("steps", step))
+        size = len(json.dumps(configured[step]).encode())
+        if size > PLAIN_STEP_MAX_BYTES:
+            yield (f"{_key_path('steps', step)}: {size} bytes as JSON, at most "
+                   f"{PLAIN_STEP_MAX_BYTES}")
 
 
 def _model_problems(params: Mapping[str, Any], steps: Mapping[str, str],
@@ -680,7 +696,7 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
         default_steps = defaults.get("steps")
         known = {*(default_steps if isinstance(default_steps, Mapping) else ()), *steps}
         unknown = [s for s in conf["steps"] if s not in known]
-        problems = [f"{_key_path('steps', s)}: not a step of this DAG (known steps: "
+        problems = [f"{_key_path('steps', s)}: unknown step (known: "
                     f"{', '.join(sorted(known)) or 'none'})" for s in unknown]
         # reported once, here: the merged params hold no step the DAG lacks
         conf["steps"] = {s: v for s, v in conf["steps"].items() if s in known}

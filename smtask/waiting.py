@@ -218,9 +218,13 @@ def stop(client: Any, kind: str, job_name: str) -> None:
 
     try:
         description = find(client, kind, job_name)
-        if description is not None and description.get(ARN[kind]) and hasattr(client, "add_tags"):
-            call(client.add_tags, {"ResourceArn": description[ARN[kind]],
+        arn = description.get(ARN[kind]) if isinstance(description, dict) else None
+        if arn:
+            call(client.add_tags, {"ResourceArn": arn,
                                    "Tags": [{"Key": STOPPED_TAG, "Value": "smtask"}]})
+    except Exception as exc:  # noqa: BLE001 - the tag only tells a retry who stopped it
+        log.warning("could not tag %s job %s as stopped by smtask: %s", kind, job_name, exc)
+    try:
         call(getattr(client, API[kind][3]), {API[kind][1]: job_name})
     except ClientError as exc:
         if _code(exc) not in NOT_FOUND:

@@ -52,7 +52,7 @@ def test_unknown_mode_in_conf_is_one_line_naming_the_modes_and_exit_2(tmp_path, 
 def test_run_with_bad_params_fails_before_any_dag_run(tmp_path):
     done = smtask(tmp_path, "run", EXAMPLE, "-c", '{"steps": {"trainr": {"max_depth": 3}}}')
     assert done.returncode == 1
-    assert "steps.trainr: not a step of this DAG (known steps: data-source, evaluate, " \
+    assert "steps.trainr: unknown step (known: data-source, evaluate, " \
            "splitor, trainer, transformer)" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "airflow" / "airflow.db").exists()  # no DB, so no dag run

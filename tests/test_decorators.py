@@ -78,7 +78,8 @@ def test_task_id_defaults_to_the_function_name_and_operator_shows_the_decorator(
 @pytest.mark.parametrize(("conf", "refused"), [
     ({"steps": {"splitor": {"instance_count": "two"}}}, "'two' is not of type 'integer'"),
     ({"steps": {"splitor": {"arguments": "--seed 1"}}}, "'--seed 1' is not of type 'array'"),
-    ({"steps": {"splitr": {}}}, "'splitr' was unexpected"),
+    ({"steps": {"splitr": {}}}, r"steps\.splitr: unknown step \(known: data-source, evaluate, "
+                                r"splitor, trainer, transformer\)$"),
     ({"code_root": "/"}, "param code_root"),
 ])
 def test_a_bad_run_conf_is_refused_when_the_run_is_triggered(tmp_path, sessions_opened, conf,

@@ -337,6 +337,24 @@ WORKER_PERMISSIONS = {
 }
 
 
+def test_the_api_server_refuses_a_bad_conf_in_one_line(deployment):
+    """REST's 400 (what the trigger form shows) names the step, the key and the rule: the API
+    server validates with smtask's params dialect (registered through the provider info)."""
+    dep = deployment
+    for conf, refused in (
+            ({"steps": {"trainr": {}}}, "Invalid input for param steps: steps.trainr: unknown "
+                                        "step (known: data-source, evaluate, splitor, trainer, "
+                                        "transformer)"),
+            ({"steps": {"trainer": {"hyperparameters": {f"h{i}": i for i in range(2000)}}}},
+             "Invalid input for param steps: steps.trainer.hyperparameters: 2000 keys, at most 100")):
+        response = dep.airflow.http.request(
+            "POST", dep.stack.api + f"/api/v2/dags/{DAG_ID}/dagRuns", timeout=30,
+            json={"dag_run_id": f"refused-{len(conf)}-{time.time()}", "logical_date": None,
+                  "conf": conf})
+        assert response.status_code == 400, response.text[:500]
+        assert response.json()["detail"] == refused
+
+
 def test_airflow_made_only_the_calls_the_documented_permissions_allow(deployment):
     """Every request Airflow's processes sent moto, in all four runs, as the IAM action it
     needs: all are in the README's list; no IAM or STS call at all (smtask checks no role)."""

@@ -70,9 +70,14 @@ def test_every_problem_is_reported_at_once(defaults):
     conf = {"steps": {"trainer": {"instance_count": 0, "bogus": 1}, "splitor": {"command": []}}}
     with pytest.raises(ParamsError) as excinfo:
         params.resolve(defaults, conf, STEPS)
-    message = str(excinfo.value)
+    problems = excinfo.value.problems
     for key in ("steps.trainer.instance_count", "steps.trainer.bogus", "steps.splitor.command"):
-        assert key in message
+        assert any(p.startswith(key) for p in problems), (key, problems)
+    # the refusal itself: the first three, one a line, then how many more
+    lines = str(excinfo.value).splitlines()
+    assert len(lines) == 3 and len(str(excinfo.value)) < 500
+    assert lines[0].startswith(f"bad params ({len(problems)} problems): ")
+    assert lines[-1].endswith(f"(and {len(problems) - 3} more)")
 
 
 def test_run_conf_that_is_not_an_object_is_rejected(defaults):
@@ -148,7 +153,7 @@ def test_pipeline_name_with_a_trailing_newline_is_refused(defaults):
 def test_conf_naming_a_step_the_dag_lacks_is_refused_listing_the_known_steps(defaults):
     with pytest.raises(ParamsError) as excinfo:
         params.resolve(defaults, {"steps": {"trainr": {"max_depth": 3}}}, STEPS)
-    assert ("steps.trainr: not a step of this DAG (known steps: data-source, evaluate, "
+    assert ("steps.trainr: unknown step (known: data-source, evaluate, "
             "splitor, trainer, transformer)") in str(excinfo.value)
 
 
@@ -165,28 +170,27 @@ def test_conf_may_set_a_step_the_dags_tasks_use_but_the_config_lacks(defaults):
 
 @pytest.mark.parametrize(("conf", "expected"), [
     ({"steps": {"trainer": {"image": "x" * 100_000}}},
-     "steps.trainer.image: 'xxxx"),
+     "steps.trainer.image: 100000 characters, at most 256"),
     ({"steps": {"splitor": {"code_path": "x" * 100_000}}},
-     "steps.splitor.code_path: 'xxxx"),
+     "steps.splitor.code_path: 100000 characters, at most 1024"),
     ({"steps": {"trainer": {"hyperparameters": {"note": "x" * 2501}}}},
-     "steps.trainer.hyperparameters.note: 'xxxx"),
+     "steps.trainer.hyperparameters.note: 2501 characters, at most 2500"),
     ({"steps": {"transformer": {"environment": {"K": "x" * 1025}}}},
-     "steps.transformer.environment.K: 'xxxx"),
+     "steps.transformer.environment.K: 1025 characters, at most 1024"),
     ({"steps": {"splitor": {"arguments": ["x" * 257]}}},
-     "steps.splitor.arguments.0: 'xxxx"),
-    ({"role": "x" * 100_000}, "role: 'xxxx"),
+     "steps.splitor.arguments.0: 257 characters, at most 256"),
+    ({"role": "x" * 100_000}, "role: 100000 characters, at most 2048"),
 ], ids=["image", "path", "hyperparameter", "environment", "argument", "role"])
 def test_too_long_string_is_refused_in_one_short_line_naming_the_key(defaults, conf, expected):
     with pytest.raises(ParamsError) as excinfo:
         params.resolve(defaults, conf, STEPS)
-    line = next(p for p in str(excinfo.value).splitlines() if expected in p)
-    assert "is too long (at most" in line and len(line) < 300
+    assert any(line.endswith(expected) for line in str(excinfo.value).splitlines())
+    assert len(str(excinfo.value)) < 500
 
 
 def test_map_with_too_many_entries_is_refused_naming_the_limit(defaults):
     conf = {"steps": {"trainer": {"tags": {f"k{i}": "v" for i in range(51)}}}}
-    with pytest.raises(ParamsError, match=r"steps\.trainer\.tags: .* has too many properties "
-                                          r"\(at most 50\)"):
+    with pytest.raises(ParamsError, match=r"steps\.trainer\.tags: 51 keys, at most 50$"):
         params.resolve(defaults, conf, STEPS)
 
 
@@ -238,7 +242,7 @@ def test_code_must_stay_inside_the_code_root(defaults, step, key, value):
 
 
 def test_a_file_uri_with_a_host_is_refused(defaults):
-    with pytest.raises(ParamsError, match=r"local.artifacts: 'file://data/artifacts' does not match"):
+    with pytest.raises(ParamsError, match=r"local.artifacts: 'file://data/artifacts' is not an s3://bucket"):
         params.validate({**defaults, "local": {"artifacts": "file://data/artifacts"}}, STEPS)
 
 

@@ -115,13 +115,16 @@ def test_sdk_functions_are_replaced_inside_a_local_session_and_restored_after():
 
 def test_container_output_goes_to_the_sink_and_a_failure_quotes_the_exit_code(tmp_path):
     import subprocess
+    from types import SimpleNamespace
 
     lines: list[str] = []
-    stream = local._stream_output(local.ContainerOutput(lines.append), tmp_path)
+    session = SimpleNamespace(smtask_scratch=str(tmp_path), smtask_job_failed=False)
+    stream = local._stream_output(local.ContainerOutput(lines.append), session)
     assert stream(subprocess.Popen(["printf", "one\\ntwo\\n"], stdout=subprocess.PIPE)) == 0
-    assert lines == ["one", "two"]
+    assert lines == ["one", "two"] and not session.smtask_job_failed
     with pytest.raises(local.ContainerFailed, match=r"\(exit code 1; last lines: no output\)"):
         stream(subprocess.Popen(["false"], stdout=subprocess.PIPE))
+    assert session.smtask_job_failed  # its outputs will not be published
 
 
 @pytest.mark.parametrize(("lines", "cause"), [

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import containers_with_label, run_dag, write_config
+from conftest import ROOT, containers_with_label, run_dag, write_config
 from test_cloud import (  # noqa: F401
     BUCKET,
     client,
@@ -75,11 +75,12 @@ def test_a_built_in_algorithm_takes_any_one_line_hyperparameter():
 
 @pytest.mark.parametrize(("conf", "expected"), [
     ({"hyperparameters": {"note": "two\nlines"}},
-     "steps.trainer.hyperparameters.note: 'two\\nlines' does not match"),
-    ({"environment": {"1ST": "x"}}, "steps.trainer.environment: '1ST' does not match"),
-    ({"environment": {"A-B": "x"}}, "steps.trainer.environment: 'A-B' does not match"),
-    ({"tags": {"aws:owner": "me"}}, "steps.trainer.tags: 'aws:owner' does not match"),
-    ({"tags": {"team": "ml;rm"}}, "steps.trainer.tags.team: 'ml;rm' does not match"),
+     "steps.trainer.hyperparameters.note: 'two\\nlines' is more than one line"),
+    ({"environment": {"1ST": "x"}}, "steps.trainer.environment.1ST: '1ST' is not a variable name"),
+    ({"environment": {"A-B": "x"}}, "steps.trainer.environment.A-B: 'A-B' is not a variable name"),
+    ({"tags": {"aws:owner": "me"}},
+     "steps.trainer.tags.'aws:owner': 'aws:owner' has a character AWS's tags refuse"),
+    ({"tags": {"team": "ml;rm"}}, "steps.trainer.tags.team: 'ml;rm' has a character AWS's tags"),
 ])
 def test_what_sagemaker_refuses_is_refused_with_the_key_named(conf, expected):
     assert expected in refusal({"steps": {"trainer": conf}})
@@ -392,3 +393,62 @@ def test_a_job_this_task_stopped_at_its_wait_timeout_is_rerun_by_the_retry(tmp_p
     arn = client().describe_processing_job(ProcessingJobName=first)["ProcessingJobArn"]
     assert {"Key": "smtask:stopped-by", "Value": "smtask"} in client().list_tags(
         ResourceArn=arn)["Tags"]
+
+
+# --- refusals a person can read ------------------------------------------------------------------
+
+def _serialized_example() -> object:
+    """The example DAG as Airflow's API server holds it (serialized, then deserialized)."""
+    import importlib.util
+
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    spec = importlib.util.spec_from_file_location("churn_dag", ROOT / "dags" / "churn.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return DagSerialization.from_dict(DagSerialization.to_dict(module.churn()))
+
+
+REFUSED_AT_TRIGGER = [
+    ({"steps": {"trainr": {}}}, "Invalid input for param steps: steps.trainr: unknown step (known: "
+                                "data-source, evaluate, splitor, trainer, transformer)"),
+    ({"steps": {"trainer": {"hyperparameters": {f"h{i}": "x" * 40 for i in range(2000)}}}},
+     "Invalid input for param steps: steps.trainer.hyperparameters: 2000 keys, at most 100"),
+    ({"steps": {"trainer": {"instance_count": "two"}}},
+     "Invalid input for param steps: steps.trainer.instance_count: 'two' is not of type "
+     "'integer', 'null'"),
+    ({"steps": {"trainer": {"hyperparameters": {"note": "x" * 100_000}}}},
+     "Invalid input for param steps: steps.trainer.hyperparameters.note: 100000 characters, "
+     "at most 2500"),
+    ({"steps": {"data-source": {f"k{i}": i for i in range(500)}}},
+     "Invalid input for param steps: steps.data-source: 500 keys, at most 100"),
+]
+
+
+@pytest.mark.parametrize(("conf", "refused"), REFUSED_AT_TRIGGER,
+                         ids=["unknown-step", "2000-keys", "type", "long-value", "plain-step"])
+def test_a_refusal_at_trigger_time_is_one_short_line(conf, refused):
+    """What the API server answers (HTTP 400) and the trigger form shows: the serialized
+    DAG's params, deep-merged with the conf, validated."""
+    from airflow.exceptions import ParamValidationError
+
+    dag = _serialized_example()
+    with pytest.raises(ParamValidationError) as excinfo:
+        dag.params.deep_merge(conf).validate()  # type: ignore[attr-defined]
+    assert str(excinfo.value) == refused
+
+
+@pytest.mark.parametrize(("conf", "refused"), REFUSED_AT_TRIGGER,
+                         ids=["unknown-step", "2000-keys", "type", "long-value", "plain-step"])
+def test_the_same_refusal_at_run_time_is_at_most_three_short_lines(conf, refused):
+    message = refusal(conf, steps={"splitor": "processing", "trainer": "training",
+                                   "transformer": "transform"})
+    assert len(message.splitlines()) <= 3 and len(message) < 500
+    key, rule = refused.split(": ", 2)[1:]
+    rule = rule.replace("'integer', 'null'", "'integer'")  # the merged params hold no null
+    assert message.startswith(f"bad params: {key}: ") and message.endswith(rule.split(" keys")[-1])
+
+
+def test_a_plain_steps_settings_are_size_limited():
+    message = refusal({"steps": {"data-source": {"blob": "x" * 70_000}}})
+    assert "steps.data-source: 70065 bytes as JSON, at most 65536" in message  # with its own keys
