@@ -289,9 +289,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from smtask.local import cleanup_orphans
+    from smtask.local import EngineUnreachable, cleanup_orphans
 
-    removed = cleanup_orphans()
+    try:
+        removed = cleanup_orphans()
+    except EngineUnreachable as exc:
+        print(f"smtask cleanup: nothing removed: {exc}", file=sys.stderr)
+        return 1
     for line in removed:
         print(f"removed {line}")
     print(f"smtask cleanup: removed {len(removed)} orphan(s) of killed processes")

@@ -109,9 +109,37 @@ class Owner:
             return False
 
 
+class EngineUnreachable(SmtaskError):
+    """The Docker engine does not answer: what it runs cannot be seen, stopped or removed."""
+
+
 def _docker(*args: str) -> str:
+    """``docker <args>``'s output; :class:`EngineUnreachable` when no engine answers (an
+    unanswered ``docker ps`` is not "no containers")."""
     done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0 and _ENGINE_GONE.search(done.stderr):
+        raise EngineUnreachable(engine_gone(done.stderr))
     return done.stdout
+
+
+# what the docker CLI and docker-compose say when no engine answers on their socket
+_ENGINE_GONE = re.compile(r"(?i)cannot connect to the docker daemon|is the docker daemon running|"
+                          r"error during connect|dial unix .*(connection refused|no such file)|"
+                          r"error while fetching server api version|couldn't connect to docker")
+
+
+def engine_gone(detail: str = "") -> str:
+    """The one line that says the engine is gone, quoting what the client said of it."""
+    last = next((line.strip() for line in reversed(detail.splitlines())
+                 if _ENGINE_GONE.search(line)), "")
+    return ("the Docker engine stopped answering" + (f" ({last[:160]})" if last else "") +
+            "; containers it runs may still be running: once the engine is back, "
+            "`smtask cleanup` removes those of stopped tasks")
+
+
+def engine_answers() -> bool:
+    return subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                          capture_output=True, check=False).returncode == 0
 
 
 def remove_containers(session_id: str) -> list[str]:
@@ -135,6 +163,8 @@ def cleanup_orphans() -> list[str]:
     """Remove containers and scratch folders whose owning process is gone (it was killed).
 
     Returns what was removed, one line each. Containers of live processes are left alone.
+    Without an engine that answers nothing is removed (a scratch folder may be mounted in a
+    container that still runs): :class:`EngineUnreachable`.
     """
     removed: list[str] = []
     ids = _docker("ps", "-aq", "--filter", f"label={OWNER_LABEL}").split()
@@ -148,7 +178,7 @@ def cleanup_orphans() -> list[str]:
         _docker("rm", "-f", cid)
         removed.append(f"container {cid[:12]} of dead process {owner.pid}")
         scratch = Path(labels.get(SCRATCH_LABEL, ""))
-        if scratch.name and (scratch / OWNER_FILE).is_file():
+        if scratch.name and (scratch / OWNER_FILE).is_file() and not _still_mounted(scratch):
             with contextlib.suppress(SmtaskError):
                 _remove_scratch(scratch)
                 removed.append(f"scratch folder {scratch} of dead process {owner.pid}")
@@ -156,10 +186,16 @@ def cleanup_orphans() -> list[str]:
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         marker = folder / OWNER_FILE
         owner = Owner.parse(marker.read_text()) if marker.is_file() else None
-        if owner is not None and not owner.alive():
+        if owner is not None and not owner.alive() and not _still_mounted(folder):
             _remove_scratch(folder)
             removed.append(f"scratch folder {folder} of dead process {owner.pid}")
     return removed
+
+
+def _still_mounted(scratch: Path) -> bool:
+    """Whether a container (of a live process, or one that could not be removed) still has
+    the scratch folder: it is not deleted under a running job."""
+    return bool(_docker("ps", "-aq", "--filter", f"label={SCRATCH_LABEL}={scratch}").split())
 
 
 def _stop_compose(scratch: Path) -> None:
@@ -595,6 +631,8 @@ def _stream_output(output: ContainerOutput, session: Any) -> Callable[[subproces
         keep_only_files(scratch, output)
         if exit_code not in (0, 130):  # the SDK's own rule: 130 is a stopped container
             session.smtask_job_failed = True
+            if not engine_answers():  # compose lost its engine: say so, not compose's traceback
+                raise EngineUnreachable(engine_gone("".join(own)))
             container_code = _container_exit_code(list(own))
             raise ContainerFailed(output.failure(container_code or exit_code, list(own)))
         return exit_code
@@ -795,6 +833,11 @@ def local_session(params: Mapping[str, Any], output: ContainerOutput,
                 yield session
         finally:
             session.smtask_closing = True  # a signal from here on must not cut the clean-up short
-            stop(session)
             _discard_staged(session)  # what was not published is no result
-            _remove_scratch(scratch)
+            try:
+                stop(session)
+            except EngineUnreachable as exc:
+                # its containers may still run on the scratch folder: both stay for cleanup
+                output.sink(f"smtask: {exc}; the job's scratch folder {scratch} is kept")
+            else:
+                _remove_scratch(scratch)

@@ -5,6 +5,7 @@ their own model, signals at any moment, clean-up after SIGKILL, failure messages
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -358,6 +359,99 @@ def test_the_next_local_session_removes_a_dead_processes_container(tmp_path, mon
         assert containers_with_label(f"{local.LABEL}=deadbeef") == []
         assert not scratch.exists()
     assert orphan
+
+
+# --- the engine dying mid-job ------------------------------------------------------------
+
+class EngineProxy:
+    """The Docker engine's socket as a task's process sees it (``DOCKER_HOST``), forwarded to
+    the real engine, which a test can cut (the engine "dies" for that process: its containers
+    run on) and restore."""
+
+    def __init__(self, folder: Path) -> None:
+        import socket as sockets
+
+        self.path, self.sockets = folder / "docker.sock", []
+        self._sockets, self.listener = sockets, None
+
+    def start(self) -> EngineProxy:
+        listener = self._sockets.socket(self._sockets.AF_UNIX)
+        self.path.unlink(missing_ok=True)
+        listener.bind(str(self.path))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            engine = self._sockets.socket(self._sockets.AF_UNIX)
+            engine.connect("/var/run/docker.sock")
+            self.sockets += [client, engine]
+            for a, b in ((client, engine), (engine, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, target) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                target.shutdown(2)
+
+    def cut(self) -> None:
+        self.listener.close()
+        self.path.unlink(missing_ok=True)
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)
+            sock.close()
+        self.sockets.clear()
+
+    def env(self, cli_home) -> dict[str, str]:
+        return {**cli_home.env(), "DOCKER_HOST": f"unix://{self.path}"}
+
+
+@pytest.mark.orphans  # its survivor container is for its own clean-up
+def test_an_engine_lost_mid_job_fails_in_one_line_and_deletes_nothing_under_the_job(
+        tmp_path, cli_home):
+    proxy = EngineProxy(tmp_path).start()
+    config = write_config(tmp_path, steps={"splitor": {"code_path": "tests/scripts/sleeps.py",
+                                                       "arguments": []}})
+    _, dag_path = write_dag(SLEEPER, config=config, folder=tmp_path / "dags")
+    run = Watched(cli_home.smtask("run", str(dag_path), env=proxy.env(cli_home)))
+    try:
+        run.wait_for(lambda: run.saw("sleeps.py started"))
+        proxy.cut()
+        out = run.finish(timeout=120)
+        assert run.proc.returncode == 1, out[-3000:]
+        assert "the Docker engine stopped answering" in out
+        survivors = owned_containers(run.proc.pid)
+        assert survivors, "the job's container runs on in the engine"
+        scratch = scratch_folders(cli_home)
+        assert scratch, "its scratch folder is kept: the container still mounts it"
+        # with no engine, cleanup removes nothing and says so
+        cleanup = cli_home.smtask("cleanup", env=proxy.env(cli_home))
+        text, _ = cleanup.communicate(timeout=60)
+        assert cleanup.returncode == 1 and "nothing removed: the Docker engine stopped" in text
+        assert all(folder.exists() for folder in scratch)
+        proxy.start()  # the engine is back
+        cleanup = cli_home.smtask("cleanup", env=proxy.env(cli_home))
+        text, _ = cleanup.communicate(timeout=60)
+        assert cleanup.returncode == 0, text
+        assert f"container {survivors[0][:12]} of dead process {run.proc.pid}" in text
+        assert owned_containers(run.proc.pid) == [] and scratch_folders(cli_home) == []
+    finally:
+        proxy.cut()
+        for cid in owned_containers(run.proc.pid):
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
 
 
 # --- failure messages -------------------------------------------------------------------
