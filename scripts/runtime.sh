@@ -8,7 +8,8 @@
 # in $TMPDIR/smtask-dockerd.pid, and `up` runs under a machine-wide lock, so two checkouts (or
 # two commands) setting up at once neither start two engines nor build the image twice.
 #
-# Safe on a fresh Debian machine (installs docker.io, docker-compose, debootstrap with apt) and
+# Safe on a fresh Debian machine (installs docker.io and debootstrap with apt; smtask runs the
+# SDK's compose files itself, with docker run: no docker-compose) and
 # fast the second time: the engine is reused if it answers, the image if its inputs hash matches.
 # Engine flags: no bridge, no iptables; containers use host networking only.
 set -euo pipefail
@@ -58,11 +59,6 @@ engine_down() {
         for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     fi
     rm -f "$ENGINE_PID"
-}
-
-compose_up() {
-    docker compose version >/dev/null 2>&1 && return 0
-    command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
 }
 
 base_image() {
@@ -115,7 +111,7 @@ case "${1:-up}" in
     up)
         exec 8>"${TMPDIR:-/tmp}/smtask-runtime-up.lock"
         flock 8
-        engine_up && compose_up && image_up ;;
+        engine_up && image_up ;;
     down) engine_down ;;
     *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from smtask.compose import ROOT_LABEL, bounded_lines
 from smtask.errors import SmtaskError
 from smtask.naming import smtask_home
 from smtask.storage import confined, local_path
@@ -50,7 +51,6 @@ DEFAULT_REGION = "us-east-1"
 LABEL = "smtask.session"
 OWNER_LABEL = "smtask.owner"  # "<host>:<pid>:<process start time>" of the task process
 SCRATCH_LABEL = "smtask.scratch"  # the session's scratch folder, removed with its containers
-ROOT_LABEL = "smtask.root"  # the folder of the job's compose file (one job of a session)
 OWNER_FILE = ".smtask-owner"
 # smtask's own files for a job (its settings) in the scratch folder: mounted read-only, unlike
 # the SDK's scratch folders. No job name (the SDK's folders) starts with "_".
@@ -270,6 +270,13 @@ def harden(content: dict[str, Any], session: Any, root: str = "") -> dict[str, A
     return content
 
 
+def compose_command() -> list[str]:
+    """What the SDK runs as ``docker-compose`` (``<this> -f FILE up ...``)."""
+    import sys
+
+    return [sys.executable, "-m", "smtask.compose"]
+
+
 class _SDKPatches:
     """Wraps the SDK's compose-file generators and processing volumes, once per process.
 
@@ -288,6 +295,9 @@ class _SDKPatches:
             return
         for klass in (_SageMakerContainer, _LocalContainer):
             klass._generate_compose_file = cls._compose(klass._generate_compose_file)
+        # compose files run by smtask.compose (docker run), not docker-compose: see there
+        _SageMakerContainer._get_compose_cmd_prefix = staticmethod(compose_command)
+        _LocalContainer._get_compose_cmd_prefix = lambda self: compose_command()
         _SageMakerContainer._prepare_processing_volumes = cls._single_files(
             _SageMakerContainer._prepare_processing_volumes)
         cls.installed = True
@@ -560,19 +570,55 @@ def _move_to_destination(real: Callable[..., str]) -> Callable[..., str]:
 
 # --- container output and health --------------------------------------------------------
 
-class ContainerOutput:
-    """The containers' output: each line to ``sink`` (the task log); the last lines kept so a
-    failure message can quote the script's own error."""
+# A job's output in the task log: its first LOG_BUDGET bytes, then (when it ends) its last
+# LAST_LINES lines; a line is cut at LINE_MAX bytes. A job printing gigabytes neither grows
+# the worker's memory nor takes the task hours to log (each line logged costs ~70 us).
+LOG_BUDGET = int(float(os.environ.get("SMTASK_LOG_MAX_MB", "32")) * 2**20)
+LAST_LINES = 200
 
-    def __init__(self, sink: Callable[[str], None], keep: int = 40) -> None:
+
+class ContainerOutput:
+    """The containers' output: each line to ``sink`` (the task log) up to :data:`LOG_BUDGET`
+    bytes, then only the last :data:`LAST_LINES` lines, sent when the job ends
+    (:meth:`flush`); the last lines kept so a failure message can quote the script's own
+    error."""
+
+    def __init__(self, sink: Callable[[str], None], keep: int = 40,
+                 budget: int | None = None) -> None:
         self.sink = sink
         self.tail: deque[str] = deque(maxlen=keep)
+        self.budget = LOG_BUDGET if budget is None else budget
+        self.held: deque[str] = deque(maxlen=LAST_LINES)
+        self.skipped = self.skipped_bytes = 0
 
     def __call__(self, line: str) -> None:
         line = line.replace("\r", "").rstrip("\n")
-        if line.strip():
-            self.tail.append(line)
+        if not line.strip():
+            return
+        self.tail.append(line)
+        if self.budget > 0:
+            self.budget -= len(line) + 1
             self.sink(line)
+            if self.budget <= 0:
+                self.sink(f"smtask: the job's output passed {LOG_BUDGET / 2**20:g} MB "
+                          f"(SMTASK_LOG_MAX_MB): its last {LAST_LINES} lines follow when it ends")
+            return
+        if len(self.held) == self.held.maxlen:
+            self.skipped += 1
+            self.skipped_bytes += len(self.held[0]) + 1
+        self.held.append(line)
+
+    def flush(self) -> None:
+        """Send the held last lines (once the output passed its budget), after a line that
+        says how much was left out."""
+        if not self.held:
+            return
+        if self.skipped:
+            self.sink(f"smtask: {self.skipped} lines ({self.skipped_bytes / 2**20:.1f} MB) of "
+                      f"the job's output are not in the task log; its last {len(self.held)}:")
+        while self.held:
+            self.sink(self.held.popleft())
+        self.skipped = self.skipped_bytes = 0
 
     def failure(self, exit_code: int | None, lines: list[str] | None = None) -> str:
         """``<the container's last error line> (exit code N; last lines: ...)``."""
@@ -623,10 +669,13 @@ def _stream_output(output: ContainerOutput, session: Any) -> Callable[[subproces
 
     def stream_output(process: subprocess.Popen) -> int:
         own: deque[str] = deque(maxlen=40)
-        for raw in iter(process.stdout.readline, b""):  # type: ignore[union-attr]
-            line = raw.decode("utf-8", "replace")
-            own.append(line)
-            output(line)
+        try:
+            for raw in bounded_lines(process.stdout):  # type: ignore[arg-type]
+                line = raw.decode("utf-8", "replace")
+                own.append(line)
+                output(line)
+        finally:
+            output.flush()
         exit_code = process.wait()
         keep_only_files(scratch, output)
         if exit_code not in (0, 130):  # the SDK's own rule: 130 is a stopped container

@@ -402,9 +402,9 @@ class EngineProxy:
                 target.sendall(data)
         except OSError:
             pass
-        finally:
+        finally:  # a half-close goes on as a half-close (the CLI ends its side of an attach)
             with contextlib.suppress(OSError):
-                target.shutdown(2)
+                target.shutdown(1)
 
     def cut(self) -> None:
         self.listener.close()
@@ -452,6 +452,41 @@ def test_an_engine_lost_mid_job_fails_in_one_line_and_deletes_nothing_under_the_
         proxy.cut()
         for cid in owned_containers(run.proc.pid):
             subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
+
+
+# --- output floods -------------------------------------------------------------------------
+
+def test_a_job_flooding_its_output_keeps_the_worker_bounded_and_its_last_lines(tmp_path, cli_home):
+    """300 MB of lines and one line of 20 MB: the task's process and the job's processes
+    beside it stay bounded (README: "What local mode guarantees"), the task log holds the
+    first SMTASK_LOG_MAX_MB of the output and the job's last lines."""
+    import psutil
+
+    config = write_config(tmp_path, steps={"splitor": {
+        "code_path": "tests/scripts/floods.py", "arguments": ["--mb", "300", "--line-mb", "20"]}})
+    _, dag_path = write_dag(SLEEPER, config=config, folder=tmp_path / "dags")
+    env = {**cli_home.env(), "SMTASK_LOG_MAX_MB": "2"}
+    run = Watched(cli_home.smtask("run", str(dag_path), env=env))
+    run.wait_for(lambda: run.saw("xxxxxxxxxx"))
+    task = psutil.Process(run.proc.pid)
+    before, task_peak, beside_peak = task.memory_info().rss, 0, 0
+    while run.proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            task_peak = max(task_peak, task.memory_info().rss)
+            beside = 0
+            for child in task.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    beside += child.memory_info().rss
+            beside_peak = max(beside_peak, beside)
+        time.sleep(0.1)
+    out = run.finish()
+    assert run.proc.returncode == 0, out[-3000:]
+    assert task_peak - before < 100 * 2**20, (before, task_peak)
+    assert beside_peak < 100 * 2**20, beside_peak  # was docker-compose: 1.3 GB
+    assert "of the job's output are not in the task log; its last 200:" in out
+    assert all(f"floods.py last line {i}" in out for i in range(3))
+    assert "more bytes of this line cut]" in out
+    assert len(out) < 20 * 2**20  # 2 MB of lines, each a log record, and the last lines
 
 
 # --- failure messages -------------------------------------------------------------------

@@ -76,6 +76,62 @@ def test_sdk_patches_are_installed_once():
         assert hasattr(function, "__wrapped__") and not hasattr(function.__wrapped__, "__wrapped__")
 
 
+@pytest.mark.parametrize("klass", ["core", "train"])
+def test_the_sdk_runs_compose_files_with_smtask_compose_not_docker_compose(tmp_path, klass):
+    """Every local job's compose file goes to ``python -m smtask.compose``: no compose
+    process holding a job's output in memory, no 0.5-0.9 s of compose start per job."""
+    import sys
+
+    from sagemaker.core.local.image import _SageMakerContainer
+    from sagemaker.train.local.local_container import _LocalContainer
+
+    prefix = _SageMakerContainer._get_compose_cmd_prefix() if klass == "core" else \
+        _LocalContainer._get_compose_cmd_prefix(object())
+    assert prefix == [sys.executable, "-m", "smtask.compose"]
+    # and smtask.compose takes every key the SDK's (hardened) compose files hold
+    from smtask import compose
+
+    for name, service in _sdk_compose(tmp_path, klass)["services"].items():
+        args, _ = compose.run_args("p", name, service)
+        assert args[:5] == ["run", "-d", "--pull", "never", "--name"]
+
+
+def test_smtask_compose_runs_a_service_as_docker_run_with_literal_values():
+    from smtask import compose
+
+    service = {"image": "img:1", "container_name": "abc-algo-1", "tty": True, "stdin_open": True,
+               "network_mode": "host", "labels": {"smtask.session": "s1"},
+               "volumes": ["/h/out:/opt/ml/output", "/h/in:/opt/ml/input/data/x:ro"],
+               "environment": ["A=costs $$5", "B=${X}", "EMPTY="],
+               "entrypoint": ["python3", "/opt/ml/code/x.py", "--note", "$$HOME"]}
+    args, passed = compose.run_args("proj", "algo-1", service, detach=False)
+    assert args == ["run", "--pull", "never", "--name", "abc-algo-1", "--network", "host", "-t",
+                    "--label", "smtask.session=s1", "-v", "/h/out:/opt/ml/output",
+                    "-v", "/h/in:/opt/ml/input/data/x:ro", "-e", "A", "-e", "B", "-e", "EMPTY",
+                    "--entrypoint", "python3", "img:1", "/opt/ml/code/x.py", "--note", "$HOME"]
+    assert passed == {"A": "costs $5", "B": "${X}", "EMPTY": ""}  # never on the command line
+    args, _ = compose.run_args("proj", "algo-1", {"image": "img", "command": "serve"})
+    assert args[-2:] == ["img", "serve"] and "proj_algo-1_1" in args
+
+
+def test_smtask_compose_refuses_a_compose_key_it_does_not_know():
+    from smtask import compose
+
+    with pytest.raises(SystemExit, match="service algo-1: unsupported compose key.*healthcheck"):
+        compose.run_args("p", "algo-1", {"image": "img", "healthcheck": {}})
+
+
+def test_long_lines_are_cut_and_say_how_much():
+    import io
+
+    from smtask import compose
+
+    stream = io.BytesIO(b"short\n" + b"y" * 200_000 + b"\nnext\n")
+    lines = list(compose.bounded_lines(stream, limit=1000))
+    assert lines[0] == b"short\n" and lines[2] == b"next\n"
+    assert lines[1] == b"y" * 1000 + b" ... [199000 more bytes of this line cut]\n"
+
+
 def test_user_folders_are_mounted_read_only_and_scratch_folders_writable(tmp_path):
     scratch, user = tmp_path / "scratch", tmp_path / "user"
     (scratch / "out").mkdir(parents=True)

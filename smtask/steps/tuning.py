@@ -250,6 +250,9 @@ class TrialOutput:
     def failure(self, exit_code: int | None, lines: list[str] | None = None) -> str:
         return self.container.failure(exit_code, lines)
 
+    def flush(self) -> None:
+        self.container.flush()
+
 
 @dataclass
 class Trial:
