@@ -1,23 +1,18 @@
-"""SageMaker batch-transform server: GET /ping, POST /invocations on $SAGEMAKER_BIND_TO_PORT.
+"""SageMaker's model server contract: GET /ping, POST /invocations on $SAGEMAKER_BIND_TO_PORT.
 
-Loads the model in ``/opt/ml/model`` when it starts, so a model that cannot load stops the
-server with the loader's own error:
-
-- a scikit-learn ``model.joblib`` (a training script's): scores CSV rows (features only, no
-  header), answering one prediction per line;
-- a built-in algorithm stand-in's model (``smtask-algorithm.json``, see ``algorithms``):
-  answers as AWS's algorithm does (XGBoost: CSV scores; k-NN, linear-learner, factorization
-  machines: JSON ``{"predictions": [...]}``, JSON lines or RecordIO-protobuf; requests in
-  CSV, JSON or RecordIO-protobuf).
+The model loads when the server starts (``serving.load``: the user's inference module
+through AWS's toolkit, a framework image's defaults, or a built-in algorithm stand-in), so a
+model that cannot load, or a ``model_fn`` that raises, stops the server with its own error.
+A handler that raises answers 500 with its error, which fails the batch transform.
 """
 
 from __future__ import annotations
 
-import io
 import os
+import traceback
 from pathlib import Path
 
-import pandas as pd
+import serving
 from flask import Flask, Response, request
 
 MODEL_DIR = Path(os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
@@ -27,12 +22,9 @@ if (MODEL_DIR / "smtask-algorithm.json").exists():
     from algorithms import ClientError, Predictor, Unsupported
 
     STAND_IN: Predictor | None = Predictor(MODEL_DIR)
-    MODEL = None
+    HANDLER = None
 else:
-    import joblib
-
-    STAND_IN = None
-    MODEL = joblib.load(MODEL_DIR / "model.joblib")
+    STAND_IN, HANDLER = None, serving.load()
 
 
 @app.get("/ping")
@@ -47,20 +39,22 @@ def execution_parameters() -> dict:
 
 @app.post("/invocations")
 def invocations() -> Response:
+    body = request.get_data()
+    content_type, accept = request.content_type or "", request.headers.get("Accept", "")
     if STAND_IN is not None:
         try:
-            body, mimetype = STAND_IN.invoke(request.get_data(), request.content_type or "",
-                                             request.headers.get("Accept", ""))
+            answer, mimetype = STAND_IN.invoke(body, content_type, accept)
         except Unsupported as exc:
             return Response(f"{exc}\n", status=415)
         except (ClientError, ValueError) as exc:
             return Response(f"ClientError: {exc}\n", status=400)
-        return Response(body, status=200, mimetype=mimetype)
-    if request.content_type and not request.content_type.startswith("text/csv"):
-        return Response(f"unsupported content type {request.content_type}\n", status=415)
-    text = request.get_data().decode("utf-8")
-    if not text.strip():
-        return Response("", status=200, mimetype="text/csv")
-    features = pd.read_csv(io.StringIO(text), header=None)
-    predictions = MODEL.predict(features.to_numpy())
-    return Response("\n".join(str(p) for p in predictions), status=200, mimetype="text/csv")
+        return Response(answer, status=200, mimetype=mimetype)
+    try:
+        status, answer, mimetype = HANDLER.invoke(body, content_type, accept)
+    except Exception as exc:  # noqa: BLE001 - the handler's own error, as AWS's servers answer
+        trace = traceback.format_exc()
+        print(trace, flush=True)
+        return Response(f"{type(exc).__name__}: {exc}\n{trace}", status=500, mimetype="text/plain")
+    if status >= 400:
+        print(answer.decode(errors="replace").splitlines()[0] if answer else status, flush=True)
+    return Response(answer, status=status, mimetype=mimetype)

@@ -100,6 +100,10 @@ image_up() {
         --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
         --implementation cp -d "$ctx/wheels" -r "$ctx/requirements.txt" 2>"$STATE/pip-download.log" \
         || { log "downloading wheels failed; see $STATE/pip-download.log"; return 1; }
+    # pure-Python sdists (AWS's inference toolkit), built into wheels here, without their deps
+    python3 -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$ctx/wheels" \
+        -r "$ctx/requirements-toolkit.txt" 2>>"$STATE/pip-download.log" \
+        || { log "building the toolkit's wheel failed; see $STATE/pip-download.log"; return 1; }
     docker build --network host --build-arg "BASE_IMAGE=$base" \
         --label "smtask.inputs=$inputs_hash" -t "$IMAGE" "$ctx" >"$STATE/build.log" 2>&1 \
         || { log "docker build failed; see $STATE/build.log"; return 1; }
