@@ -147,6 +147,9 @@ class _SageMakerDecoratedOperator(DecoratedOperator):
                                            rerun_stopped=cfg.get("if_job_stopped") == "rerun")
             job = {**job, "job_name": name}
             self._active = (session, name)
+            from smtask.steps import put_model_code
+
+            put_model_code(job.get("model_code"), session)  # the code a model of it serves with
             try:
                 description = existing
                 if existing is None and name != base and not session.local_mode:

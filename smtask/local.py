@@ -345,6 +345,47 @@ def read_only_file(session: Any, name: str, text: str) -> Path:
     return path
 
 
+def serving_code(session: Any, environment: dict[str, str], framework: str | None) -> dict[str, str]:
+    """A model's environment as the local serving container gets it. Its code (the
+    ``SAGEMAKER_SUBMIT_DIRECTORY`` tarball, ``file://``, or ``s3://`` through
+    ``local.s3_endpoint``) is unpacked into a read-only folder of the session, which the SDK
+    mounts at ``/opt/ml/code``, as SageMaker unpacks it there; its ``requirements.txt`` is
+    installable with no index (:func:`install_from_wheels`); ``SMTASK_FRAMEWORK`` names the
+    framework image whose serving defaults the local image keeps (``sklearn``, ``xgboost``)."""
+    import tarfile
+
+    environment = dict(environment)
+    if framework:
+        environment["SMTASK_FRAMEWORK"] = framework
+    submit = environment.get("SAGEMAKER_SUBMIT_DIRECTORY")
+    if not submit:
+        return environment
+    area = Path(session.smtask_scratch) / READ_ONLY
+    area.mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=area)) / "code"
+    uri = urlparse(submit)
+    if uri.scheme == "s3":
+        tarball = folder.parent / "sourcedir.tar.gz"
+        session.s3_client.download_file(uri.netloc, uri.path.lstrip("/"), str(tarball))
+    elif uri.scheme == "file" or not uri.scheme:
+        tarball = Path(uri.path)
+    else:
+        raise SmtaskError(f"SAGEMAKER_SUBMIT_DIRECTORY {submit}: local mode reads a model's code "
+                          "from file:// or s3:// (local.s3_endpoint)")
+    if tarball.is_dir():
+        shutil.copytree(tarball, folder)
+    else:
+        try:
+            with tarfile.open(tarball) as tar:
+                tar.extractall(folder, filter="data")  # nothing outside the folder, no devices
+        except (OSError, tarfile.TarError) as exc:
+            raise SmtaskError(f"the model's code {submit} cannot be unpacked: {exc}") from exc
+    if (folder / "requirements.txt").is_file():
+        environment.update(install_from_wheels(session, folder / "requirements.txt"))
+    environment["SAGEMAKER_SUBMIT_DIRECTORY"] = folder.as_uri()
+    return environment
+
+
 # --- packages (a step's requirements) ---------------------------------------------------
 
 # The local image's interpreter and platform: the host's pip downloads wheels for it.
@@ -765,7 +806,14 @@ def _sdk_corrections(session: Any, output: ContainerOutput) -> contextlib.Abstra
 
     stream = _stream_output(output, session)
     move = _move_to_destination(local_utils.move_to_destination)
+    from sagemaker.core.local import local_session as sdk_session
+
+    runtime = sdk_session.LocalSagemakerRuntimeClient
     return replaced(
+        # a batch transform writes whatever the server answered, a 500's error text too
+        (runtime, "invoke_endpoint", _answered_or_failed(runtime.invoke_endpoint, output)),
+        # `docker context inspect` on every request, to learn that the server is on localhost
+        (sdk_session, "get_docker_host", lambda: "localhost"),
         *telemetry_off(),
         (image, "_stream_output", stream),
         (local_container, "_stream_output", stream),
@@ -774,6 +822,25 @@ def _sdk_corrections(session: Any, output: ContainerOutput) -> contextlib.Abstra
         (local_utils, "move_to_destination", move),  # processing outputs (image.py)
         (entities, "move_to_destination", move),  # batch transform's predictions
     )
+
+
+def _answered_or_failed(invoke: Callable[..., Any], output: ContainerOutput) -> Callable[..., Any]:
+    """The SDK's local InvokeEndpoint, failing (as SageMaker fails a batch transform) when the
+    model server answers an error: the SDK would write the error's text as predictions."""
+
+    def invoke_endpoint(self: Any, *args: Any, **kwargs: Any) -> Any:
+        response = invoke(self, *args, **kwargs)
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 200
+        if status < 400:
+            return response
+        body = response["Body"].read().decode("utf-8", "replace")
+        response["Body"].close()
+        lines = [line.strip() for line in body.splitlines() if line.strip()]
+        output(f"the model server answered {status}: {body[-4000:]}")
+        raise ContainerFailed(f"{_cause(lines)[:500]} (the model server answered {status}, "
+                              "which fails a batch transform on SageMaker too)")
+
+    return invoke_endpoint
 
 
 def stop(session: Any, root: str | None = None) -> list[str]:

@@ -261,7 +261,11 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
             "max_payload_mb": {"type": "integer", "minimum": 0, "maximum": 100},
             "max_concurrent_transforms": _POSITIVE,
             "model_name": {"type": "string"},  # an existing model; its form: NAME_RULES["model"]
+            # inference code of the step's own, served instead of the training's script's
+            "source_dir": _PATH,
+            "entry_script": _PATH,
         },
+        "dependencies": {"source_dir": ["entry_script"], "entry_script": ["source_dir"]},
     },
 }
 
@@ -548,7 +552,15 @@ def _image_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -
     """An image given as ``{"framework", ...}`` must resolve (for the step's kind); in local
     mode, a training step without code must name a built-in algorithm the local image stands
     in for, or an image of its own."""
-    from smtask.steps import ALGORITHMS, algorithm_of, is_aws_image, resolve_image
+    from smtask.local import LOCAL_IMAGE
+    from smtask.steps import (
+        ALGORITHMS,
+        LOCAL_FRAMEWORKS,
+        algorithm_of,
+        framework_of,
+        is_aws_image,
+        resolve_image,
+    )
 
     key, given = (f"steps.{step}.image", cfg["image"]) if cfg.get("image") else \
         ("image", params.get("image"))
@@ -559,7 +571,18 @@ def _image_problems(params: Mapping[str, Any], step: str, kind: str, cfg: Any) -
         yield str(exc)
         return
     own = isinstance(cfg.get("image"), str) and not is_aws_image(cfg["image"])
-    if (kind in ("training", "tuning") and params.get("mode") == "local" and "source_dir" not in cfg
+    framework = framework_of(given)
+    local = params.get("mode") == "local"
+    local_image = (params.get("local") or {}).get("image") if isinstance(params.get("local"),
+                                                                       Mapping) else None
+    if local and not own and framework and framework not in LOCAL_FRAMEWORKS and \
+            local_image in (None, LOCAL_IMAGE):
+        yield (f"{key}: local mode has no stand-in for AWS's {framework} image (the local image "
+               f"stands in for {', '.join(LOCAL_FRAMEWORKS)} and the built-in algorithms): "
+               "extend it with what the job needs and name yours in local.image (README: "
+               '"Extending the local image"), or run with mode: sagemaker')
+        return
+    if (kind in ("training", "tuning") and local and "source_dir" not in cfg
             and not own and algorithm_of(given) is None):
         yield (f"steps.{step}: no source_dir, and {key} is no built-in algorithm the local "
                f"image stands in for ({', '.join(ALGORITHMS)}): give source_dir and "

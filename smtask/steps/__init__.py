@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -125,8 +126,10 @@ def algorithm_of(image: Any) -> str | None:
 
 
 def is_aws_image(image: Any) -> bool:
-    """An image only AWS has: given as ``{"framework", ...}`` or an AWS algorithm URI."""
-    return isinstance(image, dict) or algorithm_of(image) is not None
+    """An image only AWS has: given as ``{"framework", ...}``, or the URI of an AWS algorithm or
+    framework image (local mode runs the local image in its place)."""
+    return isinstance(image, dict) or algorithm_of(image) is not None or \
+        framework_of(image) is not None
 
 
 def local_image(params: dict[str, Any], image: Any) -> str:
@@ -169,6 +172,95 @@ def resolve_image(key: str, image: Any, *, scope: str, params: dict[str, Any],
             problem = str(exc).split(" You may need to upgrade")[0]
     raise ParamsError(f"{key}: {problem.rstrip('.')} (resolving "
                       f"{json.dumps(image, sort_keys=True)} in {region})")
+
+
+# AWS's framework images by their ECR repository (after "sagemaker-"), as image_uris names the
+# framework; local mode stands in for LOCAL_FRAMEWORKS only.
+FRAMEWORK_REPOSITORIES = {
+    "scikit-learn": "sklearn", "xgboost": "xgboost", "pytorch-training": "pytorch",
+    "pytorch-inference": "pytorch", "tensorflow-training": "tensorflow",
+    "tensorflow-inference": "tensorflow", "mxnet-training": "mxnet", "mxnet-inference": "mxnet",
+    "huggingface-pytorch-training": "huggingface", "huggingface-pytorch-inference": "huggingface",
+    "sparkml-serving": "sparkml-serving", "chainer": "chainer"}
+LOCAL_FRAMEWORKS = ("sklearn", "xgboost")
+# AWS's built-in algorithms by the framework name image_uris knows them by (not frameworks)
+AWS_ALGORITHMS = ("blazingtext", "factorization-machines", "forecasting-deepar",
+                  "image-classification", "ipinsights", "kmeans", "knn", "lda",
+                  "linear-learner", "ntm", "object-detection", "object2vec", "pca",
+                  "randomcutforest", "semantic-segmentation", "seq2seq")
+
+
+def framework_of(image: Any) -> str | None:
+    """The AWS framework image ``image`` is (``{"framework": "sklearn", ...}`` or an ECR URI of
+    AWS's ``sagemaker-scikit-learn`` repository...), else None. XGBoost's image is both a
+    framework (with a script) and a built-in algorithm."""
+    if isinstance(image, dict):
+        name = image.get("framework")
+        return str(name) if name and name not in AWS_ALGORITHMS else None
+    match = _ALGORITHM_URI.fullmatch(image) if isinstance(image, str) else None
+    return FRAMEWORK_REPOSITORIES.get(match.group(1)) if match else None
+
+
+def pack(source_dir: Path, target: Any) -> None:
+    """``source_dir`` as the SDK packs a ``sourcedir.tar.gz`` (its entries at the archive's
+    root), reproducibly: names sorted, times and owners zeroed, no ``__pycache__``, so the
+    same code is the same bytes. ``target``: a path or a binary file."""
+    import gzip
+    import tarfile
+
+    def reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    with (open(target, "wb") if isinstance(target, str | Path) else contextlib.nullcontext(target)) \
+            as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w") as tar:
+        for folder, folders, files in os.walk(source_dir):
+            folders[:] = sorted(d for d in folders if d != "__pycache__")
+            for name in sorted(folders + files):
+                path = Path(folder, name)
+                tar.add(path, arcname=str(path.relative_to(source_dir)), recursive=False,
+                        filter=reset)
+
+
+def model_code(job: dict[str, Any], source_dir: str, entry_script: str) -> dict[str, str]:
+    """The inference code a model of ``job`` carries, as the SDK's ``Model`` makes it: the
+    entry script, and the URI of a ``sourcedir.tar.gz`` of ``source_dir`` by its content,
+    ``<artifacts>/_code/<sha256>/sourcedir.tar.gz`` (put there by :func:`put_model_code`)."""
+    import hashlib
+    import io
+
+    data = io.BytesIO()
+    pack(Path(source_dir), data)
+    digest = hashlib.sha256(data.getvalue()).hexdigest()[:32]
+    return {"program": entry_script, "source_dir": source_dir,
+            "submit_directory": f"{content_prefix(job, 'code')}/{digest}/sourcedir.tar.gz"}
+
+
+def put_model_code(code: dict[str, str] | None, session: Any) -> None:
+    """Put a model's ``sourcedir.tar.gz`` (see :func:`model_code`) where its URI says, unless
+    it is there: written whole (local mode: a rename; S3: one PUT)."""
+    import io
+    import tempfile
+
+    if not code:
+        return
+    uri = urlparse(code["submit_directory"])
+    if uri.scheme == "file":
+        target = Path(uri.path)
+        if target.is_file():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
+            pack(Path(code["source_dir"]), partial)
+        os.replace(partial.name, target)
+        return
+    s3, key = session.s3_client, uri.path.lstrip("/")
+    if s3.list_objects_v2(Bucket=uri.netloc, Prefix=key, MaxKeys=1).get("KeyCount", 0):
+        return
+    data = io.BytesIO()
+    pack(Path(code["source_dir"]), data)
+    s3.put_object(Bucket=uri.netloc, Key=key, Body=data.getvalue())
 
 
 def aws_tags(job: dict[str, Any]) -> list[dict[str, str]]:

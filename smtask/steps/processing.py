@@ -4,11 +4,9 @@ with an entry script and its requirements in a ``FrameworkProcessor`` job (``sou
 
 from __future__ import annotations
 
-import gzip
 import os
 import posixpath
 import shutil
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from smtask.steps import (
     aws_tags,
     check_uri_map,
     content_prefix,
+    pack,
     prepare_output,
     remote,
     settings_source,
@@ -105,7 +104,7 @@ def _processor_class(local: bool, framework: bool) -> type:
             with tempfile.TemporaryDirectory() as folder:
                 bundle = Path(folder, "code")
                 bundle.mkdir()
-                _pack(Path(source_dir), bundle / "sourcedir.tar.gz")
+                pack(Path(source_dir), bundle / "sourcedir.tar.gz")
                 shutil.copy(installer.__file__, bundle / "install_requirements.py")
                 # the entry script by its path in the source dir (the SDK keeps only its name)
                 (bundle / "runproc.sh").write_text(self._generate_framework_script(
@@ -115,25 +114,6 @@ def _processor_class(local: bool, framework: bool) -> type:
                 inputs, code_uri.rstrip("/") + "/sourcedir.tar.gz"), job_name
 
     return SmtaskFrameworkProcessor
-
-
-def _pack(source_dir: Path, target: Path) -> None:
-    """``source_dir`` as the SDK packs it (its entries at the archive's root), reproducibly:
-    names sorted, times and owners zeroed, so the same code is the same upload."""
-
-    def reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-        return info
-
-    with open(target, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
-            tarfile.open(fileobj=zipped, mode="w") as tar:
-        for folder, folders, files in os.walk(source_dir):
-            folders[:] = sorted(d for d in folders if d != "__pycache__")
-            for name in sorted(folders + files):
-                path = Path(folder, name)
-                if path.is_file() or path.is_symlink() or path.is_dir():
-                    tar.add(path, arcname=str(path.relative_to(source_dir)), recursive=False,
-                            filter=reset)
 
 
 def _local_placer(session: Any) -> Any:

@@ -19,6 +19,8 @@ from smtask.steps import (
     StepContext,
     check_uri_map,
     content_prefix,
+    framework_of,
+    model_code,
     prepare_output,
     remote,
     settings_source,
@@ -54,6 +56,11 @@ def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
         "settings": ctx.settings if scripted else None,
         "output_path": ctx.prefix,
         "validate_role": bool(ctx.params.get("validate_role")),
+        # what a model of this training serves with: its script's code (SAGEMAKER_PROGRAM),
+        # and the AWS framework image it ran on (local mode serves with that image's defaults)
+        "model_code": model_code(job, ctx.path(cfg["source_dir"]), cfg["entry_script"])
+        if scripted else None,
+        "framework": framework_of(ctx.given_image()[1]),
     }
 
 
@@ -240,9 +247,20 @@ def _no_iam_calls(enabled: bool) -> Iterator[None]:
 
 
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
+    """A training result: ``job_name``, ``model`` (model.tar.gz), ``image``, ``outputs``, the
+    ``framework`` image it ran on, and for a script, ``code``: the ``program`` and the
+    ``submit_directory`` (a sourcedir.tar.gz) a model of it serves with."""
     model_uri = description["ModelArtifacts"]["S3ModelArtifacts"]
     return {"job_name": job["job_name"], "model": model_uri, "image": job["image"],
-            "outputs": {"model": model_uri}}
+            "outputs": {"model": model_uri}, **result_code(job)}
+
+
+def result_code(job: dict[str, Any]) -> dict[str, Any]:
+    """The serving part of a training (or tuning) result."""
+    code = job.get("model_code")
+    return {"framework": job.get("framework"),
+            **({"code": {"program": code["program"], "submit_directory": code["submit_directory"]}}
+               if code else {})}
 
 
 def _keep_artifacts(root: Path, job: dict[str, Any], session: Any) -> str | None:

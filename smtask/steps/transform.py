@@ -15,6 +15,8 @@ from smtask.steps import (
     check_exists,
     check_uri,
     content_prefix,
+    framework_of,
+    model_code,
     prepare_output,
     remote,
 )
@@ -55,9 +57,25 @@ def _spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str,
         raise TypeError(f"step '{ctx.step}': 'model' must be a training task's result, got {model!r}")
     # the step's own image, else the model's (local mode: the stand-in for AWS's)
     image = settings["image"] if ctx.cfg.get("image") else ctx.local_image(model["image"])
+    # the code the model serves with: the step's own inference code, else its training's
+    code = model_code(settings, ctx.path(ctx.cfg["source_dir"]), ctx.cfg["entry_script"]) \
+        if ctx.cfg.get("source_dir") else None
+    served = code or model.get("code")
+    framework = framework_of(ctx.cfg.get("image")) or model.get("framework")
     return {**settings, "image": image, "model_name": None,
-            "existing_model": False, "model_data": model["model"],
-            "model_environment": settings["environment"]}
+            "existing_model": False, "model_data": model["model"], "model_code": code,
+            "framework": framework,
+            "model_environment": {**serving_environment(served), **settings["environment"]}}
+
+
+def serving_environment(code: dict[str, str] | None) -> dict[str, str]:
+    """A model's environment for its code, as the SDK's ``Model`` sets it (the region is
+    added when the model is created)."""
+    if not code:
+        return {}
+    return {"SAGEMAKER_PROGRAM": code["program"],
+            "SAGEMAKER_SUBMIT_DIRECTORY": code["submit_directory"],
+            "SAGEMAKER_CONTAINER_LOG_LEVEL": "20"}
 
 
 def _model_and_data(ctx: StepContext, returned: Any) -> tuple[Any, str | None, Any]:
@@ -101,7 +119,7 @@ def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> di
     if problem := name_problem("model", name):
         raise TypeError(f"step '{ctx.step}': model_name {problem}")
     existing = {"model_name": name, "existing_model": True, "model_data": None,
-                "model_environment": {}, "image": None}
+                "model_environment": {}, "image": None, "model_code": None, "framework": None}
     if not ctx.local:
         return existing
     local = ctx.params.get("local") or {}
@@ -115,7 +133,8 @@ def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> di
     # an AWS algorithm's image (e.g. XGBoost's) runs as the local image's stand-in
     return {**existing, "image": ctx.local_image(entry.get("image")),
             "model_data": _local_model_data(ctx, name, entry["model_data"]),
-            "model_environment": dict(entry.get("environment", {}))}
+            "model_environment": dict(entry.get("environment", {})),
+            "framework": framework_of(entry.get("image"))}
 
 
 def _local_model_data(ctx: StepContext, name: str, where: str) -> str:
@@ -141,17 +160,20 @@ def submit(job: dict[str, Any], session: Any) -> None:
     from sagemaker.core.transformer import Transformer
 
     model_name = job["model_name"] or job["job_name"]
-    model_data = job["model_data"]
+    model_data, environment = job["model_data"], dict(job["model_environment"])
+    if environment.get("SAGEMAKER_PROGRAM"):
+        environment.setdefault("SAGEMAKER_REGION", session.boto_region_name)
     if session.local_mode:
-        from smtask.local import scratch_copy, serve_on_own_port
+        from smtask.local import scratch_copy, serve_on_own_port, serving_code
 
         serve_on_own_port(session)
         model_data = scratch_copy(session, model_data)  # the SDK unpacks the model beside it
+        environment = serving_code(session, environment, job.get("framework"))
     elif job["existing_model"]:
         _check_model(session, job["step"], model_name)
     prepare_output(job["output_path"], job["artifacts"])
     if session.local_mode or not job["existing_model"]:
-        _create_model(session, job, model_name, model_data)
+        _create_model(session, job, model_name, model_data, environment)
     transformer = Transformer(
         model_name=model_name,
         instance_count=job["instance_count"],
@@ -177,7 +199,8 @@ def submit(job: dict[str, Any], session: Any) -> None:
     )
 
 
-def _create_model(session: Any, job: dict[str, Any], name: str, model_data: str) -> None:
+def _create_model(session: Any, job: dict[str, Any], name: str, model_data: str,
+                  environment: dict[str, str]) -> None:
     """CreateModel, named like the job. A model of that name that this task instance made (its
     tag says so: an earlier attempt's, or a create whose answer was lost) is used as it is."""
     from botocore.exceptions import ClientError
@@ -187,7 +210,7 @@ def _create_model(session: Any, job: dict[str, Any], name: str, model_data: str)
         client.create_model(
             ModelName=name,
             PrimaryContainer={"Image": job["image"], "ModelDataUrl": model_data,
-                              "Environment": job["model_environment"]},
+                              "Environment": environment},
             ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
             Tags=aws_tags(job),
         )

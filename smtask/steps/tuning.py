@@ -9,23 +9,19 @@ lines with the metric regexes (the last match wins, as on SageMaker).
 from __future__ import annotations
 
 import contextlib
-import gzip
 import itertools
 import math
 import os
 import random
 import re
-import tarfile
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from smtask.errors import JobFailed
-from smtask.steps import StepContext, aws_tags, content_prefix, training, upload_once
+from smtask.steps import StepContext, aws_tags, put_model_code, training
 
 KIND = "tuning"
 
@@ -63,15 +59,14 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
             klass = IntegerParameter if spec_["type"] == "integer" else ContinuousParameter
             ranges[name] = klass(spec_["min_value"], spec_["max_value"],
                                  spec_.get("scaling_type", "Auto"))
-    with training.trainer_patches(job, session), tempfile.TemporaryDirectory() as scratch:
+    with training.trainer_patches(job, session):
         trainer = training.trainer(job, session)
-        if job.get("source_dir"):
+        if job.get("model_code"):
             # A tuning job's trials find their code through sagemaker_submit_directory, a
-            # tarball; the SDK would upload it, timestamped, to the bucket's root: upload it
-            # once per content under the code prefix instead (the SDK takes an s3 tarball).
-            tarball = _tarball(job["source_dir"], Path(scratch) / "sourcedir.tar.gz")
-            trainer.source_code.source_dir = upload_once(session, str(tarball),
-                                                         content_prefix(job, "code"))
+            # tarball; the SDK would upload it, timestamped, to the bucket's root. The one its
+            # models serve with (put by content before the job) is that tarball.
+            put_model_code(job["model_code"], session)
+            trainer.source_code.source_dir = job["model_code"]["submit_directory"]
         tuner = HyperparameterTuner(
             model_trainer=trainer,
             objective_metric_name=job["objective"]["metric"],
@@ -88,20 +83,6 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         )
         tuner.tune(inputs=training.channels(job, session), job_name=job["job_name"], wait=False)
     return None
-
-
-def _tarball(folder: str, target: Path) -> Path:
-    """``folder`` as a gzipped tarball whose bytes depend on the files' names and content
-    only (no times, no owners), so the same code is uploaded once."""
-    root = Path(folder)
-    with target.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed, \
-            tarfile.open(fileobj=packed, mode="w") as tar:
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            info = tarfile.TarInfo(file.relative_to(root).as_posix())
-            info.size, info.mode = file.stat().st_size, 0o755 if os.access(file, os.X_OK) else 0o644
-            with file.open("rb") as content:
-                tar.addfile(info, content)
-    return target
 
 
 def complete(client: Any, description: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +124,7 @@ def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
     counters = description.get("TrainingJobStatusCounters") or {}
     result = {
         "job_name": job["job_name"], "model": model, "image": job["image"],
-        "outputs": {"model": model},
+        "outputs": {"model": model}, **training.result_code(job),
         "best_training_job": best["TrainingJobName"],
         "hyperparameters": dict(best.get("TunedHyperParameters") or {}),
         "objective": {"metric": metric.get("MetricName", job["objective"]["metric"]),
