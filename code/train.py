@@ -1,45 +1,56 @@
-"""Training script (trainer): a scikit-learn random forest on the train channel.
+"""Training script (trainer): a scikit-learn random forest on the train channel, written as a
+SageMaker script-mode script: training under ``__main__``, and the inference handlers the
+model server imports this module for (SAGEMAKER_PROGRAM=train.py).
 
 Reads /opt/ml/input/data/train/*.csv (label first, header) and the job's hyperparameters;
-writes /opt/ml/model/model.joblib, which the serving container loads for batch transform.
+writes /opt/ml/model/model.joblib, which ``model_fn`` loads for batch transform.
 """
 
+import argparse
 import glob
 import json
 import os
 
 import joblib
-import pandas as pd
-from sklearn.ensemble import RandomForestClassifier
 
 
-def hyperparameters() -> dict:
-    with open("/opt/ml/input/config/hyperparameters.json") as f:
-        raw = json.load(f)
-    parsed = {}
-    for key, value in raw.items():
-        try:
-            parsed[key] = json.loads(value)
-        except (TypeError, json.JSONDecodeError):
-            parsed[key] = value
-    return parsed
+def model_fn(model_dir):
+    """The model server calls this once, with the unpacked model.tar.gz."""
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
 
 
-hps = hyperparameters()
-label = hps.get("label_column", "label")
-train_dir = os.environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train")
-frame = pd.concat([pd.read_csv(f) for f in sorted(glob.glob(os.path.join(train_dir, "*.csv")))])
-features, target = frame.drop(columns=[label]).to_numpy(), frame[label].to_numpy()
+def parse_args():
+    """Hyperparameters arrive as arguments (--max_depth 6), as SageMaker passes them."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n_estimators", type=int, default=100)
+    parser.add_argument("--max_depth", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
+    parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN",
+                                                          "/opt/ml/input/data/train"))
+    args, _ = parser.parse_known_args()
+    return args
 
-model = RandomForestClassifier(
-    n_estimators=int(hps.get("n_estimators", 100)),
-    max_depth=int(hps["max_depth"]) if hps.get("max_depth") else None,
-    random_state=int(hps.get("seed", 0)),
-)
-model.fit(features, target)
-model_dir = os.environ.get("SM_MODEL_DIR", "/opt/ml/model")
-joblib.dump(model, os.path.join(model_dir, "model.joblib"))
-summary = {"hyperparameters": hps, "rows": len(frame), "train_accuracy": model.score(features, target)}
-with open(os.path.join(model_dir, "training-summary.json"), "w") as f:
-    json.dump(summary, f)
-print(f"trained on {len(frame)} rows: {json.dumps(summary)}")
+
+def main():
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+
+    args = parse_args()
+    frame = pd.concat([pd.read_csv(f) for f in sorted(glob.glob(os.path.join(args.train, "*.csv")))])
+    features = frame.drop(columns=[args.label_column]).to_numpy()
+    target = frame[args.label_column].to_numpy()
+    model = RandomForestClassifier(n_estimators=args.n_estimators, max_depth=args.max_depth,
+                                   random_state=args.seed)
+    model.fit(features, target)
+    joblib.dump(model, os.path.join(args.model_dir, "model.joblib"))
+    summary = {"hyperparameters": vars(args), "rows": len(frame),
+               "train_accuracy": model.score(features, target)}
+    with open(os.path.join(args.model_dir, "training-summary.json"), "w") as f:
+        json.dump(summary, f)
+    print(f"trained on {len(frame)} rows: {json.dumps(summary)}")
+
+
+if __name__ == "__main__":
+    main()

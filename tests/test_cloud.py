@@ -32,6 +32,37 @@ def moto_server():
     server.stop()
 
 
+def framework_container_refuses(backend: Any, job: Any) -> str | None:
+    """What AWS's scikit-learn or XGBoost serving container says of the transform job's model
+    (moto runs no container): a scikit-learn model needs its inference code
+    (SAGEMAKER_PROGRAM from the sourcedir.tar.gz of SAGEMAKER_SUBMIT_DIRECTORY), and any
+    model naming a program must have it in that tarball."""
+    import io
+    import tarfile
+
+    model = backend._models.get(job.model_name)
+    container = (model.primary_container or {}) if model else {}
+    image, env = container.get("Image", ""), container.get("Environment") or {}
+    sklearn = "/sagemaker-scikit-learn:" in image
+    if not sklearn and "/sagemaker-xgboost:" not in image:
+        return None
+    program, submit = env.get("SAGEMAKER_PROGRAM"), env.get("SAGEMAKER_SUBMIT_DIRECTORY")
+    if not program:
+        return ("AlgorithmError: NotImplementedError: Please provide a model_fn implementation. "
+                "See documentation for model_fn at https://github.com/aws/sagemaker-python-sdk"
+                if sklearn else None)  # XGBoost's image without a program: its algorithm mode
+    try:
+        bucket, key = (submit or "").removeprefix("s3://").split("/", 1)
+        body = client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+            names = tar.getnames()
+    except Exception as exc:  # noqa: BLE001 - the container cannot get the code
+        return f"ClientError: cannot download SAGEMAKER_SUBMIT_DIRECTORY {submit}: {exc}"
+    if program not in names:
+        return f"AlgorithmError: ModuleNotFoundError: No module named {program[:-3]!r} ({names})"
+    return None
+
+
 def lost_answer() -> Exception:
     """What a create that did create raises, so that the caller never hears of it: moto
     answers 503, and botocore retries the create."""
@@ -103,6 +134,11 @@ class FakeSageMaker:
             status, reason = planned.pop(0) if isinstance(planned, list) else planned
             setattr(job, STATUS[kind], status)
             job.failure_reason = reason or None
+            if kind == "transform" and status == "Completed":
+                refused = framework_container_refuses(backend, job)
+                if refused:  # as AWS's framework container would fail it
+                    job.transform_job_status, job.failure_reason = "Failed", refused
+                    status = "Failed"
             if kind in self.on_create:
                 self.on_create[kind](job)
             if status == "Completed" and kind in self.on_complete:
@@ -1050,3 +1086,86 @@ def test_a_deferred_task_resumes_without_importing_the_sdk(tmp_path):
     assert "late" in result["failed"]
     assert result["calls"][-1] == "StopTrainingJob"  # the Timeout event stopped the job
     assert result["sdk"] == []
+
+
+# --- the serving contract: a model carries its code (issue 15) -------------------------------------
+
+SKLEARN = {"framework": "sklearn", "version": "1.2-1"}
+TRAIN_THEN_TRANSFORM = '''
+@sm_training(step="trainer")
+def train():
+    return {"train": "s3://smtask-cloud-tests/splits/train/"}
+
+@sm_transform(step="transformer")
+def predict(model):
+    return "s3://smtask-cloud-tests/splits/batch/"
+
+predict(train())
+'''
+
+
+def tarball_names(uri: str) -> list[str]:
+    import io
+    import tarfile
+
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    body = client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        return sorted(tar.getnames())
+
+
+def test_a_model_of_a_script_carries_its_code_as_the_sdks_model_does(tmp_path, sagemaker, puts):
+    config = cloud_config(tmp_path, trainer={"image": SKLEARN},
+                          transformer={"environment": {"LOG_LEVEL": "debug"}})
+    result = run_dag(TRAIN_THEN_TRANSFORM, config=config)
+    assert result.ok, result.states
+    env = sagemaker.request("create_model")["PrimaryContainer"]["Environment"]
+    code = result.xcom["train"]["code"]
+    assert env == {"SAGEMAKER_PROGRAM": "train.py",
+                   "SAGEMAKER_SUBMIT_DIRECTORY": code["submit_directory"],
+                   "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": REGION,
+                   "LOG_LEVEL": "debug"}
+    assert code["submit_directory"].startswith(f"s3://{BUCKET}/pipelines/_code/")
+    assert code["submit_directory"].endswith("/sourcedir.tar.gz")
+    # the source dir itself, its entries at the archive's root, as the SDK packs it
+    expected = sorted(p.relative_to(ROOT / "code").as_posix()
+                      for p in (ROOT / "code").rglob("*") if "__pycache__" not in p.parts)
+    assert tarball_names(code["submit_directory"]) == expected
+    model = sagemaker.request("create_model")["PrimaryContainer"]["Image"]
+    assert "/sagemaker-scikit-learn:1.2-1" in model  # the training's framework image serves
+    # once per content: a second run puts no new tarball
+    puts.clear()
+    assert run_dag(TRAIN_THEN_TRANSFORM, config=config).ok
+    assert not [k for k in puts if k.endswith("sourcedir.tar.gz")]
+
+
+def test_a_framework_model_without_its_program_fails_its_transform_as_on_aws(
+        tmp_path, sagemaker, capfd):
+    """moto plays AWS's scikit-learn container: with no model_fn to call, the job fails."""
+    image = f"683313688378.dkr.ecr.{REGION}.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+    body = TRANSFORM.replace(IMAGE, image)
+    result = run_dag(body, config=cloud_config(tmp_path))
+    assert result.states == {"predict": "failed"}
+    assert "Please provide a model_fn implementation" in capfd.readouterr().out
+
+
+def test_a_transform_step_may_serve_with_inference_code_of_its_own(tmp_path, sagemaker):
+    config = cloud_config(tmp_path, trainer={"image": SKLEARN}, transformer={
+        "source_dir": "tests/scripts/serving/pkl_json", "entry_script": "train.py"})
+    result = run_dag(TRAIN_THEN_TRANSFORM, config=config)
+    assert result.ok, result.states
+    env = sagemaker.request("create_model")["PrimaryContainer"]["Environment"]
+    assert env["SAGEMAKER_PROGRAM"] == "train.py"
+    assert env["SAGEMAKER_SUBMIT_DIRECTORY"] != result.xcom["train"]["code"]["submit_directory"]
+    assert tarball_names(env["SAGEMAKER_SUBMIT_DIRECTORY"]) == ["train.py"]
+
+
+def test_a_built_in_algorithms_model_carries_no_code(tmp_path, sagemaker):
+    config = cloud_config(tmp_path, trainer={
+        "image": {"framework": "knn", "version": "1"}, "source_dir": None, "entry_script": None,
+        "hyperparameters": {"k": 3, "feature_dim": 2, "predictor_type": "classifier",
+                            "sample_size": 10}})
+    result = run_dag(TRAIN_THEN_TRANSFORM, config=config)
+    assert result.ok, result.states
+    assert "code" not in result.xcom["train"]
+    assert sagemaker.request("create_model")["PrimaryContainer"]["Environment"] == {}
