@@ -323,3 +323,27 @@ def test_a_null_that_smtask_accepts_is_accepted_by_the_trigger_schemas(conf):
         sm_training(step="trainer", task_id="train")(lambda: {})()
     for key, value in conf.items():
         dag.params.get_param(key).resolve(value)  # Airflow's check of the conf, per param
+
+
+@pytest.mark.parametrize("image", [
+    {"framework": "pytorch", "version": "2.1", "py_version": "py310"},
+    "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.1.0-cpu-py310",
+], ids=["by-framework", "by-uri"])
+def test_local_mode_refuses_a_framework_it_has_no_stand_in_for_before_any_container(defaults,
+                                                                                  image):
+    config = params.deep_merge(defaults, {"steps": {"trainer": {"image": image}}})
+    with pytest.raises(ParamsError) as refused:
+        params.resolve(config, {}, STEPS)
+    assert "steps.trainer.image: local mode has no stand-in for AWS's pytorch image" in \
+        str(refused.value)
+    assert 'README: "Extending the local image"' in str(refused.value)
+    # with an image of one's own, or on SageMaker, it runs
+    params.resolve(params.deep_merge(config, {"local": {"image": "my-torch:1"}}), {}, STEPS)
+    params.resolve(params.deep_merge(config, {"mode": "sagemaker"}), {}, STEPS)
+
+
+def test_local_mode_stands_in_for_the_scikit_learn_and_xgboost_images(defaults):
+    for framework in ("sklearn", "xgboost"):
+        params.resolve(params.deep_merge(defaults, {"steps": {"trainer": {
+            "image": {"framework": framework, "version": "1.2-1" if framework == "sklearn"
+                      else "1.7-1"}}}}), {}, STEPS)
