@@ -16,10 +16,6 @@ if TYPE_CHECKING:
     from smtask.params import load_config, pipeline_params, run_params
 
 _PUBLIC = {
-    "sm_processing": "smtask.decorators",
-    "sm_training": "smtask.decorators",
-    "sm_transform": "smtask.decorators",
-    "sm_tuning": "smtask.decorators",
     "JobFailed": "smtask.errors",
     "ParamsError": "smtask.errors",
     "SmtaskError": "smtask.errors",
@@ -27,6 +23,7 @@ _PUBLIC = {
     "pipeline_params": "smtask.params",
     "run_params": "smtask.params",
 }
+# and a decorator per job kind (smtask.kinds.KINDS): smtask.decorators' sm_<kind>
 __all__ = [
     "JobFailed",
     "ParamsError",
@@ -45,4 +42,6 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         return getattr(importlib.import_module(_PUBLIC[name]), name)
+    if name.startswith("sm_"):
+        return getattr(importlib.import_module("smtask.decorators"), name)
     raise AttributeError(f"module 'smtask' has no attribute {name!r}")

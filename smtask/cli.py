@@ -131,19 +131,26 @@ def _conf(args: argparse.Namespace) -> dict[str, Any]:
     return conf
 
 
-def _kill_running_task() -> None:
-    """The running task's ``on_kill``, as for a user's kill: an smtask task stops its job
-    (SageMaker's too: a run interrupted here is never resumed) and may raise to stop."""
-    from smtask import decorators
-
-    decorators.KILL_STOPS_JOBS = True
+def _running_task() -> Any:
+    """The task ``dag.test()`` is running now, told that a kill stops its job (SageMaker's
+    too: a run interrupted here is never resumed); None between tasks."""
     try:
         from airflow.sdk import get_current_context
 
         task = get_current_context()["task"]
     except Exception:  # noqa: BLE001 - between tasks: nothing to kill
-        return
-    getattr(task, "on_kill", lambda: None)()
+        return None
+    if hasattr(task, "kill_mode"):
+        task.kill_mode = "stop"
+    return task
+
+
+def _kill_running_task() -> None:
+    """The running task's ``on_kill``, as for a user's kill: an smtask task stops its job and
+    may raise to stop."""
+    task = _running_task()
+    if task is not None:
+        getattr(task, "on_kill", lambda: None)()
 
 
 @contextlib.contextmanager
@@ -156,8 +163,7 @@ def _signals_stop_the_run() -> Iterator[None]:
     """
     from airflow.sdk.definitions import dag as dag_module
 
-    from smtask import decorators
-    from smtask.sessions import replaced
+    from smtask.sdk import replaced
 
     received: list[int] = []
     real_signal, real_run_task = signal.signal, dag_module._run_task
@@ -173,7 +179,7 @@ def _signals_stop_the_run() -> Iterator[None]:
 
         def chained(signum: int, frame: Any) -> None:
             received.append(signum)
-            decorators.KILL_STOPS_JOBS = True
+            _running_task()  # told first: its on_kill stops the job
             handler(signum, frame)  # Airflow's: the task's on_kill (an smtask task raises)
             raise RunInterrupted(signum)
 
@@ -236,7 +242,7 @@ def _print_run(dag: Any, dag_run: Any, summary: str) -> None:
             print(json.dumps(results[ti.task_id], indent=2))
 
 
-def _check_params(dag: Any, conf: dict[str, Any]) -> dict[str, str]:
+def _check_params(dag: Any, conf: dict[str, Any]) -> dict[str, Any]:
     """The DAG's smtask steps, once the params pass the check every task makes. A bad mode is
     a usage error (exit 2) like a bad ``--mode``; other bad params exit 1."""
     from smtask import params
@@ -289,7 +295,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from smtask.local import EngineUnreachable, cleanup_orphans
+    from smtask.errors import EngineUnreachable
+    from smtask.local import cleanup_orphans
 
     try:
         removed = cleanup_orphans()

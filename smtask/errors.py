@@ -51,3 +51,24 @@ class TaskShutdown(BaseException):
 class ModelNotFound(SmtaskError, AirflowFailException):
     """A transform step's existing model does not exist (SageMaker's DescribeModel knows no
     model of that name). Raised before any transform job is created; not retried."""
+
+
+class ContainerFailed(RuntimeError):
+    """A local job's container exited non-zero; ``reason`` quotes its own last error line.
+
+    A ``RuntimeError``, as the SDK's own container failures are, since it is raised inside the
+    SDK's calls; the task turns it into :class:`JobFailed`.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class EngineUnreachable(SmtaskError):
+    """The Docker engine does not answer: what it runs cannot be seen, stopped or removed."""
+
+
+class OutputsNotWritten(SmtaskError):
+    """A local job's outputs could not be copied to the artifacts (a full disk): nothing of
+    them was published."""

@@ -1,4 +1,5 @@
-"""Deterministic, valid SageMaker names and artifact locations for a task instance."""
+"""Names: the rules for the names that become paths and parts of AWS names, deterministic
+and valid SageMaker job names for a task instance, and artifact locations."""
 
 from __future__ import annotations
 
@@ -6,8 +7,25 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 MAX_JOB_NAME = 63
+INSTANCE_TAG = "smtask:task-instance"  # every job's and model's tag: task_instance_id()
+# Names that become path components and parts of AWS names: ASCII only, never "." or "..".
+NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    "pipeline": (re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,29}"),
+                 "1-30 of A-Z a-z 0-9 -, starting with a letter or digit"),
+    "step": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"),
+             "1-63 of A-Z a-z 0-9 _ -, starting with a letter or digit"),
+    # processing inputs and outputs, training channels (SageMaker: [A-Za-z0-9.-_], at most 64)
+    "data": (re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
+             "1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit, no '..'"),
+    # SageMaker's ModelName: ^[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?$, at most 63
+    "model": (re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"),
+              "1-63 of A-Z a-z 0-9 -, starting and ending with a letter or digit "
+              "(SageMaker's model names)"),
+}
+
 # The SDK's local mode refuses to mount folders under these (common_utils._SENSITIVE_SYSTEM_PATHS)
 _SDK_RESTRICTED_ROOTS = ("/root", "/etc", "/var/lib")
 
@@ -78,3 +96,34 @@ def run_prefix(artifacts: str, pipeline: str, dag_id: str, run_id: str, map_inde
     prefix = f"{artifacts.rstrip('/')}/{_slug(pipeline)}/{path_component(dag_id)}/" \
              f"{path_component(run_id)}"
     return f"{prefix}/{map_index}" if map_index >= 0 else prefix
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """``text`` quoted with escapes (a look-alike or a newline shows), cut to ``limit``."""
+    shown = ascii(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
+
+
+def key_path(*keys: Any) -> str:
+    """``steps.trainer.image``; an odd key (not a plain name) is quoted so the path stays one
+    readable line."""
+    return ".".join(str(k) if NAME_RULES["step"][0].fullmatch(str(k)) else quoted(str(k), 40)
+                    for k in keys)
+
+
+def name_problem(kind: str, name: Any) -> str | None:
+    """Why ``name`` cannot be a ``kind`` name (see :data:`NAME_RULES`), or None if it can."""
+    pattern, rule = NAME_RULES[kind]
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    return None if pattern.fullmatch(name) else f"{quoted(name)} is not allowed: use {rule}"
+
+
+def check_name(step: str, what: str, name: Any) -> str:
+    """``name`` if it may be a ``what`` name of ``step`` (a processing input, a training
+    channel: it becomes a path in the container); else a TypeError, like the other checks of
+    the function's return value."""
+    problem = name_problem("data", name)
+    if problem:
+        raise TypeError(f"step '{step}': {what} name {problem}")
+    return str(name)

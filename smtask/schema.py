@@ -21,6 +21,8 @@ from typing import Any
 
 from jsonschema import Draft7Validator, ValidationError, validators
 
+from smtask.naming import key_path, quoted
+
 DIALECT = "https://smtask.readthedocs.io/schemas/params-draft-07"
 # Annotations of smtask's own (JSON Schema ignores unknown keywords):
 KEY = "x-smtask-key"  # at a Param schema's root: the top-level key it checks (``steps``)
@@ -30,21 +32,6 @@ _SIZES = {"maxProperties": ("keys", "at most"), "minProperties": ("keys", "at le
           "maxItems": ("items", "at most"), "minItems": ("items", "at least"),
           "maxLength": ("characters", "at most"), "minLength": ("characters", "at least")}
 LINE = 200  # the longest line of one problem
-
-
-def quoted(text: str, limit: int = 80) -> str:
-    """``text`` quoted with escapes (a look-alike or a newline shows), cut to ``limit``."""
-    shown = ascii(text)
-    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
-
-
-def key_path(*keys: Any) -> str:
-    """``steps.trainer.image``; an odd key (not a plain name) is quoted so the path stays one
-    readable line."""
-    import re
-
-    return ".".join(str(k) if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", str(k))
-                    else quoted(str(k), 40) for k in keys)
 
 
 def shown(value: Any, limit: int = 60) -> str:

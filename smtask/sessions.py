@@ -5,41 +5,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from smtask.errors import ParamsError
-from smtask.naming import smtask_home
-
-
-def artifacts_root(params: Mapping[str, Any]) -> str:
-    """The URI under which a run's artifacts go, for the params' mode."""
-    if params["mode"] == "local":
-        local = params.get("local") or {}
-        return local.get("artifacts") or (smtask_home() / "artifacts").as_uri()
-    if not params.get("artifacts", "").startswith("s3://"):
-        raise ParamsError("artifacts: sagemaker mode needs an s3:// URI")
-    return params["artifacts"]
-
-
-@contextlib.contextmanager
-def replaced(*swaps: tuple[Any, str, Any]) -> Iterator[None]:
-    """Set ``obj.name = value`` for each swap while inside; restore the originals after."""
-    originals = [(obj, name, getattr(obj, name)) for obj, name, _ in swaps]
-    for obj, name, value in swaps:
-        setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        for obj, name, value in originals:
-            setattr(obj, name, value)
-
-
-def telemetry_off() -> list[tuple[Any, str, Any]]:
-    """The SDK sends an HTTPS GET to an amazonaws.com host after every call it decorates."""
-    from sagemaker.core.telemetry import telemetry_logging
-
-    return [(telemetry_logging, "_send_telemetry_request", lambda *args, **kwargs: None),
-            (telemetry_logging, "_telemetry_msg_shown", True)]  # its opt-out notice is moot
+from smtask import sdk
 
 
 def connection_session(hook: Any, region_name: str | None) -> Any:
@@ -67,7 +36,7 @@ def connection_session(hook: Any, region_name: str | None) -> Any:
             described[parsed["TrainingJobName"]] = parsed
 
     session.events.register("after-call.sagemaker.DescribeTrainingJob", remember)
-    session.smtask_described = described
+    session.smtask = CloudState(described=described)
     clients: dict[tuple[Any, ...], OnFirstUse] = {}
 
     def client(service: str, region: str | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -105,11 +74,31 @@ class OnFirstUse:
         return getattr(self._made, name)
 
 
-def _hook(params: Mapping[str, Any]) -> Any:
+@dataclass
+class CloudState:
+    """What smtask keeps on a cloud session's boto3 session (``smtask``): the descriptions the
+    SDK made of training jobs just after creating them (see :func:`connection_session`)."""
+
+    described: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def described(session: Any, job_name: str) -> dict[str, Any] | None:
+    """The description the SDK made of ``job_name`` right after creating it, if it made one:
+    the wait's first poll."""
+    state = getattr(session.boto_session, "smtask", None)
+    return state.described.get(job_name) if isinstance(state, CloudState) else None
+
+
+def aws_hook(aws_conn_id: str | None, region_name: str | None) -> Any:
+    """The Amazon provider's hook over the Airflow AWS connection: every client smtask makes
+    (the task's, the triggerer's) takes the connection's settings from it."""
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-    return AwsBaseHook(aws_conn_id=params.get("aws_conn_id", "aws_default"),
-                       region_name=params.get("region_name"), client_type="sagemaker")
+    return AwsBaseHook(aws_conn_id=aws_conn_id, region_name=region_name, client_type="sagemaker")
+
+
+def _hook(params: Mapping[str, Any]) -> Any:
+    return aws_hook(params.get("aws_conn_id", "aws_default"), params.get("region_name"))
 
 
 def sagemaker_client(params: Mapping[str, Any]) -> Any:
@@ -125,8 +114,7 @@ def cloud_session(params: Mapping[str, Any]) -> Iterator[Any]:
 
     hook = _hook(params)
     bucket = params["artifacts"].removeprefix("s3://").split("/", 1)[0]
-    telemetry = [] if params.get("sdk_telemetry") else telemetry_off()
-    with replaced(*telemetry):
+    with sdk.corrected({} if params.get("sdk_telemetry") else sdk.telemetry_off()):
         # An explicit bucket: the SDK's default-bucket lookup would call STS.
         yield Session(boto_session=connection_session(hook, params.get("region_name")),
                       default_bucket=bucket)
@@ -137,7 +125,7 @@ def open_session(params: Mapping[str, Any], output: Any,
     """The session for the params' mode, for one job of ``step``; ``output`` (a
     :class:`smtask.local.ContainerOutput`) receives the local containers' output."""
     if params["mode"] == "local":
-        from smtask.local import local_session
+        from smtask import local
 
-        return local_session(params, output, step)
+        return local.open_session(params, output, step)
     return cloud_session(params)

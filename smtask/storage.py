@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from smtask import naming
 from smtask.errors import SmtaskError
+from smtask.paths import confined, local_path
 
-
-def confined(target: str | Path, root: str | Path) -> Path:
-    """``target`` resolved, refused unless it lies inside ``root`` and no symlink below
-    ``root`` leads there (a linked folder would carry a write or a delete elsewhere; ``root``
-    itself may be a link). Every path smtask writes or deletes goes through here first."""
-    base = Path(root).resolve()
-    lexical = Path(os.path.normpath(target))
-    try:
-        expected = base / lexical.relative_to(os.path.normpath(root))
-    except ValueError:
-        expected = None
-    resolved = Path(target).resolve()
-    if expected != resolved or not resolved.is_relative_to(base):
-        raise SmtaskError(f"refusing to write or delete {target}: it is outside {base} "
-                          "(or reaches it through a symlink)")
-    return resolved
-
-
-def local_path(uri: str, root: str | None = None) -> Path:
-    """The path of a ``file://`` URI; with ``root`` (a URI or path), confined to it."""
-    path = Path(urlparse(uri).path)
-    return confined(path, urlparse(root).path) if root else path
+__all__ = ["confined", "local_path", "map_index", "read_bytes", "read_text", "remove",
+           "run_prefix", "write_bytes", "write_text"]
 
 
 def map_index(context: Any) -> int:
@@ -51,8 +31,9 @@ def run_prefix(context: Any, step: str | None = None,
     """The URI of this run's artifacts, ``<artifacts>/<pipeline>/<dag id>/<run id>`` (the same
     one the smtask tasks of the run write under), or of one step's folder in it. For plain
     tasks, e.g. a data source."""
-    from smtask.params import name_problem, run_params
-    from smtask.sessions import artifacts_root
+    from smtask.naming import name_problem
+    from smtask.params import run_params
+    from smtask.paths import artifacts_root
 
     problem = name_problem("step", step) if step is not None else None
     if problem:  # it becomes a folder of the run's artifacts
@@ -133,6 +114,6 @@ def remove(uri: str, params: dict[str, Any] | None = None) -> int:
 
 
 def _root(params: dict[str, Any] | None) -> str:
-    from smtask.sessions import artifacts_root
+    from smtask.paths import artifacts_root
 
     return str(artifacts_root(params or {"mode": "local"}))

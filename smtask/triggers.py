@@ -23,6 +23,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError
 
 from smtask import waiting
+from smtask.kinds import by_name
 
 # Threads for describes in one triggerer process; at most botocore's default connection
 # pool (10), so no thread waits for a connection of the shared client.
@@ -64,10 +65,9 @@ async def in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
 
 
 def _build(aws_conn_id: str | None, region_name: str | None) -> Any:
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+    from smtask.sessions import aws_hook
 
-    return AwsBaseHook(aws_conn_id=aws_conn_id, region_name=region_name,
-                       client_type="sagemaker").get_conn()
+    return aws_hook(aws_conn_id, region_name).get_conn()
 
 
 def _build_and_keep(key: Key) -> Any:
@@ -127,10 +127,11 @@ class SageMakerJobTrigger(BaseTrigger):
             "poll_max": self.poll_max, "started": self.started, "if_killed": self.if_killed}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        kind = by_name(self.kind)
         client, delay = await shared_client(self.aws_conn_id, self.region_name), 0.2
         while True:
             try:
-                description = await waiting.afind(client, self.kind, self.job_name, run=in_thread)
+                description = await waiting.afind(client, kind, self.job_name, run=in_thread)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in REFUSED:
                     forget(self.aws_conn_id, self.region_name, client)
@@ -139,12 +140,12 @@ class SageMakerJobTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "Missing", "description": {}, "job": self.job,
                                     "reason": "the job disappeared while waiting for it"})
                 return
-            status = waiting.status(self.kind, description)
-            if status in waiting.DONE or status in waiting.FAILED:
+            status = waiting.status(kind, description)
+            if status in kind.api.done or status in kind.api.failed:
                 yield TriggerEvent({
                     "status": status, "job": self.job,
-                    "reason": waiting.ended(self.kind, description),
-                    "description": {k: description[k] for k in ("ModelArtifacts",)
+                    "reason": waiting.ended(kind, description),
+                    "description": {k: description[k] for k in kind.event_keys
                                     if k in description}})
                 return
             if self.timeout is not None and time.time() - self.started >= self.timeout:
@@ -163,5 +164,5 @@ class SageMakerJobTrigger(BaseTrigger):
         if self.if_killed == "leave":
             return
         client = await shared_client(self.aws_conn_id, self.region_name)
-        await in_thread(waiting.stop, {"client": client, "kind": self.kind,
+        await in_thread(waiting.stop, {"client": client, "kind": by_name(self.kind),
                                        "job_name": self.job_name})

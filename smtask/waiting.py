@@ -1,7 +1,7 @@
 """A job's life after its spec: find it by name, wait for it, tail its logs, stop it.
 
-What counts as running, done or failed is data shared by every kind; so is which API
-errors are transient (retried while waiting) rather than fatal.
+Each kind says what its statuses mean (``JobKind.api``: running, done and failed as data);
+which API errors are transient (retried while waiting) rather than fatal is shared by all.
 """
 
 from __future__ import annotations
@@ -14,31 +14,14 @@ from datetime import datetime
 from typing import Any
 
 from smtask.errors import JobFailed
+from smtask.kind import JobKind
+from smtask.naming import INSTANCE_TAG
 
 log = logging.getLogger(__name__)
 
 # how an event loop runs a blocking call off the loop: run(fn, kwargs) -> fn(**kwargs)
 Runner = Callable[[Callable[..., Any], dict[str, Any]], Awaitable[Any]]
 
-# kind -> (describe method, name argument, status key, stop method, CloudWatch log group)
-API = {
-    "processing": ("describe_processing_job", "ProcessingJobName", "ProcessingJobStatus",
-                   "stop_processing_job", "/aws/sagemaker/ProcessingJobs"),
-    "training": ("describe_training_job", "TrainingJobName", "TrainingJobStatus",
-                 "stop_training_job", "/aws/sagemaker/TrainingJobs"),
-    "transform": ("describe_transform_job", "TransformJobName", "TransformJobStatus",
-                  "stop_transform_job", "/aws/sagemaker/TransformJobs"),
-    # a tuning job's trials are training jobs named <tuning job>-NNN-<id>: their streams
-    "tuning": ("describe_hyper_parameter_tuning_job", "HyperParameterTuningJobName",
-               "HyperParameterTuningJobStatus", "stop_hyper_parameter_tuning_job",
-               "/aws/sagemaker/TrainingJobs"),
-}
-INSTANCE_TAG = "smtask:task-instance"  # see naming.task_instance_id
-ARN = {"processing": "ProcessingJobArn", "training": "TrainingJobArn",
-       "transform": "TransformJobArn", "tuning": "HyperParameterTuningJobArn"}
-RUNNING = {"InProgress", "Stopping"}
-DONE = {"Completed"}
-FAILED = {"Failed", "Stopped"}
 TRANSIENT = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
              "ServiceUnavailable", "InternalFailure", "InternalServerError", "InternalError"}
 NOT_FOUND = {"ValidationException", "ResourceNotFound", "ResourceNotFoundException"}
@@ -97,15 +80,15 @@ async def acall(fn: Callable[..., Any], kwargs: dict[str, Any], *, run: Runner,
     raise AssertionError("unreachable")
 
 
-def status(kind: str, description: dict[str, Any]) -> str:
-    return str(description[API[kind][2]])
+def status(kind: JobKind, description: dict[str, Any]) -> str:
+    return str(description[kind.api.status])
 
 
-def find(client: Any, kind: str, job_name: str) -> dict[str, Any] | None:
+def find(client: Any, kind: JobKind, job_name: str) -> dict[str, Any] | None:
     """The job's description, or None when no job has that name."""
     from botocore.exceptions import ClientError
 
-    method, name_arg = API[kind][:2]
+    method, name_arg = kind.api.describe, kind.api.name_arg
     if not hasattr(client, method):  # the SDK's local client keeps no jobs of this kind
         return None
     try:
@@ -116,11 +99,12 @@ def find(client: Any, kind: str, job_name: str) -> dict[str, Any] | None:
         raise
 
 
-async def afind(client: Any, kind: str, job_name: str, *, run: Runner) -> dict[str, Any] | None:
+async def afind(client: Any, kind: JobKind, job_name: str, *, run: Runner
+                ) -> dict[str, Any] | None:
     """:func:`find` for an event loop; the describe goes through ``run`` (see :func:`acall`)."""
     from botocore.exceptions import ClientError
 
-    method, name_arg = API[kind][:2]
+    method, name_arg = kind.api.describe, kind.api.name_arg
     if not hasattr(client, method):
         return None
     try:
@@ -138,7 +122,7 @@ END_TIMES = ("TrainingEndTime", "ProcessingEndTime", "TransformEndTime",
              "HyperParameterTuningEndTime", "LastModifiedTime")
 
 
-def ended(kind: str, description: dict[str, Any]) -> str:
+def ended(kind: JobKind, description: dict[str, Any]) -> str:
     """Why a job ended Failed or Stopped, in SageMaker's words: its FailureReason; for a stop,
     when it happened and its SecondaryStatus (``MaxRuntimeExceeded``, ``Stopped``...)."""
     state, reason = status(kind, description), description.get("FailureReason")
@@ -153,16 +137,16 @@ def ended(kind: str, description: dict[str, Any]) -> str:
             + (f" ({'; '.join(details)})" if details else ""))
 
 
-def stopped_by_smtask(client: Any, kind: str, description: dict[str, Any]) -> bool:
+def stopped_by_smtask(client: Any, kind: JobKind, description: dict[str, Any]) -> bool:
     """Whether smtask itself asked SageMaker to stop the job (its tag says so)."""
-    arn = description.get(ARN[kind])
+    arn = description.get(kind.api.arn)
     if not arn or not hasattr(client, "list_tags"):
         return False
     tags = call(client.list_tags, {"ResourceArn": arn}).get("Tags", [])
     return any(t["Key"] == STOPPED_TAG for t in tags)
 
 
-def claim(client: Any, kind: str, name: Callable[[int], str], *,
+def claim(client: Any, kind: JobKind, name: Callable[[int], str], *,
           rerun_failed: bool = True, rerun_completed: bool = False,
           rerun_stopped: bool = False) -> tuple[str, dict[str, Any] | None]:
     """The name this task's job has or gets, and the job already under it, if any.
@@ -178,24 +162,25 @@ def claim(client: Any, kind: str, name: Callable[[int], str], *,
     while True:
         job_name = name(attempt)
         description = find(client, kind, job_name)
-        ended_as = FAILED | (DONE if rerun_completed else set())
+        ended_as = kind.api.failed | (kind.api.done if rerun_completed else set())
         if description is None or status(kind, description) not in ended_as:
             return job_name, description
         current = status(kind, description)
         if current == "Stopped" and not stopped_by_smtask(client, kind, description):
             if not rerun_stopped:
-                raise JobFailed(kind, job_name, f"an earlier attempt's job: {ended(kind, description)}."
-                                " if_job_stopped is 'fail' (the default): a job stopped by "
-                                "hand stays stopped; set it to 'rerun' to start a new one")
-        elif current in FAILED and not rerun_failed:
-            raise JobFailed(kind, job_name, "an earlier attempt's job ended "
+                raise JobFailed(kind.name, job_name,
+                                f"an earlier attempt's job: {ended(kind, description)}. "
+                                "if_job_stopped is 'fail' (the default): a job stopped by hand "
+                                "stays stopped; set it to 'rerun' to start a new one")
+        elif current in kind.api.failed and not rerun_failed:
+            raise JobFailed(kind.name, job_name, "an earlier attempt's job ended "
                             f"{current} and if_job_failed is 'fail': "
                             f"{description.get('FailureReason') or 'no reason given'}")
-        log.info("%s job %s ended %s; this attempt starts a new one", kind, job_name, current)
+        log.info("%s job %s ended %s; this attempt starts a new one", kind.name, job_name, current)
         attempt += 1
 
 
-def adopt(client: Any, kind: str, job_name: str, instance: str,
+def adopt(client: Any, kind: JobKind, job_name: str, instance: str,
           refused: Exception) -> dict[str, Any]:
     """The job a create call was refused for (``refused``: it exists), if its tags say this
     task instance (``instance``) made it; else an error that says it is another's."""
@@ -203,29 +188,29 @@ def adopt(client: Any, kind: str, job_name: str, instance: str,
     if description is None:
         raise refused
     tags = {t["Key"]: t["Value"] for t in call(client.list_tags, {
-        "ResourceArn": description[ARN[kind]]}).get("Tags", [])}
+        "ResourceArn": description[kind.api.arn]}).get("Tags", [])}
     if tags.get(INSTANCE_TAG) != instance:
-        raise JobFailed(kind, job_name, "a job of this name exists that this task instance did "
+        raise JobFailed(kind.name, job_name, "a job of this name exists that this task instance did "
                         f"not create (its {INSTANCE_TAG} tag is "
                         f"{tags.get(INSTANCE_TAG) or 'missing'}); it is left as it is")
     return description
 
 
-def stop(client: Any, kind: str, job_name: str) -> None:
+def stop(client: Any, kind: JobKind, job_name: str) -> None:
     """Ask SageMaker to stop the job, tagged as stopped by smtask first (so that a retry tells
     it from a job a person stopped); a job that already ended is left as it is."""
     from botocore.exceptions import ClientError
 
     try:
         description = find(client, kind, job_name)
-        arn = description.get(ARN[kind]) if isinstance(description, dict) else None
+        arn = description.get(kind.api.arn) if isinstance(description, dict) else None
         if arn:
             call(client.add_tags, {"ResourceArn": arn,
                                    "Tags": [{"Key": STOPPED_TAG, "Value": "smtask"}]})
     except Exception as exc:  # noqa: BLE001 - the tag only tells a retry who stopped it
-        log.warning("could not tag %s job %s as stopped by smtask: %s", kind, job_name, exc)
+        log.warning("could not tag %s job %s as stopped by smtask: %s", kind.name, job_name, exc)
     try:
-        call(getattr(client, API[kind][3]), {API[kind][1]: job_name})
+        call(getattr(client, kind.api.stop), {kind.api.name_arg: job_name})
     except ClientError as exc:
         if _code(exc) not in NOT_FOUND:
             raise
@@ -234,9 +219,10 @@ def stop(client: Any, kind: str, job_name: str) -> None:
 class LogTail:
     """Copies the job's CloudWatch log streams into ``sink``, from where it left off."""
 
-    def __init__(self, logs_client: Any, kind: str, job_name: str,
+    def __init__(self, logs_client: Any, kind: JobKind, job_name: str,
                  sink: Callable[[str], None]) -> None:
-        self.client, self.group, self.prefix, self.sink = logs_client, API[kind][4], job_name, sink
+        self.client, self.group, self.prefix, self.sink = (logs_client, kind.api.log_group,
+                                                           job_name, sink)
         self.tokens: dict[str, str | None] = {}
 
     def poll(self) -> None:
@@ -261,7 +247,7 @@ class LogTail:
             self.tokens[name] = page.get("nextForwardToken")
 
 
-def wait(client: Any, kind: str, job_name: str, *, timeout: float | None = None,
+def wait(client: Any, kind: JobKind, job_name: str, *, timeout: float | None = None,
          first_poll: float = 0.2, cap: float = 30.0, tail: LogTail | None = None,
          sleep: Callable[[float], None] = time.sleep,
          clock: Callable[[], float] = time.monotonic,
@@ -279,17 +265,17 @@ def wait(client: Any, kind: str, job_name: str, *, timeout: float | None = None,
     while True:
         description = description or find(client, kind, job_name)
         if description is None:
-            raise JobFailed(kind, job_name, "the job disappeared while waiting for it")
+            raise JobFailed(kind.name, job_name, "the job disappeared while waiting for it")
         if tail is not None:
             tail.poll()
         current = status(kind, description)
-        if current in DONE:
+        if current in kind.api.done:
             return description
-        if current in FAILED:
-            raise JobFailed(kind, job_name, ended(kind, description))
+        if current in kind.api.failed:
+            raise JobFailed(kind.name, job_name, ended(kind, description))
         if deadline is not None and clock() >= deadline:
             stop(client, kind, job_name)
-            raise JobFailed(kind, job_name, f"still {current} after the {timeout:g} s "
+            raise JobFailed(kind.name, job_name, f"still {current} after the {timeout:g} s "
                             "wait_timeout_seconds; the job was asked to stop")
         sleep(delay if deadline is None else max(0.0, min(delay, deadline - clock())))
         delay = min(delay * 2, cap)

@@ -271,6 +271,23 @@ def loopback_guard(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 # --- DAG runs ------------------------------------------------------------------------------
 
+def kinds_of(steps: dict[str, str]) -> dict[str, Any]:
+    """A DAG's steps as params' checks are handed them: each step's job kind."""
+    from smtask.kinds import by_name
+
+    return {step: by_name(kind) for step, kind in steps.items()}
+
+
+def local_state(scratch: Path, **fields: Any) -> Any:
+    """A stand-in for an SDK ``LocalSession``: only the smtask state smtask's corrections read."""
+    from types import SimpleNamespace
+
+    from smtask.local.state import LocalState, Owner
+
+    fields.setdefault("output", SimpleNamespace(sink=print))
+    return SimpleNamespace(smtask=LocalState("s1", Owner("h", 1, 2.0), scratch, **fields))
+
+
 def write_config(tmp_path: Path, **overrides: Any) -> Path:
     """The example's config.json, deep-merged with ``overrides``, code paths kept."""
     from smtask.params import deep_merge

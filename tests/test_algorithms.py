@@ -12,11 +12,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_dag, run_example, write_config
+from conftest import ROOT, kinds_of, local_state, run_dag, run_example, write_config
 from test_cloud import BUCKET, client, cloud_config, moto_server, sagemaker  # noqa: F401
 
 from smtask import params
 from smtask.errors import ParamsError
+from smtask.kinds import training
 
 KNN_IMAGE = "382416733822.dkr.ecr.us-east-1.amazonaws.com/knn:1"
 KNN = {"image": {"framework": "knn", "version": "1"},
@@ -30,14 +31,14 @@ def problems(steps: dict[str, Any], kinds: dict[str, str], **top: Any) -> str:
     config = {key: value for key, value in config.items() if value is not None}
     config["steps"].update(steps)
     with pytest.raises(ParamsError) as caught:
-        params.resolve(config, {}, kinds)
+        params.resolve(config, {}, kinds_of(kinds))
     return str(caught.value)
 
 
 # --- images as {"framework", "version"} -----------------------------------------------------
 
 def test_an_image_given_by_framework_resolves_with_the_sdks_tables_and_no_network(loopback_guard):
-    from smtask.steps import resolve_image
+    from smtask.images import resolve_image
 
     given = {"framework": "knn", "version": "1"}
     resolved = resolve_image("image", given, scope="training",
@@ -83,7 +84,7 @@ def test_a_runs_conf_may_change_source_dir_alone():
     """source_dir and entry_script go together in the merged params, not in a conf's form."""
     from jsonschema import Draft7Validator
 
-    schema = params.trigger_schema({"type": "object", **params.STEP_SCHEMAS["training"]})
+    schema = params.trigger_schema({"type": "object", **training.KIND.schema})
     assert not list(Draft7Validator(schema).iter_errors({"source_dir": "code"}))
 
 
@@ -103,8 +104,9 @@ def test_local_training_without_code_needs_an_algorithm_the_local_image_stands_i
 def test_local_mode_runs_an_algorithm_image_as_train_in_the_local_image():
     """AWS's algorithm URIs and framework specs become the local image, told the algorithm;
     SageMaker runs an image without an entrypoint as `<image> train`: so does local mode."""
-    from smtask import local
-    from smtask.steps import StepContext, algorithm_of
+    from smtask.images import algorithm_of
+    from smtask.kinds.common import StepContext
+    from smtask.local.compose import harden
 
     assert algorithm_of("404615174143.dkr.ecr.us-east-2.amazonaws.com/knn:1") == "knn"
     assert algorithm_of("683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1") \
@@ -114,11 +116,10 @@ def test_local_mode_runs_an_algorithm_image_as_train_in_the_local_image():
     ctx = StepContext(step="knn", params={"mode": "local", "steps": {"knn": {
         "image": KNN_IMAGE}}, "local": {"image": "mine:1"}}, job_name="j", prefix="file:///p")
     assert ctx.image("training") == "mine:1"
-    session = type("S", (), {"smtask_scratch": "/nonexistent", "smtask_session_id": "s",
-                             "smtask_owner": "o", "smtask_serving_port": None})
-    hardened = local.harden({"services": {"algo-1": {"image": "mine:1"}}}, session)
+    session = local_state(Path("/nonexistent"))
+    hardened = harden({"services": {"algo-1": {"image": "mine:1"}}}, session)
     assert hardened["services"]["algo-1"]["command"] == "train"
-    script = local.harden({"services": {"algo-1": {"entrypoint": ["python3", "x.py"]}}}, session)
+    script = harden({"services": {"algo-1": {"entrypoint": ["python3", "x.py"]}}}, session)
     assert "command" not in script["services"]["algo-1"]
 
 

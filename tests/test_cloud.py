@@ -528,12 +528,15 @@ train()
 @pytest.fixture
 def crash_once(monkeypatch):
     """The first attempt dies at a chosen point (as a worker would), later ones run on."""
+    import dataclasses
+
     from smtask import waiting
-    from smtask.steps import training
+    from smtask.decorators import OPERATORS
 
     def install(where: str) -> None:
-        target, name = (waiting, "wait") if where == "wait" else (training, "outputs")
-        real, calls = getattr(target, name), []
+        operator = OPERATORS["training"]
+        real = waiting.wait if where == "wait" else operator.job_kind.outputs
+        calls: list[int] = []
 
         def once(*args: Any, **kwargs: Any) -> Any:
             calls.append(1)
@@ -541,7 +544,11 @@ def crash_once(monkeypatch):
                 raise ConnectionError("worker lost its connection (first attempt)")
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(target, name, once)
+        if where == "wait":
+            monkeypatch.setattr(waiting, "wait", once)
+        else:
+            monkeypatch.setattr(operator, "job_kind",
+                                dataclasses.replace(operator.job_kind, outputs=once))
 
     return install
 
@@ -644,10 +651,10 @@ def test_when_airflow_cannot_be_asked_the_job_is_left_running():
 
 
 def test_an_interrupted_smtask_run_always_stops_the_job(monkeypatch):
-    from smtask import decorators
     from smtask.errors import TaskInterrupted
+    from smtask.operator import SageMakerJobOperator
 
-    monkeypatch.setattr(decorators, "KILL_STOPS_JOBS", True)  # what `smtask run` sets
+    monkeypatch.setattr(SageMakerJobOperator, "kill_mode", "stop")  # what `smtask run` sets
     stop, asked, raised = killed_operator("leave", {"r1": {"train": "running"}})
     asked.assert_not_called()
     stop.assert_called_once()

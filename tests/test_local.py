@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ROOT, containers_with_label, run_dag, write_config
+from conftest import ROOT, containers_with_label, local_state, run_dag, write_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker")]
 
@@ -145,8 +145,8 @@ def test_an_earlier_attempts_outputs_are_replaced_not_merged(tmp_path):
     produced.mkdir()
     (produced / "new.csv").write_text("new")
     lines: list[str] = []
-    session = SimpleNamespace(smtask_artifacts=(tmp_path / "out").as_uri(), smtask_staged=[],
-                              smtask_step="splitor", smtask_output=SimpleNamespace(sink=lines.append))
+    session = local_state(tmp_path / "scratch", artifacts=(tmp_path / "out").as_uri(),
+                          step="splitor", output=SimpleNamespace(sink=lines.append))
     local.stage(session, produced, final.as_uri(), "train")
     assert sorted(p.name for p in final.iterdir()) == ["stale.csv"]
     local.publish(session)

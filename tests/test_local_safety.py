@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import threading
@@ -260,7 +261,14 @@ class Watched:
         return any(text in line for line in self.lines)
 
     def finish(self, timeout: float = 60) -> str:
-        self.proc.wait(timeout=timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # ours to end; its output says where it hung
+            self.proc.wait()
+            self.reader.join(timeout=10)
+            raise AssertionError(f"still running after {timeout} s:\n"
+                                 + "".join(self.lines)[-6000:]) from None
         self.reader.join(timeout=10)
         return "".join(self.lines)
 
@@ -345,18 +353,19 @@ def test_after_sigkill_cleanup_removes_the_orphaned_container_and_scratch(tmp_pa
 def test_the_next_local_session_removes_a_dead_processes_container(tmp_path, monkeypatch,
                                                                    loopback_guard):
     from smtask import local
+    from smtask.local import state
 
     monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
     scratch = tmp_path / "tmp" / "deadbeef"
     scratch.mkdir(parents=True)
-    dead = local.Owner(local.socket.gethostname(), 2**22 + 11, 1.0)
-    (scratch / local.OWNER_FILE).write_text(str(dead))
+    dead = state.Owner(socket.gethostname(), 2**22 + 11, 1.0)
+    (scratch / state.OWNER_FILE).write_text(str(dead))
     orphan = subprocess.run(
-        ["docker", "run", "-d", "--network", "host", "--label", f"{local.LABEL}=deadbeef",
-         "--label", f"{local.OWNER_LABEL}={dead}", "--label", f"{local.SCRATCH_LABEL}={scratch}",
+        ["docker", "run", "-d", "--network", "host", "--label", f"{state.LABEL}=deadbeef",
+         "--label", f"{state.OWNER_LABEL}={dead}", "--label", f"{state.SCRATCH_LABEL}={scratch}",
          LOCAL_IMAGE, "sleep", "300"], capture_output=True, text=True, check=True).stdout.strip()
-    with local.local_session({"mode": "local"}, local.ContainerOutput(print)):
-        assert containers_with_label(f"{local.LABEL}=deadbeef") == []
+    with local.open_session({"mode": "local"}, local.ContainerOutput(print)):
+        assert containers_with_label(f"{state.LABEL}=deadbeef") == []
         assert not scratch.exists()
     assert orphan
 

@@ -14,12 +14,20 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import LOCAL_IMAGE, ROOT, containers_with_label, run_dag, run_example, write_config
+from conftest import (
+    LOCAL_IMAGE,
+    ROOT,
+    containers_with_label,
+    kinds_of,
+    run_dag,
+    run_example,
+    write_config,
+)
 
 from smtask import params
 from smtask.errors import ParamsError
 
-STEPS = {"predict": "transform"}
+STEPS = kinds_of({"predict": "transform"})
 
 
 def model_config(**overrides) -> dict:

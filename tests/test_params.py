@@ -7,12 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import kinds_of
 
-from smtask import params
+from smtask import naming, params
 from smtask.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = {"splitor": "processing", "trainer": "training", "transformer": "transform"}
+STEPS = kinds_of({"splitor": "processing", "trainer": "training", "transformer": "transform"})
 
 
 @pytest.fixture
@@ -131,18 +132,18 @@ def test_hostile_output_name_is_refused_naming_it(defaults, name):
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=HOSTILE_IDS)
 def test_hostile_input_or_channel_name_is_refused_naming_the_step_and_it(name):
     with pytest.raises(TypeError) as excinfo:
-        params.check_name("trainer", "channel", name)
+        naming.check_name("trainer", "channel", name)
     assert f"step 'trainer': channel name {ascii(name)[:40]}" in str(excinfo.value)
 
 
 @pytest.mark.parametrize("name", ["train", "data-source", "model.v2", "a_b", "A" * 64])
 def test_input_and_channel_names_sagemaker_allows_are_accepted(name):
-    assert params.check_name("trainer", "channel", name) == name
+    assert naming.check_name("trainer", "channel", name) == name
 
 
 def test_step_name_the_dag_uses_is_checked_too(defaults):
     with pytest.raises(ParamsError, match=r"steps: step name '\.\./x' is not allowed"):
-        params.resolve(defaults, {}, {**STEPS, "../x": "processing"})
+        params.resolve(defaults, {}, {**STEPS, **kinds_of({"../x": "processing"})})
 
 
 def test_pipeline_name_with_a_trailing_newline_is_refused(defaults):

@@ -37,7 +37,7 @@ def model_tar(folder: Path, files: dict[str, bytes]) -> Path:
 
 def code_tar(folder: Path, scripts: dict[str, str]) -> Path:
     """A sourcedir.tar.gz of ``scripts``, packed as smtask packs a source dir."""
-    from smtask.steps import pack
+    from smtask.kinds.common import pack
 
     source = folder / "source"
     source.mkdir(parents=True)

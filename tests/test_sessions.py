@@ -5,19 +5,23 @@ mounting the user's folders writable or sending telemetry."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 import yaml
-from conftest import LoopbackGuard, is_loopback
+from conftest import LoopbackGuard, is_loopback, local_state
 
 from smtask import local
+from smtask.errors import ContainerFailed
+from smtask.local import compose, containers, output, serving, state
+from smtask.local import session as local_session
 
 
 @pytest.fixture(autouse=True)
 def installed():
-    local._SDKPatches.install()
+    compose.install()
 
 
 def _sdk_compose(tmp_path, klass_name: str, command: str = "serve") -> dict:
@@ -29,8 +33,7 @@ def _sdk_compose(tmp_path, klass_name: str, command: str = "serve") -> dict:
     class FakeSession:
         config = None
         boto_session = None
-        smtask_session_id, smtask_owner = "s1", local.Owner("h", 1, 2.0)
-        smtask_scratch, smtask_serving_port = str(tmp_path), 23456
+        smtask = local_state(tmp_path, serving_port=23456).smtask
 
     if klass_name == "core":
         container = object.__new__(_SageMakerContainer)
@@ -56,8 +59,8 @@ def test_sdk_compose_files_use_host_networking_only(tmp_path, klass):
     for service in content["services"].values():
         assert service["network_mode"] == "host"
         assert "networks" not in service and "ports" not in service
-        assert service["labels"][local.LABEL] == "s1"
-        assert service["labels"][local.OWNER_LABEL] == "h:1:2.00"
+        assert service["labels"][state.LABEL] == "s1"
+        assert service["labels"][state.OWNER_LABEL] == "h:1:2.00"
 
 
 def test_sdk_serving_compose_file_binds_the_sessions_own_port(tmp_path):
@@ -69,7 +72,7 @@ def test_sdk_patches_are_installed_once():
     from sagemaker.core.local.image import _SageMakerContainer
     from sagemaker.train.local.local_container import _LocalContainer
 
-    local._SDKPatches.install()
+    compose.install()
     for function in (_SageMakerContainer._generate_compose_file,
                      _LocalContainer._generate_compose_file,
                      _SageMakerContainer._prepare_processing_volumes):
@@ -78,7 +81,7 @@ def test_sdk_patches_are_installed_once():
 
 @pytest.mark.parametrize("klass", ["core", "train"])
 def test_the_sdk_runs_compose_files_with_smtask_compose_not_docker_compose(tmp_path, klass):
-    """Every local job's compose file goes to ``python -m smtask.compose``: no compose
+    """Every local job's compose file goes to ``python -m smtask.local.compose``: no compose
     process holding a job's output in memory, no 0.5-0.9 s of compose start per job."""
     import sys
 
@@ -87,18 +90,14 @@ def test_the_sdk_runs_compose_files_with_smtask_compose_not_docker_compose(tmp_p
 
     prefix = _SageMakerContainer._get_compose_cmd_prefix() if klass == "core" else \
         _LocalContainer._get_compose_cmd_prefix(object())
-    assert prefix == [sys.executable, "-m", "smtask.compose"]
-    # and smtask.compose takes every key the SDK's (hardened) compose files hold
-    from smtask import compose
-
+    assert prefix == [sys.executable, "-m", "smtask.local.compose"]
+    # and smtask.local.compose takes every key the SDK's (hardened) compose files hold
     for name, service in _sdk_compose(tmp_path, klass)["services"].items():
         args, _ = compose.run_args("p", name, service)
         assert args[:5] == ["run", "-d", "--pull", "never", "--name"]
 
 
 def test_smtask_compose_runs_a_service_as_docker_run_with_literal_values():
-    from smtask import compose
-
     service = {"image": "img:1", "container_name": "abc-algo-1", "tty": True, "stdin_open": True,
                "network_mode": "host", "labels": {"smtask.session": "s1"},
                "volumes": ["/h/out:/opt/ml/output", "/h/in:/opt/ml/input/data/x:ro"],
@@ -115,16 +114,12 @@ def test_smtask_compose_runs_a_service_as_docker_run_with_literal_values():
 
 
 def test_smtask_compose_refuses_a_compose_key_it_does_not_know():
-    from smtask import compose
-
     with pytest.raises(SystemExit, match="service algo-1: unsupported compose key.*healthcheck"):
         compose.run_args("p", "algo-1", {"image": "img", "healthcheck": {}})
 
 
 def test_long_lines_are_cut_and_say_how_much():
     import io
-
-    from smtask import compose
 
     stream = io.BytesIO(b"short\n" + b"y" * 200_000 + b"\nnext\n")
     lines = list(compose.bounded_lines(stream, limit=1000))
@@ -142,9 +137,7 @@ def test_user_folders_are_mounted_read_only_and_scratch_folders_writable(tmp_pat
         f"{user}:/opt/ml/processing/input/data-source",
         f"{user / 'data.csv'}:/opt/ml/input/data/train",
         f"{user}:/opt/ml/code:rw"]}}}
-    session = type("S", (), {"smtask_scratch": str(scratch), "smtask_session_id": "s",
-                             "smtask_owner": "o", "smtask_serving_port": None})
-    hardened = local.harden(content, session)
+    hardened = compose.harden(content, local_state(scratch))
     assert hardened["services"]["algo-1"]["volumes"] == [
         f"{scratch / 'out'}:/opt/ml/processing/train",
         f"{user}:/opt/ml/processing/input/data-source:ro",
@@ -161,8 +154,9 @@ def test_sdk_functions_are_replaced_inside_a_local_session_and_restored_after():
     names = [(telemetry_logging, "_send_telemetry_request"), (image, "_stream_output"),
              (local_container, "_stream_output"), (entities, "_wait_for_serving_container")]
     originals = [getattr(module, name) for module, name in names]
-    session = type("S", (), {"smtask_session_id": "s", "smtask_scratch": "/nonexistent"})
-    with local._sdk_corrections(session, local.ContainerOutput(print)):
+    from smtask import sdk
+
+    with sdk.corrected(local_session.corrections(local_state(Path("/nonexistent")))):
         assert telemetry_logging._send_telemetry_request(1, [1], None) is None
         for (module, name), original in zip(names, originals, strict=True):
             assert getattr(module, name) is not original, f"{module.__name__}.{name}"
@@ -171,16 +165,14 @@ def test_sdk_functions_are_replaced_inside_a_local_session_and_restored_after():
 
 def test_container_output_goes_to_the_sink_and_a_failure_quotes_the_exit_code(tmp_path):
     import subprocess
-    from types import SimpleNamespace
-
     lines: list[str] = []
-    session = SimpleNamespace(smtask_scratch=str(tmp_path), smtask_job_failed=False)
-    stream = local._stream_output(local.ContainerOutput(lines.append), session)
+    fake = local_state(tmp_path)
+    stream = output.stream_output(local.ContainerOutput(lines.append), fake)
     assert stream(subprocess.Popen(["printf", "one\\ntwo\\n"], stdout=subprocess.PIPE)) == 0
-    assert lines == ["one", "two"] and not session.smtask_job_failed
-    with pytest.raises(local.ContainerFailed, match=r"\(exit code 1; last lines: no output\)"):
+    assert lines == ["one", "two"] and not fake.smtask.job_failed
+    with pytest.raises(ContainerFailed, match=r"\(exit code 1; last lines: no output\)"):
         stream(subprocess.Popen(["false"], stdout=subprocess.PIPE))
-    assert session.smtask_job_failed  # its outputs will not be published
+    assert fake.smtask.job_failed  # its outputs will not be published
 
 
 @pytest.mark.parametrize(("lines", "cause"), [
@@ -213,9 +205,8 @@ def test_serving_health_wait_returns_as_soon_as_ping_answers(loopback_guard, mon
         def log_message(self, *args):
             pass
 
-    monkeypatch.setattr(local, "_exited_container", lambda session_id: None)
-    wait = local._wait_for_serving_container(type("S", (), {"smtask_session_id": "s"}),
-                                             local.ContainerOutput(print))
+    monkeypatch.setattr(serving, "_exited_container", lambda session_id: None)
+    wait = serving.wait_for_server(local_state(Path("/nonexistent")), local.ContainerOutput(print))
     server = HTTPServer(("127.0.0.1", 0), Ping)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -225,7 +216,7 @@ def test_serving_health_wait_returns_as_soon_as_ping_answers(loopback_guard, mon
     finally:
         server.shutdown()
         server.server_close()
-    with pytest.raises(local.ContainerFailed, match="not healthy after 0.5 s"):
+    with pytest.raises(ContainerFailed, match="not healthy after 0.5 s"):
         wait(server.server_port, timeout=0.5)
 
 
@@ -234,11 +225,10 @@ def test_serving_health_wait_fails_at_once_when_the_server_exits(loopback_guard,
 
     lines = ["srv-algo-1 | FileNotFoundError: [Errno 2] No such file: '/opt/ml/model/model.joblib'",
              "srv-algo-1 | [INFO] Shutting down: Master"]
-    monkeypatch.setattr(local, "_exited_container", lambda session_id: (1, lines))
-    wait = local._wait_for_serving_container(type("S", (), {"smtask_session_id": "s"}),
-                                             local.ContainerOutput(print))
+    monkeypatch.setattr(serving, "_exited_container", lambda session_id: (1, lines))
+    wait = serving.wait_for_server(local_state(Path("/nonexistent")), local.ContainerOutput(print))
     started = time.monotonic()
-    with pytest.raises(local.ContainerFailed, match=r"exited before it was healthy: "
+    with pytest.raises(ContainerFailed, match=r"exited before it was healthy: "
                        r"FileNotFoundError: .*model.joblib' \(exit code 1"):
         wait(1, timeout=60)
     assert time.monotonic() - started < 5
@@ -252,9 +242,9 @@ def test_reserved_ports_are_distinct_while_held_and_skip_ports_in_use(monkeypatc
     listener.listen()
     busy = listener.getsockname()[1]
     picks = iter([busy, 25001, 25001, 25002])
-    monkeypatch.setattr(local.random, "randrange", lambda *_: next(picks))
+    monkeypatch.setattr(serving.random, "randrange", lambda *_: next(picks))
     try:
-        with local.reserved_port() as first, local.reserved_port() as second:
+        with serving.reserved_port() as first, serving.reserved_port() as second:
             assert first == 25001  # the listening port was skipped
             assert second == 25002  # 25001's lock is held
     finally:
@@ -265,12 +255,12 @@ def test_a_dead_owners_scratch_folder_is_removed_and_a_live_ones_kept(tmp_path, 
     monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
     root = tmp_path / "tmp"
     dead, live = root / "dead", root / "live"
-    for folder, owner in ((dead, local.Owner(socket.gethostname(), 2**22 + 7, 1.0)),
-                          (live, local.Owner.current())):
+    for folder, owner in ((dead, state.Owner(socket.gethostname(), 2**22 + 7, 1.0)),
+                          (live, state.Owner.current())):
         folder.mkdir(parents=True)
-        (folder / local.OWNER_FILE).write_text(str(owner))
-    monkeypatch.setattr(local, "_docker", lambda *args: "")
-    removed = local.cleanup_orphans()
+        (folder / state.OWNER_FILE).write_text(str(owner))
+    monkeypatch.setattr(containers, "docker", lambda *args: "")
+    removed = containers.cleanup_orphans()
     assert not dead.exists() and live.exists()
     assert removed == [f"scratch folder {dead} of dead process {2**22 + 7}"]
 
@@ -294,9 +284,9 @@ def test_local_session_needs_no_aws_and_hands_containers_no_worker_credentials(
         monkeypatch, loopback_guard):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "worker-secret-key-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-secret")
-    with local.local_session({"mode": "local"}, local.ContainerOutput(print)) as session:
-        assert session.local_mode
-        credentials = session.boto_session.get_credentials()
+    with local.open_session({"mode": "local"}, local.ContainerOutput(print)) as opened:
+        assert opened.local_mode
+        credentials = opened.boto_session.get_credentials()
         assert credentials.access_key == "smtask-local"
 
 
@@ -340,14 +330,14 @@ def test_only_regular_files_and_folders_leave_a_local_job(tmp_path):
     (out / "inside.csv").symlink_to(out / "data.csv")  # even a link inside: copies follow it
     os.mkfifo(out / "hang")
     removed: list[str] = []
-    local.keep_only_files(tmp_path / "scratch", removed.append)
+    output.keep_only_files(tmp_path / "scratch", removed.append)
     assert sorted(p.name for p in out.iterdir()) == ["data.csv"]
     assert len(removed) == 4 and secret.read_text() == "HOST SECRET"
 
 
 def test_a_symlinked_folder_below_the_root_does_not_carry_a_delete_elsewhere(tmp_path):
     from smtask.errors import SmtaskError
-    from smtask.steps import prepare_output
+    from smtask.kinds.common import prepare_output
 
     root, precious = tmp_path / "artifacts", tmp_path / "precious"
     (precious / "train").mkdir(parents=True)

@@ -14,12 +14,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ROOT, containers_with_label, run_dag, run_example, write_config
+from conftest import ROOT, containers_with_label, kinds_of, run_dag, run_example, write_config
 
 from smtask import params
 from smtask.errors import ParamsError
 
-STEPS = {"splitor": "processing", "trainer": "training", "transformer": "transform"}
+STEPS = kinds_of({"splitor": "processing", "trainer": "training", "transformer": "transform"})
 SEED_SCRIPT_SHA256 = "09feb12a345276a0c97fb1d96869b3e25ac909ccd68101a5d7e194f4e915d119"
 
 
@@ -118,16 +118,17 @@ def test_training_requirements_must_be_a_file_of_the_source_dir(defaults):
 
 
 def test_the_trigger_form_knows_the_new_keys():
-    from smtask.params import STEP_SCHEMAS, trigger_schema
+    from smtask.kinds import processing
+    from smtask.params import trigger_schema
 
     form = trigger_schema({"type": "object", "additionalProperties": False,
-                           **STEP_SCHEMAS["processing"]})
+                           **processing.KIND.schema})
     assert {"settings", "source_dir", "code", "requirements"} <= set(form["properties"])
     assert "required" not in form
 
 
 def test_pip_output_loses_credentials():
-    from smtask.local import _redacted
+    from smtask.local.wheels import _redacted
 
     text = "Looking in indexes: https://user:s3cret@pypi.example/simple, https://tok@x.y/z"
     assert _redacted(text) == "Looking in indexes: https://***@pypi.example/simple, https://***@x.y/z"

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ROOT, containers_with_label, run_dag, write_config
+from conftest import ROOT, containers_with_label, kinds_of, run_dag, write_config
 from test_cloud import (  # noqa: F401
     BUCKET,
     client,
@@ -24,7 +24,7 @@ from test_cloud import (  # noqa: F401
 from smtask import params
 from smtask.errors import ParamsError
 
-STEPS = {"splitor": "processing", "trainer": "training", "transformer": "transform"}
+STEPS = kinds_of({"splitor": "processing", "trainer": "training", "transformer": "transform"})
 
 
 def path(uri: str) -> Path:
@@ -36,7 +36,7 @@ def refusal(conf: dict, config: dict | None = None, steps: dict | None = None) -
     defaults = params.deep_merge(params.load_config(Path(__file__).parent.parent / "config.json"),
                                  config or {})
     with pytest.raises(ParamsError) as refused:
-        params.resolve(defaults, conf, steps or STEPS)
+        params.resolve(defaults, conf, kinds_of(steps) if steps else STEPS)
     return str(refused.value)
 
 
@@ -70,7 +70,7 @@ def test_a_built_in_algorithm_takes_any_one_line_hyperparameter():
     defaults = params.deep_merge(params.load_config(Path(__file__).parent.parent / "config.json"),
                                  {"steps": {"algo": {"image": {"framework": "knn", "version": "1"},
                                                      "hyperparameters": {"k": "it's"}}}})
-    params.resolve(defaults, {}, {"algo": "training"})
+    params.resolve(defaults, {}, kinds_of({"algo": "training"}))
 
 
 @pytest.mark.parametrize(("conf", "expected"), [

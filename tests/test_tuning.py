@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ROOT, containers_with_label, run_dag, write_config, write_dag
+from conftest import ROOT, containers_with_label, kinds_of, run_dag, write_config, write_dag
 from test_cloud import BUCKET, IMAGE, ROLE, client, cloud_config, moto_server, sagemaker  # noqa: F401
 from test_local_safety import Watched, owned_containers, scratch_folders
 
@@ -210,7 +210,7 @@ def job_with(metric: str, definitions: list[dict[str, str]]) -> dict[str, Any]:
     ("test:accuracy", "#test_score (algo-1) : ('accuracy', 0.96)", 0.96),
 ])
 def test_built_in_algorithms_metric_lines_are_read_without_a_definition(metric, line, value):
-    from smtask.steps.tuning import TrialOutput, metric_regexes
+    from smtask.local.tuning import TrialOutput, metric_regexes
 
     output = TrialOutput("t-001", lambda _: None, metric_regexes(job_with(metric, [])))
     output(f"algo-1-xyz12  | {line}\n")
@@ -218,7 +218,7 @@ def test_built_in_algorithms_metric_lines_are_read_without_a_definition(metric, 
 
 
 def test_the_last_match_wins_and_regexes_written_for_cloudwatch_match_a_local_tab():
-    from smtask.steps.tuning import TrialOutput, metric_regexes
+    from smtask.local.tuning import TrialOutput, metric_regexes
 
     job = job_with("validation:rmse", [
         {"name": "validation:rmse", "regex": r".*\[[0-9]+\].*#011validation-rmse:([-+]?[0-9.]+)"},
@@ -239,7 +239,7 @@ def resolve(tmp_path: Path, tuner_cfg: dict[str, Any], conf: dict[str, Any] | No
     from smtask.params import load_config, resolve
 
     defaults = load_config(write_config(tmp_path, mode=mode, steps={"tuner": tuner_cfg}))
-    return resolve(defaults, conf, {"tuner": "tuning", "trainer": "training"})
+    return resolve(defaults, conf, kinds_of({"tuner": "tuning", "trainer": "training"}))
 
 
 GOOD = {"objective": {"metric": "score"}, "metric_definitions": SCORE, "max_jobs": 4,
@@ -307,7 +307,7 @@ def test_a_run_cannot_give_a_tuning_step_another_image_through_training_step(tmp
     defaults = load_config(write_config(tmp_path, steps={
         "tuner": {"training_step": "trainer", "tuning": GOOD},
         "other": {**SCRIPT, "image": "111122223333.dkr.ecr.us-east-1.amazonaws.com/other:1"}}))
-    steps = {"tuner": "tuning", "trainer": "training", "other": "training"}
+    steps = kinds_of({"tuner": "tuning", "trainer": "training", "other": "training"})
     with pytest.raises(ParamsError, match=r"steps.tuner.image: a run's conf may not change it"):
         resolve(defaults, {"steps": {"tuner": {"training_step": "other"}}}, steps)
 
@@ -509,9 +509,12 @@ def test_a_deferrable_tuning_task_waits_in_a_trigger_and_collects_the_best_model
 
 
 def test_a_retried_tuning_task_reuses_its_completed_job(tmp_path, tuning_jobs, monkeypatch):
-    from smtask.steps import tuning
+    import dataclasses
 
-    real, calls = tuning.outputs, []
+    from smtask.decorators import OPERATORS
+
+    operator = OPERATORS["tuning"]
+    real, calls = operator.job_kind.outputs, []
 
     def crash_first(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
@@ -519,7 +522,8 @@ def test_a_retried_tuning_task_reuses_its_completed_job(tmp_path, tuning_jobs, m
             raise ConnectionError("worker lost its connection (first attempt)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tuning, "outputs", crash_first)
+    monkeypatch.setattr(operator, "job_kind", dataclasses.replace(operator.job_kind,
+                                                                   outputs=crash_first))
     body = CLOUD_TUNE.replace("DEFERRABLE", "False").replace(
         'step="tuner",', 'step="tuner", retries=1, retry_delay=0,')
     result = run_dag(body, config=cloud_config(tmp_path, tuner=CLOUD_TUNING))

@@ -7,6 +7,7 @@ from botocore.exceptions import ClientError
 
 from smtask import waiting
 from smtask.errors import JobFailed
+from smtask.kinds.training import KIND as TRAINING
 
 
 def error(code: str) -> ClientError:
@@ -34,14 +35,14 @@ class Client:
 def test_polls_start_short_and_double_up_to_the_cap():
     sleeps = []
     client = Client(*[("InProgress", None)] * 7, ("Completed", None))
-    waiting.wait(client, "training", "job", first_poll=0.2, cap=3.0, sleep=sleeps.append)
+    waiting.wait(client, TRAINING, "job", first_poll=0.2, cap=3.0, sleep=sleeps.append)
     assert sleeps == [0.2, 0.4, 0.8, 1.6, 3.0, 3.0, 3.0]
 
 
 def test_throttling_and_service_errors_are_retried_while_waiting(monkeypatch):
     monkeypatch.setattr(waiting, "retry_delay", lambda attempt: 0)  # call() binds time.sleep
     client = Client(error("ThrottlingException"), error("InternalFailure"), ("Completed", None))
-    assert waiting.wait(client, "training", "job", sleep=lambda s: None)["TrainingJobStatus"] == \
+    assert waiting.wait(client, TRAINING, "job", sleep=lambda s: None)["TrainingJobStatus"] == \
         "Completed"
     assert client.calls == 3
 
@@ -49,13 +50,13 @@ def test_throttling_and_service_errors_are_retried_while_waiting(monkeypatch):
 def test_other_api_errors_are_not_retried():
     client = Client(error("AccessDeniedException"))
     with pytest.raises(ClientError):
-        waiting.wait(client, "training", "job", sleep=lambda s: None)
+        waiting.wait(client, TRAINING, "job", sleep=lambda s: None)
     assert client.calls == 1
 
 
 def test_failed_job_raises_with_its_failure_reason_and_name():
     with pytest.raises(JobFailed, match="training job job-1 failed: ClientError: bad channel"):
-        waiting.wait(Client(("Failed", "ClientError: bad channel")), "training", "job-1")
+        waiting.wait(Client(("Failed", "ClientError: bad channel")), TRAINING, "job-1")
 
 
 def test_timeout_stops_the_job():
@@ -66,7 +67,7 @@ def test_timeout_stops_the_job():
 
     client = Client(("InProgress", None))
     with pytest.raises(JobFailed, match="after the 5 s wait_timeout_seconds"):
-        waiting.wait(client, "training", "job", timeout=5, sleep=sleep, clock=lambda: now[0])
+        waiting.wait(client, TRAINING, "job", timeout=5, sleep=sleep, clock=lambda: now[0])
     assert client.stopped == ["job"] and 5 <= now[0] < 6
 
 
@@ -95,20 +96,20 @@ SMTASK_STOPPED = [{"Key": waiting.STOPPED_TAG, "Value": "smtask"}]
 def test_claim_moves_past_failed_jobs_and_stops_at_a_running_or_new_one():
     jobs = Jobs({"n1": ("Failed", "x", []), "n2": ("Stopped", None, SMTASK_STOPPED),
                  "n3": ("InProgress", None, [])})
-    name, existing = waiting.claim(jobs, "training", lambda n: f"n{n}")
+    name, existing = waiting.claim(jobs, TRAINING, lambda n: f"n{n}")
     assert name == "n3" and existing["TrainingJobStatus"] == "InProgress"
     del jobs.jobs["n3"]
-    assert waiting.claim(jobs, "training", lambda n: f"n{n}") == ("n3", None)
+    assert waiting.claim(jobs, TRAINING, lambda n: f"n{n}") == ("n3", None)
     with pytest.raises(JobFailed, match="if_job_failed is 'fail'"):
-        waiting.claim(jobs, "training", lambda n: f"n{n}", rerun_failed=False)
+        waiting.claim(jobs, TRAINING, lambda n: f"n{n}", rerun_failed=False)
 
 
 def test_a_job_stopped_by_hand_stays_stopped_unless_the_step_says_rerun():
     jobs = Jobs({"n1": ("Stopped", None, [])})  # no smtask tag: someone else stopped it
     with pytest.raises(JobFailed, match=r"the job was stopped at 2026-12-01T10:00:00\+00:00, "
                        r"not by this task \(SecondaryStatus Stopped\).*if_job_stopped is 'fail'"):
-        waiting.claim(jobs, "training", lambda n: f"n{n}")
-    assert waiting.claim(jobs, "training", lambda n: f"n{n}", rerun_stopped=True) == ("n2", None)
+        waiting.claim(jobs, TRAINING, lambda n: f"n{n}")
+    assert waiting.claim(jobs, TRAINING, lambda n: f"n{n}", rerun_stopped=True) == ("n2", None)
 
 
 def test_claim_reuses_a_completed_job_unless_told_to_rerun_it():
@@ -121,8 +122,8 @@ def test_claim_reuses_a_completed_job_unless_told_to_rerun_it():
             status, reason = jobs[TrainingJobName]
             return {"TrainingJobStatus": status, "FailureReason": reason}
 
-    assert waiting.claim(Jobs(), "training", lambda n: f"n{n}")[0] == "n1"
-    assert waiting.claim(Jobs(), "training", lambda n: f"n{n}", rerun_completed=True) == ("n2", None)
+    assert waiting.claim(Jobs(), TRAINING, lambda n: f"n{n}")[0] == "n1"
+    assert waiting.claim(Jobs(), TRAINING, lambda n: f"n{n}", rerun_completed=True) == ("n2", None)
 
 
 def test_a_description_just_made_is_the_first_poll():
@@ -131,12 +132,13 @@ def test_a_description_just_made_is_the_first_poll():
     sleeps: list[float] = []
     client = Client(("Completed", None))
     known = {"TrainingJobName": "job", "TrainingJobStatus": "InProgress"}
-    done = waiting.wait(client, "training", "job", first_poll=0.2, sleep=sleeps.append,
+    done = waiting.wait(client, TRAINING, "job", first_poll=0.2, sleep=sleeps.append,
                         known=known)
     assert done["TrainingJobStatus"] == "Completed"
     assert (client.calls, sleeps) == (1, [0.2])
     client = Client(("InProgress", None))
-    assert waiting.wait(client, "training", "job", known={**known, "TrainingJobStatus":
+    assert waiting.wait(client, TRAINING, "job", known={**known, "TrainingJobStatus":
                                                           "Completed"}) == \
         {**known, "TrainingJobStatus": "Completed"}
     assert client.calls == 0
+

@@ -3,25 +3,26 @@ model created for the job) or with an existing model (used as it is, never chang
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from smtask.errors import ModelNotFound, ParamsError
-from smtask.steps import (
+from smtask.images import framework_of
+from smtask.kind import Api, JobKind
+from smtask.kinds.common import (
     INSTANCE_TAG,
     StepContext,
     aws_tags,
     check_exists,
     check_uri,
     content_prefix,
-    framework_of,
     model_code,
     prepare_output,
     remote,
 )
+from smtask.naming import name_problem, quoted
+from smtask.params.schemas import COMMON_STEP_KEYS, NAME, PATH, POSITIVE, environment
 
-KIND = "transform"
 _LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
 _RETURNED_KEYS = ("data", "model", "model_name")
 
@@ -30,7 +31,7 @@ def is_training_result(value: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(value, dict) and {"job_name", "model", "image"} <= value.keys()
 
 
-def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, Any]:
+def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any] = ()) -> dict[str, Any]:
     """``returned`` is the data URI to score, or ``{"data": URI, "model": training result}``,
     or ``{"data": URI, "model_name": an existing model}``. The model is, in this order: the
     one the function returns, the step's ``model_name``, the one training result among the
@@ -114,8 +115,6 @@ def _settings(ctx: StepContext, data: Any) -> dict[str, Any]:
 def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> dict[str, Any]:
     """An existing model: SageMaker's own (sagemaker mode: its image, data and role are the
     model's), or in local mode the entry of ``local.models`` registered under that name."""
-    from smtask.params import name_problem, quoted
-
     if problem := name_problem("model", name):
         raise TypeError(f"step '{ctx.step}': model_name {problem}")
     existing = {"model_name": name, "existing_model": True, "model_data": None,
@@ -125,6 +124,8 @@ def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> di
     local = ctx.params.get("local") or {}
     models = local.get("models") or {}
     if name not in models:
+        from smtask.errors import ParamsError
+
         raise ParamsError(
             f"steps.{ctx.step}: model {quoted(name)} is not in local.models (known: "
             f"{', '.join(sorted(models)) or 'none'}); local mode registers an existing model "
@@ -145,11 +146,15 @@ def _local_model_data(ctx: StepContext, name: str, where: str) -> str:
 
     if where.startswith("s3://"):
         if not (ctx.params.get("local") or {}).get("s3_endpoint"):
-            raise ParamsError(f"local.models.{name}.model_data: an s3:// model needs "
+            from smtask.errors import ParamsError
+
+        raise ParamsError(f"local.models.{name}.model_data: an s3:// model needs "
                               f"local.s3_endpoint in local mode (step '{ctx.step}')")
         return where
     path = Path(urlparse(where).path) if where.startswith("file://") else Path(ctx.path(where))
     if not path.is_file():
+        from smtask.errors import ParamsError
+
         raise ParamsError(f"local.models.{name}.model_data: no file {path} (step '{ctx.step}')")
     return path.resolve().as_uri()
 
@@ -220,7 +225,9 @@ def _create_model(session: Any, job: dict[str, Any], name: str, model_data: str,
         arn = client.describe_model(ModelName=name)["ModelArn"]
         tags = {t["Key"]: t["Value"] for t in client.list_tags(ResourceArn=arn).get("Tags", [])}
         if tags.get(INSTANCE_TAG) != job["tags"][INSTANCE_TAG]:
-            raise ParamsError(f"step '{job['step']}': a model named {name} exists that this task "
+            from smtask.errors import ParamsError
+
+        raise ParamsError(f"step '{job['step']}': a model named {name} exists that this task "
                               "instance did not create; it is left as it is") from exc
 
 
@@ -234,6 +241,8 @@ def _check_model(session: Any, step: str, name: str) -> None:
         waiting.call(session.sagemaker_client.describe_model, {"ModelName": name})
     except ClientError as exc:
         error = exc.response.get("Error", {})
+        from smtask.errors import ModelNotFound
+
         raise ModelNotFound(
             f"step '{step}': model {name!r} cannot be used: {error.get('Code')}: "
             f"{error.get('Message')} (DescribeModel); no transform job was created") from exc
@@ -247,3 +256,40 @@ def shared_outputs(job: dict[str, Any]) -> list[str]:
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
     return {"job_name": job["job_name"], "model_name": job["model_name"] or job["job_name"],
             "outputs": {"predictions": job["output_path"]}}
+
+
+def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
+    """An existing model's name is SageMaker's. (Whether local mode has the model is checked
+    by the task: a decorator's ``mode`` may differ from the params'.)"""
+    name = cfg.get("model_name")
+    if isinstance(name, str) and (problem := name_problem("model", name)):
+        yield f"steps.{step}.model_name: {problem}"
+
+
+SCHEMA: dict[str, Any] = {
+    "required": [],
+    "dependencies": {"source_dir": ["entry_script"], "entry_script": ["source_dir"]},
+    "properties": {
+        **COMMON_STEP_KEYS,
+        # CreateTransformJob's limits; the model it creates gets the same environment
+        "environment": environment(1024, entries=16),
+        "content_type": NAME,
+        "accept": NAME,
+        "split_type": {"enum": ["None", "Line", "RecordIO", "TFRecord"]},
+        "assemble_with": {"enum": ["None", "Line"]},
+        "strategy": {"enum": ["MultiRecord", "SingleRecord"]},
+        "max_payload_mb": {"type": "integer", "minimum": 0, "maximum": 100},
+        "max_concurrent_transforms": POSITIVE,
+        "model_name": {"type": "string"},  # an existing model; its form: check
+        # inference code of the step's own, served instead of the training's script's
+        "source_dir": PATH,
+        "entry_script": PATH,
+    },
+}
+
+KIND = JobKind(
+    name="transform", decorator="sm_transform",
+    api=Api.of_job("TransformJob"),
+    schema=SCHEMA, image_scope="inference", check=check,
+    spec=spec, submit=submit, outputs=outputs, shared_outputs=shared_outputs,
+)

@@ -6,33 +6,45 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from unittest import mock
 from urllib.parse import urlparse
 
-from smtask.params import SETTINGS_ENV
-from smtask.steps import (
+from smtask import sdk
+from smtask.images import framework_of
+from smtask.kind import Api, JobKind
+from smtask.kinds.common import (
     SETTINGS_FILE,
     StepContext,
     check_uri_map,
     content_prefix,
-    framework_of,
     model_code,
     prepare_output,
     remote,
     settings_source,
     upload_once,
 )
-from smtask.storage import local_path
+from smtask.naming import key_path
+from smtask.params.schemas import (
+    COMMON_STEP_KEYS,
+    NAME,
+    ONE_LINE,
+    ONE_LINE_RULE,
+    PATH,
+    SETTINGS,
+    SETTINGS_ENV,
+    environment,
+)
+from smtask.paths import local_path
+from smtask.schema import RULE
 
-KIND = "training"
 SETTINGS_CHANNEL = "config"
 
 
-def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
+def spec(ctx: StepContext, returned: Any, upstream: Any = ()) -> dict[str, Any]:
     """``returned`` is ``{channel name: URI}``; each lands in ``/opt/ml/input/data/<name>``."""
     cfg = ctx.cfg
     job = ctx.common("ml.m5.large")
@@ -88,22 +100,36 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
             trainer(job, session).train(input_data_config=channels(job, session), wait=False,
                                         logs=False)
             # the SDK described the job right after creating it (sessions.connection_session)
-            return getattr(session.boto_session, "smtask_described", {}).get(job["job_name"])
+            from smtask.sessions import described
+
+            return described(session, job["job_name"])
         return train_locally(job, session)
 
 
 @contextlib.contextmanager
 def trainer_patches(job: dict[str, Any], session: Any) -> Iterator[None]:
     """What the SDK's ModelTrainer needs corrected while jobs are built and run (process-wide:
-    enter it once, around every job built from the same step, threads included)."""
-    from sagemaker.train import model_trainer
+    enter it once, around every job built from the same step, threads included; see
+    smtask.sdk for why each)."""
+    from sagemaker.train.model_trainer import ModelTrainer
 
-    # ModelTrainer appends a timestamp to every name; the task's name must stay deterministic.
-    with mock.patch.object(model_trainer, "_get_unique_name", lambda base, *_a, **_k: base), \
-            _no_iam_calls(enabled=not job["validate_role"]), \
-            _uploads_by_content(session, None if session.local_mode
-                                else content_prefix(job, "code")), \
-            _with_channel_settings(job.get("channel_settings") or {}):
+    corrections: dict[str, Any] = {
+        # the task's job name stays deterministic
+        "sagemaker.train.model_trainer:_get_unique_name": lambda base, *_a, **_k: base,
+        "sagemaker.train.model_trainer:ModelTrainer.create_input_data_channel": _channel(
+            ModelTrainer.create_input_data_channel, session, job.get("channel_settings") or {},
+            None if session.local_mode else content_prefix(job, "code")),
+    }
+    if not job["validate_role"]:
+        # The role is a full ARN (the params say so) and staging goes under the run's
+        # prefix: no IAM call, no permission a task should not need. ``validate_role`` turns
+        # the SDK's checks back on.
+        corrections.update({
+            "sagemaker.train.defaults:TrainDefaults.get_role":
+                staticmethod(lambda role, **_: role),
+            "sagemaker.train.model_trainer:ModelTrainer._resolve_staging_bucket":
+                lambda self: (self.sagemaker_session.default_bucket(), None)})
+    with sdk.corrected(corrections):
         yield
 
 
@@ -179,41 +205,18 @@ def train_locally(job: dict[str, Any], session: Any) -> dict[str, Any]:
     return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": model_uri}}
 
 
-@contextlib.contextmanager
-def _uploads_by_content(session: Any, prefix: str | None) -> Iterator[None]:
-    """ModelTrainer uploads the source dir and its own driver files again for every job (16
-    PUTs a job); upload each local folder once per content under ``prefix`` instead."""
-    from sagemaker.train.model_trainer import ModelTrainer
-
-    if prefix is None:
-        yield
-        return
-    create = ModelTrainer.create_input_data_channel
+def _channel(create: Any, session: Any, settings: dict[str, dict[str, str]],
+             prefix: str | None) -> Any:
+    """ModelTrainer's channel maker: a local folder (the source dir, the SDK's drivers: 16
+    PUTs a job) uploaded once per content under ``prefix`` (sagemaker mode), and each channel
+    with the step's ``content_type``, ``input_mode`` and ``s3_data_distribution``."""
+    from sagemaker.core.utils.utils import Unassigned
 
     def create_channel(self: Any, channel_name: str, data_source: Any, *args: Any,
                        **kwargs: Any) -> Any:
-        if isinstance(data_source, str) and os.path.exists(data_source):
+        if prefix is not None and isinstance(data_source, str) and os.path.exists(data_source):
             data_source = upload_once(session, data_source, prefix)
-        return create(self, channel_name, data_source, *args, **kwargs)
-
-    with mock.patch.object(ModelTrainer, "create_input_data_channel", create_channel):
-        yield
-
-
-@contextlib.contextmanager
-def _with_channel_settings(settings: dict[str, dict[str, str]]) -> Iterator[None]:
-    """Each channel as ModelTrainer builds it (from an S3 URI, a local folder, an upload),
-    with the step's ``content_type``, ``input_mode`` and ``s3_data_distribution``."""
-    from sagemaker.core.utils.utils import Unassigned
-    from sagemaker.train.model_trainer import ModelTrainer
-
-    if not settings:
-        yield
-        return
-    create = ModelTrainer.create_input_data_channel
-
-    def create_channel(self: Any, channel_name: str, *args: Any, **kwargs: Any) -> Any:
-        channel = create(self, channel_name, *args, **kwargs)
+        channel = create(self, channel_name, data_source, *args, **kwargs)
         wanted = settings.get(channel_name, {})
         if "content_type" in wanted:
             channel.content_type = wanted["content_type"]
@@ -224,26 +227,7 @@ def _with_channel_settings(settings: dict[str, dict[str, str]]) -> Iterator[None
             s3.s3_data_distribution_type = wanted["s3_data_distribution"]
         return channel
 
-    with mock.patch.object(ModelTrainer, "create_input_data_channel", create_channel):
-        yield
-
-
-@contextlib.contextmanager
-def _no_iam_calls(enabled: bool) -> Iterator[None]:
-    """ModelTrainer validates the role (iam:SimulatePrincipalPolicy, GetRole) and checks that
-    it may write the staging bucket, on every job: IAM calls and permissions a task should not
-    need. The role is a full ARN (the params say so) and staging goes under the run's prefix.
-    The ``validate_role`` param turns the SDK's checks back on."""
-    from sagemaker.train.defaults import TrainDefaults
-    from sagemaker.train.model_trainer import ModelTrainer
-
-    if not enabled:
-        yield
-        return
-    with mock.patch.object(TrainDefaults, "get_role", staticmethod(lambda role, **_: role)), \
-            mock.patch.object(ModelTrainer, "_resolve_staging_bucket",
-                              lambda self: (self.sagemaker_session.default_bucket(), None)):
-        yield
+    return create_channel
 
 
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
@@ -276,3 +260,70 @@ def _keep_artifacts(root: Path, job: dict[str, Any], session: Any) -> str | None
             staged[name] = f"{job['output_path'].rstrip('/')}/{name}"
             stage(session, produced, staged[name], output)
     return staged.get("model.tar.gz")
+
+
+# The SDK's training driver (ModelTrainer with source code, both modes) writes every
+# hyperparameter into a shell file as ``export SM_HP_<NAME>='<value>'`` and sources it, quoting
+# nothing: a quote in a value, or a name that is no shell name, would run as shell code.
+DRIVER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
+    """Hyperparameters (and tuned ones) that the SDK's training driver cannot pass on safely."""
+    if "source_dir" not in cfg:
+        return  # a built-in algorithm reads hyperparameters.json: no shell on the way
+    ranges = (cfg.get("tuning") or {}).get("ranges") or {}
+    values = [(f"hyperparameters.{key_path(n)}", n, [v]) for n, v in
+              (cfg.get("hyperparameters") or {}).items()]
+    values += [(f"tuning.ranges.{key_path(n)}", n, r.get("values") or []) for n, r in ranges.items()]
+    for where, name, given in values:
+        if not DRIVER_NAME.fullmatch(name):
+            yield (f"steps.{step}.{where}: a script's hyperparameter name is A-Z a-z 0-9 _ - "
+                   "only (the SDK's training driver exports it as a shell variable)")
+        elif any(isinstance(v, str) and "'" in v for v in given):
+            yield (f"steps.{step}.{where}: a script's hyperparameter may not contain ' (the "
+                   "SDK's training driver writes it between single quotes into a shell file)")
+
+
+SCHEMA: dict[str, Any] = {
+    # without source_dir and entry_script the image is a built-in algorithm's
+    "required": [],
+    "dependencies": {"source_dir": ["entry_script"], "entry_script": ["source_dir"]},
+    "properties": {
+        **COMMON_STEP_KEYS,
+        "environment": environment(512),  # CreateTrainingJob's limits
+        "source_dir": PATH,
+        "entry_script": PATH,
+        "requirements": PATH,
+        # per channel the function returns: how SageMaker hands it to the container
+        "channels": {
+            "type": "object",
+            "maxProperties": 20,
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "content_type": NAME,
+                    "input_mode": {"enum": ["File", "Pipe", "FastFile"]},
+                    "s3_data_distribution": {"enum": ["FullyReplicated", "ShardedByS3Key"]},
+                },
+            },
+        },
+        "settings": SETTINGS,
+        "hyperparameters": {
+            "type": "object",
+            "maxProperties": 100,
+            "propertyNames": {"maxLength": 256, "pattern": ONE_LINE, RULE: ONE_LINE_RULE},
+            "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": 2500,
+                                     "pattern": ONE_LINE, RULE: ONE_LINE_RULE},
+        },
+    },
+}
+
+KIND = JobKind(
+    name="training", decorator="sm_training",
+    api=Api.of_job("TrainingJob"),
+    schema=SCHEMA, image_scope="training", check=check,
+    spec=spec, submit=submit, outputs=outputs, event_keys=("ModelArtifacts",),
+    algorithm_images=True, settings="script", runtime_limited=True,
+)

@@ -1,5 +1,9 @@
-"""Job kinds: each module turns a step's settings + the user function's value into a job spec
-(plain JSON), then runs that spec with the SDK and returns the job's outputs (plain JSON).
+"""What every job kind shares on its way from params to a job: the step's context (its
+settings, job name and prefix, the image it runs, the settings every job has), checks of what
+the user function returned, the code and data a job reads (packed and uploaded once per
+content), and its outputs' folders.
+
+Imports nothing of Airflow or the SDK at import (the kinds' declarations use it).
 """
 
 from __future__ import annotations
@@ -7,18 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from smtask.errors import SmtaskError
-from smtask.storage import local_path
-from smtask.waiting import INSTANCE_TAG
+from smtask.images import algorithm_of, local_image, resolve_image
+from smtask.naming import INSTANCE_TAG, check_name, quoted
+from smtask.paths import artifacts_root, local_path
 
 SETTINGS_FILE = "config.json"
+
+__all__ = ["INSTANCE_TAG", "SETTINGS_FILE", "StepContext"]
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,6 @@ class StepContext:
         (an existing SageMaker model, a training result) passes ``needs_image=False``."""
         cfg, local = self.cfg, self.local
         image = self.image(scope, default_instance, required=needs_image)
-        from smtask.sessions import artifacts_root
-
         return {
             "job_name": self.job_name,
             "prefix": self.prefix,
@@ -98,107 +101,14 @@ class StepContext:
         resolved = resolve_image(key, given, scope=scope, params=self.params,
                                  instance_type=self.cfg.get("instance_type", default_instance))
         if not resolved and required:
+            from smtask.errors import SmtaskError
+
             raise SmtaskError(f"steps.{self.step}.image: no image for {self.params['mode']} mode")
         return resolved
 
     def local_image(self, image: Any) -> str:
         """``image`` as local mode runs it (see :meth:`image`)."""
         return local_image(self.params, image) if self.local else image
-
-
-# AWS's built-in algorithms that the local image stands in for (in local mode), by the
-# framework name image_uris knows them by; their ECR repositories are named alike.
-ALGORITHMS = ("knn", "linear-learner", "factorization-machines", "xgboost")
-_ALGORITHM_URI = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/"
-                            r"(?:sagemaker-)?([a-z0-9-]+)(?::[\w.-]+)?")
-_RETRIEVE_SCOPES = {"processing": ("processing", "training")}  # where the SDK lacks a scope
-
-
-def algorithm_of(image: Any) -> str | None:
-    """The built-in algorithm ``image`` is (``{"framework": "knn"}`` or an AWS algorithm URI
-    such as ``382416733822.dkr.ecr.us-east-1.amazonaws.com/knn:1``), else None."""
-    if isinstance(image, dict):
-        name = image.get("framework")
-    else:
-        match = _ALGORITHM_URI.fullmatch(image) if isinstance(image, str) else None
-        name = match.group(1) if match else None
-    return name if name in ALGORITHMS else None
-
-
-def is_aws_image(image: Any) -> bool:
-    """An image only AWS has: given as ``{"framework", ...}``, or the URI of an AWS algorithm or
-    framework image (local mode runs the local image in its place)."""
-    return isinstance(image, dict) or algorithm_of(image) is not None or \
-        framework_of(image) is not None
-
-
-def local_image(params: dict[str, Any], image: Any) -> str:
-    from smtask.local import LOCAL_IMAGE
-
-    if isinstance(image, str) and image and not is_aws_image(image):
-        return image
-    return str((params.get("local") or {}).get("image", LOCAL_IMAGE))
-
-
-def resolve_image(key: str, image: Any, *, scope: str, params: dict[str, Any],
-                  instance_type: str = "ml.m5.large") -> str:
-    """``image`` as a URI: a string is one already; ``{"framework", "version", "region",
-    "py_version"}`` is resolved with the SDK's ``image_uris.retrieve`` (its tables ship with
-    the SDK: no network). A framework or version the SDK does not know is a ParamsError
-    naming ``key``."""
-    from smtask.errors import ParamsError
-    from smtask.local import DEFAULT_REGION
-
-    if not isinstance(image, dict):
-        return str(image or "")
-    region = image.get("region") or params.get("region_name") or (
-        DEFAULT_REGION if params.get("mode") == "local" else None)
-    if not region:
-        raise ParamsError(f'{key}: an image given as {{"framework", ...}} needs a region: set '
-                          '"region" in it or the top-level region_name')
-    from sagemaker.core import image_uris
-
-    problem = ""
-    for each in _RETRIEVE_SCOPES.get(scope, (scope,)):
-        try:
-            return str(image_uris.retrieve(
-                image["framework"], region=region, version=image.get("version"),
-                py_version=image.get("py_version"), image_scope=each,
-                instance_type=instance_type if instance_type.startswith("ml.") else "ml.m5.large"))
-        except FileNotFoundError:
-            problem = f"unknown framework {image['framework']!r}"
-            break
-        except (ValueError, KeyError, TypeError) as exc:
-            problem = str(exc).split(" You may need to upgrade")[0]
-    raise ParamsError(f"{key}: {problem.rstrip('.')} (resolving "
-                      f"{json.dumps(image, sort_keys=True)} in {region})")
-
-
-# AWS's framework images by their ECR repository (after "sagemaker-"), as image_uris names the
-# framework; local mode stands in for LOCAL_FRAMEWORKS only.
-FRAMEWORK_REPOSITORIES = {
-    "scikit-learn": "sklearn", "xgboost": "xgboost", "pytorch-training": "pytorch",
-    "pytorch-inference": "pytorch", "tensorflow-training": "tensorflow",
-    "tensorflow-inference": "tensorflow", "mxnet-training": "mxnet", "mxnet-inference": "mxnet",
-    "huggingface-pytorch-training": "huggingface", "huggingface-pytorch-inference": "huggingface",
-    "sparkml-serving": "sparkml-serving", "chainer": "chainer"}
-LOCAL_FRAMEWORKS = ("sklearn", "xgboost")
-# AWS's built-in algorithms by the framework name image_uris knows them by (not frameworks)
-AWS_ALGORITHMS = ("blazingtext", "factorization-machines", "forecasting-deepar",
-                  "image-classification", "ipinsights", "kmeans", "knn", "lda",
-                  "linear-learner", "ntm", "object-detection", "object2vec", "pca",
-                  "randomcutforest", "semantic-segmentation", "seq2seq")
-
-
-def framework_of(image: Any) -> str | None:
-    """The AWS framework image ``image`` is (``{"framework": "sklearn", ...}`` or an ECR URI of
-    AWS's ``sagemaker-scikit-learn`` repository...), else None. XGBoost's image is both a
-    framework (with a script) and a built-in algorithm."""
-    if isinstance(image, dict):
-        name = image.get("framework")
-        return str(name) if name and name not in AWS_ALGORITHMS else None
-    match = _ALGORITHM_URI.fullmatch(image) if isinstance(image, str) else None
-    return FRAMEWORK_REPOSITORIES.get(match.group(1)) if match else None
 
 
 def pack(source_dir: Path, target: Any) -> None:
@@ -270,8 +180,6 @@ def aws_tags(job: dict[str, Any]) -> list[dict[str, str]]:
 
 def check_uri(step: str, name: str, value: Any) -> str:
     """A data location the user function returned: an s3:// or file:// URI, or a local path."""
-    from smtask.params import quoted
-
     if isinstance(value, Path) or (isinstance(value, str) and value.startswith("/")):
         return Path(value).resolve().as_uri()
     parsed = urlparse(value) if isinstance(value, str) else None
@@ -287,8 +195,6 @@ def check_uri_map(step: str, what: str, value: Any,
                   reserved: tuple[str, ...] = ()) -> dict[str, str]:
     """The function's ``{name: URI}`` return value (processing inputs, training channels);
     ``reserved`` names are smtask's own (the settings file, the code)."""
-    from smtask.params import check_name
-
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise TypeError(
             f"step '{step}': the function must return a dict of {what} name -> URI, "
@@ -307,6 +213,8 @@ def check_uri_map(step: str, what: str, value: Any,
 def check_exists(step: str, what: str, uri: str) -> None:
     """A local path (``file://``) must be there when the job is built, in either mode."""
     if urlparse(uri).scheme == "file" and not os.path.exists(local_path(uri)):
+        from smtask.errors import SmtaskError
+
         raise SmtaskError(f"step '{step}': {what}: no file or folder {local_path(uri)}")
 
 
@@ -329,14 +237,13 @@ def settings_source(job: dict[str, Any], session: Any) -> str:
     """The job's config.json (``job["settings"]``, see :attr:`StepContext.settings`) where the
     job can read it: a read-only file of the local session, or an S3 object under
     ``<artifacts>/_settings/<hash of its content>/`` uploaded once per content."""
-    import json
     import tempfile
 
     text = json.dumps(job["settings"], indent=2, sort_keys=True)
     if session.local_mode:
-        from smtask.local import read_only_file
+        from smtask import local
 
-        return str(read_only_file(session, SETTINGS_FILE, text))
+        return str(local.read_only_file(session, SETTINGS_FILE, text))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder, SETTINGS_FILE)
         path.write_text(text)

@@ -8,12 +8,13 @@ import os
 import posixpath
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from smtask.params import SETTINGS_ENV
-from smtask.steps import (
+from smtask.kind import Api, JobKind
+from smtask.kinds.common import (
     SETTINGS_FILE,
     StepContext,
     aws_tags,
@@ -25,14 +26,23 @@ from smtask.steps import (
     settings_source,
     upload_once,
 )
+from smtask.naming import name_problem
+from smtask.params.schemas import (
+    COMMON_STEP_KEYS,
+    CONTAINER_ARGS,
+    CONTAINER_PATH,
+    PATH,
+    SETTINGS,
+    SETTINGS_ENV,
+    environment,
+)
 
-KIND = "processing"
 SETTINGS_INPUT = "config"
 # smtask's own inputs: the settings file, and the SDK's code inputs
 RESERVED = (SETTINGS_INPUT, "code", "entrypoint")
 
 
-def spec(ctx: StepContext, returned: Any) -> dict[str, Any]:
+def spec(ctx: StepContext, returned: Any, upstream: Any = ()) -> dict[str, Any]:
     """``returned`` is ``{input name: URI}``; each lands in ``<input_destination>/<name>``,
     the step's settings in ``<input_destination>/config/config.json``."""
     cfg = ctx.cfg
@@ -120,12 +130,12 @@ def _local_placer(session: Any) -> Any:
     """Local mode: the code folder is a copy in the session's scratch folder (a job may unpack
     into it, as on SageMaker, and never touches the source dir); ``runproc.sh`` a read-only
     file of its own (mounted as that one file)."""
-    from smtask.local import read_only_file
+    from smtask import local
 
     def place(bundle: Path) -> tuple[str, str]:
-        copy = Path(tempfile.mkdtemp(dir=session.smtask_scratch)) / "code"
+        copy = Path(tempfile.mkdtemp(dir=local.scratch_of(session))) / "code"
         shutil.copytree(bundle, copy)
-        runproc = read_only_file(session, "runproc.sh", (bundle / "runproc.sh").read_text())
+        runproc = local.read_only_file(session, "runproc.sh", (bundle / "runproc.sh").read_text())
         return copy.as_uri() + "/", runproc.as_uri()
 
     return place
@@ -151,12 +161,11 @@ def submit(job: dict[str, Any], session: Any) -> None:
     local, framework = session.local_mode, job["source_dir"] is not None
     for output in job["outputs"].values():
         prepare_output(output["destination"], job["artifacts"])
-    environment = dict(job["environment"])
+    env = dict(job["environment"])
     if local and job["requirements"]:
         from smtask.local import install_from_wheels
 
-        environment.update(install_from_wheels(
-            session, Path(job["source_dir"]) / job["requirements"]))
+        env.update(install_from_wheels(session, Path(job["source_dir"]) / job["requirements"]))
     processor = _processor_class(local, framework)(
         role=job["role"] if not local else None,
         image_uri=job["image"],
@@ -165,7 +174,7 @@ def submit(job: dict[str, Any], session: Any) -> None:
         instance_count=job["instance_count"],
         volume_size_in_gb=job["volume_size_gb"],
         max_runtime_in_seconds=job["max_runtime_seconds"],
-        env=environment or None,
+        env=env or None,
         tags=aws_tags(job),
         sagemaker_session=session,
     )
@@ -209,3 +218,63 @@ def shared_outputs(job: dict[str, Any]) -> list[str]:
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
     return {"job_name": job["job_name"],
             "outputs": {name: o["destination"] for name, o in job["outputs"].items()}}
+
+
+def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
+    """One script (``code_path``) or a source dir (``source_dir`` + ``code``, with optional
+    ``requirements``): exactly one of the two forms; each output's name becomes a folder of
+    the run's artifacts."""
+    script, framework = "code_path" in cfg, [k for k in ("source_dir", "code") if k in cfg]
+    if script and framework:
+        yield (f"steps.{step}: code_path and {' + '.join(framework)} both given; give either "
+               "code_path (one script) or source_dir + code (framework processing)")
+    elif not script and not framework:
+        yield (f"steps.{step}.code_path: required key is missing (or give source_dir + code "
+               "for framework processing)")
+    elif framework and len(framework) == 1:
+        missing = "code" if framework == ["source_dir"] else "source_dir"
+        yield f"steps.{step}.{missing}: required with {framework[0]} (framework processing)"
+    elif script and "requirements" in cfg:
+        yield (f"steps.{step}.requirements: needs source_dir + code (framework processing); a "
+               "code_path script runs as it is, in an image that holds its packages")
+    for name in sorted(cfg.get("outputs") or {}):
+        if problem := name_problem("data", name):
+            yield f"steps.{step}.outputs: output name {problem}"
+
+
+SCHEMA: dict[str, Any] = {
+    # one script (code_path: ScriptProcessor) or a source dir (source_dir + code:
+    # FrameworkProcessor), exactly one of the two: see check
+    "required": ["outputs"],
+    "properties": {
+        **COMMON_STEP_KEYS,
+        "environment": environment(256),  # CreateProcessingJob's limits
+        "code_path": PATH,
+        "source_dir": PATH,
+        "code": PATH,
+        "requirements": PATH,
+        "settings": SETTINGS,
+        "command": {**CONTAINER_ARGS, "minItems": 1},
+        "arguments": CONTAINER_ARGS,
+        "input_destination": CONTAINER_PATH,
+        "outputs": {  # names: naming.NAME_RULES["data"]
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 10,
+            "additionalProperties": {
+                "type": "object",
+                "required": ["source"],
+                "additionalProperties": False,
+                "properties": {"source": CONTAINER_PATH},
+            },
+        },
+    },
+}
+
+KIND = JobKind(
+    name="processing", decorator="sm_processing",
+    api=Api.of_job("ProcessingJob"),
+    schema=SCHEMA, image_scope="processing", check=check,
+    spec=spec, submit=submit, outputs=outputs, shared_outputs=shared_outputs,
+    settings="always", runtime_limited=True,
+)

@@ -1,27 +1,34 @@
-"""``python -m smtask.compose -f docker-compose.yaml up [--build] --abort-on-container-exit
-| --detach``: the part of docker-compose that the SDK's local mode uses, with ``docker run``.
+"""The SDK's compose files: hardened as the SDK writes them, and run, as
+``python -m smtask.local.compose -f docker-compose.yaml up [--build]
+--abort-on-container-exit | --detach``, with ``docker run``.
 
-The SDK runs every local job as ``docker-compose up`` over a file it writes (one service per
-instance). docker-compose 1.29 takes 0.5-0.9 s to start, and while it attaches to a job's
-output it keeps what it has not yet printed in memory: 1.3 GB for a job printing 600 MB.
-This runs the same file with one attached ``docker run`` per service, streams each one's
-output (lines cut at :data:`LINE_MAX`), and ends as compose does: when the first container
-exits the others are killed, ``<container> exited with code N`` is printed and that code is
-the exit code; SIGTERM (the SDK's stop of a server, a kill) removes them.
+Hardened (:func:`harden`): host networking only (no bridge network, no published ports),
+the user's inputs and code mounted read-only (a single file as that one file), the SDK's own
+scratch folders the only writable mounts, smtask's labels on every container, the session's
+own serving port, and every value literal (compose would substitute ``${VAR}`` from the
+worker's environment into a job's arguments and environment).
 
-It takes only what the SDK's (and smtask's hardened) compose files hold, and refuses any
-other key by name, so an SDK that writes something new fails loudly here. Values are
-literal: a compose file's ``$$`` is one ``$`` (no interpolation). Environment values reach
-``docker run`` through its own environment, not its command line. Images are never pulled
-(``--pull never``: local mode reaches no registry).
+Run (:func:`main`): the SDK runs every local job as ``docker-compose up`` over the file.
+docker-compose 1.29 takes 0.5-0.9 s to start, and while it attaches to a job's output it
+keeps what it has not yet printed in memory: 1.3 GB for a job printing 600 MB. This runs the
+same file with one attached ``docker run`` per service, streams each one's output (lines
+cut at :data:`LINE_MAX`), and ends as compose does: when the first container exits the
+others are killed, ``<container> exited with code N`` is printed and that code is the exit
+code; SIGTERM (the SDK's stop of a server, a kill) removes them. It takes only what the
+SDK's (hardened) files hold, and refuses any other key by name, so an SDK that writes
+something new fails loudly here. Environment values reach ``docker run`` through its own
+environment, not its command line. Images are never pulled (``--pull never``: local mode
+reaches no registry).
 
-Imports the standard library and PyYAML only: it is a process of every local job.
+Imports the standard library and PyYAML only: the runner is a process of every local job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import posixpath
 import re
 import shlex
 import signal
@@ -30,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 LINE_MAX = 64 * 1024
@@ -37,6 +45,113 @@ ROOT_LABEL = "smtask.root"  # set by smtask.local on a job's containers: its com
 SERVICE_KEYS = {"image", "container_name", "stdin_open", "tty", "volumes", "environment",
                 "command", "entrypoint", "network_mode", "labels", "deploy"}
 
+
+# --- hardening the SDK's compose files ----------------------------------------------------------
+
+def _mount(volume: str, scratch: Path) -> str:
+    """The SDK's scratch folders stay writable; anything else (the user's inputs and code) is
+    mounted read-only, and a single file as that one file inside the container folder."""
+    from smtask.local.state import READ_ONLY
+
+    host, container, *options = volume.split(":")
+    resolved = Path(host).resolve()
+    if resolved.is_relative_to(scratch.resolve()) and \
+            not resolved.is_relative_to((scratch / READ_ONLY).resolve()):
+        return volume
+    if os.path.isfile(host) and posixpath.basename(container) != os.path.basename(host):
+        container = posixpath.join(container, os.path.basename(host))
+    return ":".join([host, container, *(o for o in options if o not in ("ro", "rw")), "ro"])
+
+
+def literal(value: Any) -> Any:
+    """``value`` with every ``$`` doubled in its strings: compose's literal ``$``."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [literal(item) for item in value]
+    if isinstance(value, dict):
+        return {key: literal(item) for key, item in value.items()}
+    return value
+
+
+def harden(content: dict[str, Any], session: Any, root: str = "") -> dict[str, Any]:
+    """A copy of an SDK compose file (written in ``root``) as smtask runs it (see above)."""
+    from smtask.local.state import LABEL, OWNER_LABEL, SCRATCH_LABEL, of
+
+    state = of(session)
+    content = copy.deepcopy(content)
+    content.pop("networks", None)
+    for service in content.get("services", {}).values():
+        service.pop("networks", None)
+        service.pop("ports", None)  # with host networking the server binds its port itself
+        service["network_mode"] = "host"
+        service["labels"] = {LABEL: state.session_id, OWNER_LABEL: str(state.owner),
+                             SCRATCH_LABEL: str(state.scratch), ROOT_LABEL: str(root)}
+        service["volumes"] = [_mount(v, state.scratch) for v in service.get("volumes", [])]
+        if "entrypoint" not in service and "command" not in service:
+            # an image without user code (a built-in algorithm): SageMaker runs `<image> train`
+            service["command"] = "train"
+        service["volumes"] += [f"{host}:{container}:ro" for host, container in state.mounts]
+        if service.get("command") == "serve" and state.serving_port:
+            service.setdefault("environment", []).append(
+                f"SAGEMAKER_BIND_TO_PORT={state.serving_port}")
+    content["services"] = literal(content.get("services", {}))
+    return content
+
+
+def command() -> list[str]:
+    """What the SDK runs as ``docker-compose`` (``<this> -f FILE up ...``)."""
+    return [sys.executable, "-m", "smtask.local.compose"]
+
+
+def install() -> None:
+    """The SDK writes hardened compose files, which this module runs (once per process; see
+    smtask.sdk). The wrapped generator writes the hardened file but hands the SDK its own
+    content back: the SDK parses its volumes again later (``host:container``)."""
+    from smtask import sdk
+
+    def hardened(generate: Any) -> Any:
+        def generate_hardened(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            import yaml
+
+            content = generate(self, *args, **kwargs)
+            with open(os.path.join(self.container_root, "docker-compose.yaml"), "w") as f:
+                yaml.safe_dump(harden(content, self.sagemaker_session, self.container_root), f,
+                               default_flow_style=False)
+            return dict(content)
+
+        return generate_hardened
+
+    for generator in ("sagemaker.core.local.image:_SageMakerContainer._generate_compose_file",
+                      "sagemaker.train.local.local_container:_LocalContainer._generate_compose_file"):
+        sdk.install(generator, hardened)
+    sdk.install("sagemaker.core.local.image:_SageMakerContainer._get_compose_cmd_prefix",
+                lambda _: staticmethod(command))
+    sdk.install("sagemaker.train.local.local_container:_LocalContainer._get_compose_cmd_prefix",
+                lambda _: lambda self: command())
+    sdk.install("sagemaker.core.local.image:_SageMakerContainer._prepare_processing_volumes",
+                _single_files)
+
+
+def _single_files(prepare: Any) -> Any:
+    from urllib.parse import urlparse
+
+    def prepare_volumes(self: Any, data_dir: str, inputs: Any, outputs: Any) -> list[Any]:
+        """The SDK mounts a file input's whole parent folder; mount the file itself."""
+        volumes = prepare(self, data_dir, inputs, outputs)
+        sources = {i["S3Input"]["LocalPath"]: urlparse(i["DataUri"]) for i in inputs or []}
+        files = {where: uri.path for where, uri in sources.items()
+                 if uri.scheme == "file" and os.path.isfile(uri.path)}
+        for volume in volumes:
+            if volume.container_dir in files:
+                volume.host_dir = files[volume.container_dir]
+                volume.map = f"{volume.host_dir}:{volume.container_dir}"
+        return list(volumes)
+
+    return prepare_volumes
+
+
+# --- running them -------------------------------------------------------------------------------
 
 def bounded_lines(stream: IO[bytes], limit: int = LINE_MAX) -> Iterator[bytes]:
     """The lines of ``stream``, each at most ``limit`` bytes: the rest of a longer line is
@@ -74,7 +189,7 @@ def run_args(project: str, name: str, service: dict[str, Any], *,
     variables to pass through the CLI's environment (``-e NAME`` takes the value there)."""
     unknown = sorted(set(service) - SERVICE_KEYS)
     if unknown:
-        raise SystemExit(f"smtask.compose: service {name}: unsupported compose key(s) "
+        raise SystemExit(f"smtask.local.compose: service {name}: unsupported compose key(s) "
                          f"{', '.join(unknown)}")
     service = _literal(service)
     args = ["run", *(["-d"] if detach else []), "--pull", "never",
@@ -209,7 +324,7 @@ def main(argv: list[str]) -> int:
     import yaml
 
     if "-f" not in argv or "up" not in argv:
-        raise SystemExit(f"smtask.compose: only '-f FILE up' is supported, got {argv}")
+        raise SystemExit(f"smtask.local.compose: only '-f FILE up' is supported, got {argv}")
     path = argv[argv.index("-f") + 1]
     with open(path) as f:
         content = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

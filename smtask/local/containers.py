@@ -1,0 +1,133 @@
+"""The Docker engine, and the containers and scratch folders of local sessions: who owns
+them, how a session's are stopped, and how a dead process's are cleaned up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from smtask.errors import EngineUnreachable, SmtaskError
+from smtask.local.compose import ROOT_LABEL
+from smtask.local.state import LABEL, OWNER_FILE, OWNER_LABEL, SCRATCH_LABEL, Owner, of
+from smtask.naming import smtask_home
+from smtask.paths import confined
+
+# what the docker CLI says when no engine answers on its socket
+_ENGINE_GONE = re.compile(r"(?i)cannot connect to the docker daemon|is the docker daemon running|"
+                          r"error during connect|dial unix .*(connection refused|no such file)|"
+                          r"error while fetching server api version|couldn't connect to docker")
+
+
+def docker(*args: str) -> str:
+    """``docker <args>``'s output; :class:`EngineUnreachable` when no engine answers (an
+    unanswered ``docker ps`` is not "no containers")."""
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0 and _ENGINE_GONE.search(done.stderr):
+        raise EngineUnreachable(engine_gone(done.stderr))
+    return done.stdout
+
+
+def engine_gone(detail: str = "") -> str:
+    """The one line that says the engine is gone, quoting what the client said of it."""
+    last = next((line.strip() for line in reversed(detail.splitlines())
+                 if _ENGINE_GONE.search(line)), "")
+    return ("the Docker engine stopped answering" + (f" ({last[:160]})" if last else "") +
+            "; containers it runs may still be running: once the engine is back, "
+            "`smtask cleanup` removes those of stopped tasks")
+
+
+def engine_answers() -> bool:
+    return subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                          capture_output=True, check=False).returncode == 0
+
+
+def ids(*labels: str) -> list[str]:
+    """The containers (running or not) that carry every label (``key=value``)."""
+    return docker("ps", "-aq", *(f"--filter=label={label}" for label in labels)).split()
+
+
+def remove(container_ids: list[str]) -> list[str]:
+    if container_ids:
+        docker("rm", "-f", *container_ids)
+    return container_ids
+
+
+def scratch_root() -> Path:
+    return smtask_home() / "tmp"
+
+
+def remove_scratch(folder: Path) -> None:
+    """Delete a session's scratch folder; refuses anything but a folder under the scratch root."""
+    shutil.rmtree(confined(folder, scratch_root()), ignore_errors=True)
+
+
+def cleanup_orphans() -> list[str]:
+    """Remove containers and scratch folders whose owning process is gone (it was killed).
+
+    Returns what was removed, one line each. Containers of live processes are left alone.
+    Without an engine that answers nothing is removed (a scratch folder may be mounted in a
+    container that still runs): :class:`EngineUnreachable`.
+    """
+    removed: list[str] = []
+    found = ids(OWNER_LABEL)
+    described = docker("inspect", "-f", "{{.Id}} {{json .Config.Labels}}", *found) if found else ""
+    for line in described.splitlines():
+        cid, _, labels_json = line.partition(" ")
+        labels = json.loads(labels_json or "{}")
+        owner = Owner.parse(labels.get(OWNER_LABEL, ""))
+        if owner is None or owner.alive():
+            continue
+        remove([cid])
+        removed.append(f"container {cid[:12]} of dead process {owner.pid}")
+        scratch = Path(labels.get(SCRATCH_LABEL, ""))
+        if scratch.name and (scratch / OWNER_FILE).is_file() and not _still_mounted(scratch):
+            with contextlib.suppress(SmtaskError):
+                remove_scratch(scratch)
+                removed.append(f"scratch folder {scratch} of dead process {owner.pid}")
+    root = scratch_root()
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        marker = folder / OWNER_FILE
+        owner = Owner.parse(marker.read_text()) if marker.is_file() else None
+        if owner is not None and not owner.alive() and not _still_mounted(folder):
+            remove_scratch(folder)
+            removed.append(f"scratch folder {folder} of dead process {owner.pid}")
+    return removed
+
+
+def _still_mounted(scratch: Path) -> bool:
+    """Whether a container (of a live process, or one that could not be removed) still has
+    the scratch folder: it is not deleted under a running job."""
+    return bool(ids(f"{SCRATCH_LABEL}={scratch}"))
+
+
+def _stop_runners(folder: Path) -> None:
+    """Stop the processes this process started to run a session's compose files (under
+    ``folder``), so that none of them creates a container after they were removed."""
+    import psutil
+
+    mine = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any(str(folder) in part for part in child.cmdline()):
+                mine.append(child)
+    for child in mine:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=3)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def stop(session: Any, root: str | None = None) -> list[str]:
+    """Stop a session's jobs now (or only the one whose compose file is in ``root``): the
+    processes running their compose files, then their containers."""
+    state = of(session)
+    _stop_runners(Path(root or state.scratch))
+    labels = [f"{LABEL}={state.session_id}", *([f"{ROOT_LABEL}={root}"] if root else [])]
+    return remove(ids(*labels))

@@ -1,0 +1,146 @@
+"""A local job's output: each line to the task log (bounded: a flood neither grows the
+worker nor takes hours to log), its own last error line quoted when it fails, and only
+regular files left in what it wrote before the SDK copies anything."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from smtask.errors import ContainerFailed, EngineUnreachable
+from smtask.local.compose import bounded_lines
+from smtask.local.containers import engine_answers, engine_gone
+from smtask.local.state import of
+
+# A job's output in the task log: its first LOG_BUDGET bytes, then (when it ends) its last
+# LAST_LINES lines; a line is cut at LINE_MAX bytes. A job printing gigabytes neither grows
+# the worker's memory nor takes the task hours to log (each line logged costs ~70 us).
+LOG_BUDGET = int(float(os.environ.get("SMTASK_LOG_MAX_MB", "32")) * 2**20)
+LAST_LINES = 200
+
+
+class ContainerOutput:
+    """The containers' output: each line to ``sink`` (the task log) up to :data:`LOG_BUDGET`
+    bytes, then only the last :data:`LAST_LINES` lines, sent when the job ends
+    (:meth:`flush`); the last lines kept so a failure message can quote the script's own
+    error."""
+
+    def __init__(self, sink: Callable[[str], None], keep: int = 40,
+                 budget: int | None = None) -> None:
+        self.sink = sink
+        self.tail: deque[str] = deque(maxlen=keep)
+        self.budget = LOG_BUDGET if budget is None else budget
+        self.held: deque[str] = deque(maxlen=LAST_LINES)
+        self.skipped = self.skipped_bytes = 0
+
+    def __call__(self, line: str) -> None:
+        line = line.replace("\r", "").rstrip("\n")
+        if not line.strip():
+            return
+        self.tail.append(line)
+        if self.budget > 0:
+            self.budget -= len(line) + 1
+            self.sink(line)
+            if self.budget <= 0:
+                self.sink(f"smtask: the job's output passed {LOG_BUDGET / 2**20:g} MB "
+                          f"(SMTASK_LOG_MAX_MB): its last {LAST_LINES} lines follow when it ends")
+            return
+        if len(self.held) == self.held.maxlen:
+            self.skipped += 1
+            self.skipped_bytes += len(self.held[0]) + 1
+        self.held.append(line)
+
+    def flush(self) -> None:
+        """Send the held last lines (once the output passed its budget), after a line that
+        says how much was left out."""
+        if not self.held:
+            return
+        if self.skipped:
+            self.sink(f"smtask: {self.skipped} lines ({self.skipped_bytes / 2**20:.1f} MB) of "
+                      f"the job's output are not in the task log; its last {len(self.held)}:")
+        while self.held:
+            self.sink(self.held.popleft())
+        self.skipped = self.skipped_bytes = 0
+
+    def failure(self, exit_code: int | None, lines: list[str] | None = None) -> str:
+        """``<the container's last error line> (exit code N; last lines: ...)``."""
+        raw = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in
+               (lines if lines is not None else self.tail)]
+        # compose prefixes the container's own lines with "<container> | "; its own are noise
+        own = [m.group(1).strip() for m in map(_CONTAINER_LINE.match, raw) if m]
+        own = [line for line in own or raw if line]
+        last = " | ".join(own[-5:]) or "no output"
+        code = f"exit code {exit_code}; " if exit_code is not None else ""
+        return f"{cause(own)} ({code}last lines: {last})"
+
+
+_CONTAINER_LINE = re.compile(r"^[\w.-]+\s+\|(.*)$")
+# Drivers that run the user's script re-raise its failure as their own; the user's error is
+# the one to quote.
+_WRAPPERS = ("subprocess.CalledProcessError", "ExecuteUserScriptError", "SystemExit")
+
+
+def cause(lines: list[str]) -> str:
+    errors = [line for line in lines
+              if re.match(r"^([\w.]+\.)?\w*(Error|Exception|Interrupt|Exit)\b", line)
+              and not line.startswith(_WRAPPERS)]
+    return (errors or lines or ["the container exited without output"])[-1]
+
+
+def keep_only_files(scratch: Path, log: Callable[[str], None]) -> None:
+    """Remove every symlink and every special file (device, fifo, socket) a container left in
+    the session's scratch folder. The SDK copies outputs and tars the model on the host,
+    following links: a job could otherwise copy any host file (a link to ~/.aws, a device
+    node of a disk) into its outputs, or hang the copy on a fifo."""
+    for folder, folders, files in os.walk(scratch):  # does not follow links into folders
+        for name in folders + files:
+            path = Path(folder, name)
+            mode = path.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                path.unlink()
+                log(f"smtask: removed {path.relative_to(scratch)} from the job's outputs: only "
+                    "regular files and folders leave a local job")
+
+
+def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess.Popen], int]:
+    """The SDK's ``_stream_output`` (it prints to stdout), sending each line to ``output`` and
+    failing with the container's own reason (the job is then marked failed: its outputs are
+    not copied). Once the container has exited, and before the SDK copies anything, only
+    regular files and folders are left in the scratch folder."""
+    state = of(session)
+
+    def stream_output(process: subprocess.Popen) -> int:
+        own: deque[str] = deque(maxlen=40)
+        try:
+            for raw in bounded_lines(process.stdout):  # type: ignore[arg-type]
+                line = raw.decode("utf-8", "replace")
+                own.append(line)
+                output(line)
+        finally:
+            output.flush()
+        exit_code = process.wait()
+        keep_only_files(state.scratch, output)
+        if exit_code not in (0, 130):  # the SDK's own rule: 130 is a stopped container
+            state.job_failed = True
+            if not engine_answers():  # compose lost its engine: say so, not compose's traceback
+                raise EngineUnreachable(engine_gone("".join(own)))
+            container_code = _container_exit_code(list(own))
+            raise ContainerFailed(output.failure(container_code or exit_code, list(own)))
+        return exit_code
+
+    return stream_output
+
+
+def _container_exit_code(lines: list[str]) -> int | None:
+    """Compose's ``<container> exited with code N`` line, if it printed one."""
+    for line in reversed(lines):
+        match = re.search(r"exited with code (\d+)", line)
+        if match:
+            return int(match.group(1))
+    return None

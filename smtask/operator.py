@@ -1,0 +1,254 @@
+"""The operator behind every smtask decorator: one SageMaker job per task instance, along the
+road params -> job spec -> session -> job -> outputs. What differs from kind to kind is read
+from the task's :class:`~smtask.kind.JobKind` (``job_kind``): see ``smtask.decorators``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.sdk.bases.decorator import DecoratedOperator
+from airflow.sdk.definitions.context import context_merge
+
+from smtask import local, naming, params, storage, waiting
+from smtask.errors import ContainerFailed, JobFailed, ParamsError, SmtaskError, TaskInterrupted
+from smtask.kill import Kills
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from smtask.kind import JobKind
+    from smtask.kinds.common import StepContext
+
+
+def check_step(decorator: str, step: Any) -> None:
+    """The step names a folder of the run's artifacts and part of the job name: checked when
+    the DAG is parsed."""
+    if problem := naming.name_problem("step", step):
+        raise TypeError(f"{decorator}: step {problem}")
+
+
+class SageMakerJobOperator(Kills, DecoratedOperator):
+    """Runs one SageMaker job per task instance.
+
+    :param step: the key of this task's settings under the ``steps`` param.
+    :param mode: ``local`` or ``sagemaker``; a run's conf ``mode`` still wins. Defaults to the
+        ``mode`` param (``$SMTASK_MODE`` or ``local``).
+    :param deferrable: hand the wait to a trigger (sagemaker mode), holding no worker slot
+        while the job runs; the step setting ``deferrable`` does the same per run.
+    """
+
+    job_kind: ClassVar[JobKind]
+    custom_operator_name: ClassVar[str]
+    template_fields = DecoratedOperator.template_fields
+    shallow_copy_attrs = ("python_callable",)
+
+    def __init__(self, *, python_callable: Callable, step: str, mode: str | None = None,
+                 deferrable: bool = False, op_args: Collection[Any] | None = None,
+                 op_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        check_step(self.custom_operator_name, step)
+        if mode is not None and mode not in params.MODES:
+            raise TypeError(f"{self.custom_operator_name}(step={step!r}): mode must be one of "
+                            f"{params.MODES}")
+        super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs,
+                         **kwargs)
+        self.step, self.mode, self.deferrable = step, mode, deferrable
+        params.describe_step(getattr(self, "dag", None), step, self.job_kind)  # the trigger form
+        self.init_kills()
+
+    def execute(self, context: Context) -> Any:
+        self._executing = True  # from here on a kill interrupts the task (see on_kill)
+        try:
+            return self._execute(context)
+        finally:
+            self._executing = False
+
+    def _execute(self, context: Context) -> Any:
+        run_params = self._params(context)
+        step_ctx = self._step_context(context, run_params)
+        context_merge(context, self.op_kwargs)
+        kwargs = self.determine_kwargs(context)
+        returned = self.python_callable(*self.op_args, **kwargs)
+        job = self.job_kind.spec(step_ctx, returned, [*self.op_args, *kwargs.values()])
+        self.log.info("%s job %s (%s mode): %s", self.job_kind.name, job["job_name"],
+                      run_params["mode"], {k: v for k, v in job.items() if k != "tags"})
+        return self._run(job, run_params)
+
+    def _params(self, context: Context) -> dict[str, Any]:
+        """Validated for every smtask step of the DAG, so a typo in a later step fails the
+        first task; the decorator's ``mode`` applies unless the run's conf sets one. The
+        refusal shows three problems; the task log lists them all (up to 20)."""
+        try:
+            run_params = params.run_params(context)
+        except ParamsError as exc:
+            for problem in exc.problems[:20]:
+                self.log.error("bad params: %s", problem)
+            raise
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        if self.mode and "mode" not in conf:
+            run_params["mode"] = self.mode
+        return run_params
+
+    def _step_context(self, context: Context, run_params: dict[str, Any]) -> StepContext:
+        from smtask.kinds.common import StepContext
+
+        ti = context["ti"]
+        self.note_task(ti.dag_id, context["run_id"], storage.map_index(context), run_params,
+                       self.step)
+        instance: dict[str, Any] = {"dag_id": ti.dag_id, "run_id": context["run_id"],
+                                    "task_id": ti.task_id, "map_index": storage.map_index(context)}
+        return StepContext(
+            step=self.step,
+            params=run_params,
+            job_name=naming.job_name(run_params["pipeline_name"], self.step, **instance,
+                                     max_length=self.job_kind.max_name),
+            prefix=storage.run_prefix(context, self.step, run_params),
+            instance=naming.task_instance_id(**instance),
+        )
+
+    def _run(self, job: dict[str, Any], run_params: dict[str, Any]) -> dict[str, Any]:
+        """Find this task instance's job by name (re-attach to a running one, reuse a
+        completed one, rename past a failed one), else submit it; wait; return its outputs."""
+        from smtask.kinds.common import clear_leftovers, put_model_code
+        from smtask.sessions import open_session
+
+        kind, cfg = self.job_kind, run_params["steps"][self.step]
+        output = local.ContainerOutput(lambda line: self.log.info("%s", line))
+        with open_session(run_params, output, self.step) as session:
+            self._active = (session, job["job_name"])
+            client, base = session.sagemaker_client, job["job_name"]
+            name, existing = waiting.claim(client, kind,
+                                           lambda n: naming.attempt_name(base, n, kind.max_name),
+                                           rerun_failed=cfg.get("if_job_failed") != "fail",
+                                           rerun_completed=cfg.get("if_job_completed") == "rerun",
+                                           rerun_stopped=cfg.get("if_job_stopped") == "rerun")
+            job = {**job, "job_name": name}
+            self._active = (session, name)
+            put_model_code(job.get("model_code"), session)  # the code a model of it serves with
+            try:
+                description = existing
+                if existing is None and name != base and not session.local_mode:
+                    clear_leftovers(session, kind.shared_outputs(job), self.log.info)
+                if existing is None and session.local_mode:  # the job runs inside submit()
+                    description = self._run_locally(job, session, cfg)
+                elif existing is None:
+                    description = self._submit(job, session)
+                elif waiting.status(kind, existing) in kind.api.done:
+                    self.log.info("%s job %s already completed: reusing its outputs", kind.name, name)
+                else:
+                    self.log.info("re-attaching to %s job %s (%s)", kind.name, name,
+                                  waiting.status(kind, existing))
+                if description is None or waiting.status(kind, description) not in kind.api.done:
+                    # local jobs run inside submit(); only SageMaker's can be waited on elsewhere
+                    if (self.deferrable or cfg.get("deferrable")) and not session.local_mode:
+                        # a job that already ended is collected here: deferring costs seconds
+                        description = description or waiting.find(client, kind, name)
+                        if description is None or waiting.status(kind, description) in \
+                                kind.api.running:
+                            self._defer(job, run_params, cfg)
+                    tail = None if session.local_mode else waiting.LogTail(
+                        session.boto_session.client("logs"), kind, name, output)
+                    description = waiting.wait(client, kind, name, tail=tail,
+                                               timeout=cfg.get("wait_timeout_seconds"),
+                                               cap=cfg.get("poll_max_seconds", 30.0),
+                                               known=description)
+                description = self._complete(client, description)
+            except ContainerFailed as exc:
+                raise JobFailed(kind.name, name, exc.reason) from exc
+            except SmtaskError:
+                raise
+            except Exception as exc:  # the SDK raises bare RuntimeErrors for container failures
+                if not session.local_mode:
+                    raise
+                raise JobFailed(kind.name, name, f"{exc} ({output.failure(None)})") from exc
+            finally:
+                self._active = None
+        return kind.outputs(job, description)
+
+    def _submit(self, job: dict[str, Any], session: Any) -> dict[str, Any] | None:
+        """Create the job on SageMaker. ``ResourceInUse`` means a job of this name exists: when
+        an answer was lost (a 503 or a timeout after SageMaker created it) botocore's retry of
+        the create meets this task instance's own job, which is re-attached to."""
+        from botocore.exceptions import ClientError
+
+        kind = self.job_kind
+        try:
+            return kind.submit(job, session)  # type: ignore[no-any-return]
+        except ClientError as exc:
+            if waiting.error_code(exc) != "ResourceInUse":
+                raise
+            description = waiting.adopt(session.sagemaker_client, kind, job["job_name"],
+                                        job["tags"][naming.INSTANCE_TAG], exc)
+            self.log.info("%s job %s was created, but the answer was lost: re-attaching to it "
+                          "(%s)", kind.name, job["job_name"], waiting.status(kind, description))
+            return description
+
+    def _run_locally(self, job: dict[str, Any], session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Run the job in local containers within the step's time limits, as SageMaker would
+        (:func:`smtask.local.time_limit`): past one, its containers are stopped and the task
+        fails with the limit named."""
+        kind = self.job_kind
+        with local.time_limit(session, kind.runtime_limited, cfg) as limit:
+            try:
+                description = kind.submit(job, session)
+            except Exception:
+                if not limit.expired:
+                    raise
+        if limit.expired:
+            raise JobFailed(kind.name, job["job_name"], limit.reason)
+        return self._local_result(session, job["job_name"], description)
+
+    def _local_result(self, session: Any, name: str, description: Any) -> dict[str, Any]:
+        """A local job's end. The SDK's telemetry wrapper swallows any BaseException raised
+        inside its calls (``finally: return``), a kill's included: look, don't trust."""
+        kind = self.job_kind
+        if local.killed(session):
+            raise self.interrupted()
+        description = description or waiting.find(session.sagemaker_client, kind, name)
+        if description is None or waiting.status(kind, description) not in kind.api.done:
+            state = "no job" if description is None else waiting.status(kind, description)
+            raise JobFailed(kind.name, name, f"the local job did not complete ({state})")
+        local.publish(session)  # only a completed job's outputs reach the artifacts
+        return dict(description)
+
+    def _defer(self, job: dict[str, Any], run_params: dict[str, Any], cfg: dict[str, Any]) -> None:
+        from smtask.triggers import SageMakerJobTrigger
+
+        self.defer(
+            trigger=SageMakerJobTrigger(
+                kind=self.job_kind.name, job=job,
+                aws_conn_id=run_params.get("aws_conn_id", "aws_default"),
+                region_name=run_params.get("region_name"),
+                timeout=cfg.get("wait_timeout_seconds"), poll_max=cfg.get("poll_max_seconds", 30.0),
+                if_killed=cfg.get("on_kill", "auto")),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resumes a deferred task: the trigger's event says how the job ended."""
+        from smtask.sessions import sagemaker_client  # no SDK: a resume only describes or stops
+
+        # The run's params were validated before the task deferred; validating them again
+        # would resolve any {"framework"} image, importing the SDK. Only the connection is read.
+        connection = {key: context["params"].get(key) for key in ("aws_conn_id", "region_name")
+                      if context["params"].get(key)}
+        kind, job = self.job_kind, event["job"]
+        if event["status"] == "Timeout":
+            waiting.stop(sagemaker_client(connection), kind, job["job_name"])
+        if event["status"] not in kind.api.done:
+            raise JobFailed(kind.name, job["job_name"], event["reason"])
+        description = event["description"]
+        if kind.complete is not None:  # the event holds too little: describe again
+            client = sagemaker_client(connection)
+            description = self._complete(client, waiting.find(client, kind, job["job_name"]) or {})
+        return kind.outputs(job, description)
+
+    def _complete(self, client: Any, description: dict[str, Any]) -> dict[str, Any]:
+        """A kind whose completed job's description lacks its outputs (tuning: the best
+        training job's model) completes it with more describes."""
+        complete = self.job_kind.complete
+        return dict(description) if complete is None else complete(client, description)
+
+    def interrupted(self) -> TaskInterrupted:
+        return TaskInterrupted(f"{self.custom_operator_name} task {self.task_id} (step "
+                               f"'{self.step}') was killed; its job was stopped")

@@ -1,0 +1,163 @@
+"""The params as Airflow holds them: one ``Param`` per top-level key of config.json, whose
+JSON schemas make the trigger form's fields and refuse a bad conf when a run is triggered,
+and the params a task runs with (deep-merged, validated for every smtask step of the DAG)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from smtask.errors import ParamsError
+from smtask.params.checks import load_config, refusal, resolve, step_schema
+from smtask.params.merge import NEVER
+from smtask.params.schemas import PLAIN_STEP, TOP_SCHEMA
+from smtask.schema import DIALECT, KEY, WHAT
+
+if TYPE_CHECKING:
+    from airflow.sdk import Param
+
+    from smtask.kind import JobKind
+
+
+def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
+    """DAG params from a config.json: one :class:`~airflow.sdk.Param` per top-level key, each
+    with the JSON schema of its key, so the trigger form shows real fields and Airflow refuses
+    a bad conf at trigger time (REST: 400). ``steps`` lists the config's steps; each smtask
+    task adds its step's schema when the DAG is parsed (:func:`describe_step`). The schemas
+    are partial (nothing required, ``null`` allowed) since a run's conf is deep-merged.
+
+    ``mode`` defaults to ``$SMTASK_MODE`` (else ``local``) unless the file sets it. Use as
+    ``@dag(params=pipeline_params(Path(__file__).parent / "config.json"))``.
+    """
+    from airflow.sdk import Param
+
+    config = load_config(path)
+    descriptions = {
+        "mode": "local: Docker on the worker via LocalSession; sagemaker: SageMaker jobs",
+        "steps": "per-step settings; a run's conf is deep-merged into them",
+        "code_root": "where the steps' code is; a run's conf may never change it",
+    }
+    schemas = {key: trigger_schema(schema) for key, schema in TOP_SCHEMA["properties"].items()}
+    steps: dict[str, Any] = config["steps"] if isinstance(config.get("steps"), dict) else {}
+    # an unknown step is refused in one line that lists the known ones (propertyNames, not
+    # additionalProperties: jsonschema's own text for that quotes the whole steps schema)
+    schemas["steps"] = {"type": "object", "propertyNames": {"enum": sorted(steps), WHAT: "step"},
+                        "properties": {step: PLAIN_STEP for step in steps}}
+    for key in NEVER:
+        if key in config:
+            schemas[key] = {"const": config[key]}
+    # Airflow checks a Param's schema against its metaschema on every dump(), and dumps params
+    # to serialize and compare operators (each parse, each task): smtask's dialect is draft 7,
+    # whose metaschema check takes a fifth of 2020-12's (the default) for the steps' schemas.
+    return {key: Param(value, description=descriptions.get(key),
+                       schema=_Schema({"$schema": DIALECT, KEY: key, **schemas.get(key, {})}))
+            for key, value in config.items()}
+
+
+class _Schema(dict):  # type: ignore[type-arg]
+    """A Param's JSON schema, shared by the DAG's params and every task's copy of them.
+
+    Airflow deep-copies the DAG's params into each task when the DAG is parsed; the schemas
+    (every step's, for ``steps``) were most of what that copied. They are built at parse time
+    (:func:`describe_step` completes ``steps``') and only read after, so one object serves all.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Schema:
+        return self
+
+
+def trigger_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` as a run's conf may meet it before the deep merge: nothing required, and
+    ``null`` (which removes a key) allowed below the top level."""
+    partial = {k: v for k, v in schema.items() if k not in ("required", "dependencies")}
+    if isinstance(schema.get("properties"), Mapping):
+        partial["properties"] = {key: or_null(trigger_schema(sub))
+                                 for key, sub in schema["properties"].items()}
+    if isinstance(schema.get("additionalProperties"), Mapping):  # a map: null drops an entry
+        partial["additionalProperties"] = or_null(trigger_schema(schema["additionalProperties"]))
+    return partial
+
+
+def or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or ``null``: a nullable ``type`` (and enum) where there is one, else anyOf.
+    Smaller schemas cost less in the metaschema check Airflow makes on every dump()."""
+    kind = schema.get("type")
+    if kind is None or "const" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    nullable = {**schema, "type": kinds if "null" in kinds else [*kinds, "null"]}
+    if "enum" in schema and None not in schema["enum"]:
+        nullable["enum"] = [*schema["enum"], None]
+    return nullable
+
+
+def describe_step(dag: Any, step: str, kind: JobKind) -> None:
+    """Give the DAG's ``steps`` param the schema of one smtask step (at parse time)."""
+    param = dag.params.get_param("steps") if dag is not None and "steps" in dag.params else None
+    schema = getattr(param, "schema", {})
+    properties, names = schema.get("properties"), schema.get("propertyNames", {}).get("enum")
+    if isinstance(properties, dict):
+        properties[step] = or_null(trigger_schema(step_schema(kind)))
+    if isinstance(names, list) and step not in names:
+        names.append(step)
+        names.sort()
+
+
+def smtask_steps(dag: Any) -> dict[str, JobKind]:
+    """The DAG's smtask steps, step -> job kind, mapped (``.expand``) tasks included."""
+    from smtask.kind import JobKind
+
+    found = {}
+    for task in dag.tasks:
+        # a mapped task holds its operator's class and constructor kwargs, not an operator
+        kind = getattr(getattr(task, "operator_class", task), "job_kind", None)
+        kwargs = getattr(task, "partial_kwargs", None)
+        step = kwargs.get("step") if isinstance(kwargs, Mapping) else getattr(task, "step", None)
+        if isinstance(step, str) and isinstance(kind, JobKind):
+            found[step] = kind
+    return found
+
+
+def run_params(context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The params a task of this run sees: the DAG's defaults deep-merged with the run's conf,
+    validated for every smtask step of the DAG. Use it in plain tasks instead of
+    ``context["params"]``, where a run's conf replaces a top-level key whole."""
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    dag = context["dag"]
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    return resolve(dag_defaults(dag), conf, smtask_steps(dag))
+
+
+def dag_defaults(dag: Any) -> dict[str, Any]:
+    """The DAG's params' default values (``None`` for a Param without one, which a run's conf
+    then gives). Airflow's ``params.dump()`` checks every value against its schema, first
+    checking each schema against JSON Schema's metaschema: about 0.4 s per task for the
+    steps' schemas. smtask's keys are validated by :func:`resolve` after the merge; Airflow
+    checks a run's conf against every Param when the run is created."""
+    from airflow.sdk.definitions._internal.types import is_arg_set
+
+    values = {key: dag.params.get_param(key).value for key in dag.params}
+    return {key: value if is_arg_set(value) else None for key, value in values.items()}
+
+
+def check_authors_params(dag: Any, conf: Mapping[str, Any]) -> None:
+    """The DAG author's own params (beside smtask's keys), as Airflow checks them when a run
+    is created: a bad value in ``conf`` is refused here with the key named (``smtask run``,
+    ``smtask validate``)."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    problems = []
+    for key in dag.params:
+        if key in TOP_SCHEMA["properties"]:
+            continue
+        param = dag.params.get_param(key)
+        try:
+            param.resolve(conf[key]) if key in conf else param.resolve(suppress_exception=False)
+        except ParamValidationError as exc:
+            problems.append(f"param {key}: {str(exc).splitlines()[0]}")
+    if problems:
+        raise ParamsError(refusal(problems), problems)
