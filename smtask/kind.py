@@ -34,13 +34,18 @@ class Api:
     failed: frozenset[str] = frozenset({"Failed", "Stopped"})
 
     @classmethod
-    def of_job(cls, resource: str, log_group: str = "") -> Api:
+    def of_job(cls, resource: str, log_group: str = "", deleting: tuple[str, ...] = ()) -> Api:
         """The API of a SageMaker job resource named in CamelCase ("TrainingJob",
-        "HyperParameterTuningJob"): its operations and description fields follow the name."""
+        "HyperParameterTuningJob"): its operations and description fields follow the name.
+        A job that can be deleted (training, tuning) has ``deleting`` statuses too (Deleting,
+        DeleteFailed): it will not complete, so a task waiting for it fails and a retry
+        starts a new one."""
         snake = re.sub(r"(?<!^)(?=[A-Z])", "_", resource).lower()
+        failed = {"Failed", "Stopped", *deleting}
         return cls(describe=f"describe_{snake}", name_arg=f"{resource}Name",
                    status=f"{resource}Status", stop=f"stop_{snake}", arn=f"{resource}Arn",
-                   log_group=log_group or f"/aws/sagemaker/{resource}s")
+                   log_group=log_group or f"/aws/sagemaker/{resource}s",
+                   failed=frozenset(failed))
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,8 @@ def ended(kind: JobKind, description: dict[str, Any]) -> str:
     """Why a job ended Failed or Stopped, in SageMaker's words: its FailureReason; for a stop,
     when it happened and its SecondaryStatus (``MaxRuntimeExceeded``, ``Stopped``...)."""
     state, reason = status(kind, description), description.get("FailureReason")
+    if state in ("Deleting", "DeleteFailed"):
+        return f"the job is being deleted ({state}), not by this task: it will not complete"
     if state != "Stopped":
         return str(reason or f"the job ended {state}")
     when = next((description[k] for k in END_TIMES if description.get(k)), None)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from botocore.exceptions import ClientError
 
 from smtask import waiting
 from smtask.errors import JobFailed
+from smtask.kinds import KINDS
 from smtask.kinds.training import KIND as TRAINING
 
 
@@ -57,6 +60,13 @@ def test_other_api_errors_are_not_retried():
 def test_failed_job_raises_with_its_failure_reason_and_name():
     with pytest.raises(JobFailed, match="training job job-1 failed: ClientError: bad channel"):
         waiting.wait(Client(("Failed", "ClientError: bad channel")), TRAINING, "job-1")
+
+
+def test_a_job_being_deleted_fails_the_wait_at_once_and_a_retry_moves_past_it():
+    client = Client(("InProgress", None), ("Deleting", None))
+    with pytest.raises(JobFailed, match="job-1 failed: the job is being deleted .Deleting."):
+        waiting.wait(client, TRAINING, "job-1", sleep=lambda s: None)
+    assert client.calls == 2 and client.stopped == []
 
 
 def test_timeout_stops_the_job():
@@ -142,3 +152,22 @@ def test_a_description_just_made_is_the_first_poll():
         {**known, "TrainingJobStatus": "Completed"}
     assert client.calls == 0
 
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+def test_each_kinds_api_is_sagemakers_own(kind):
+    """The operations, fields and status words a kind declares are those of SageMaker's own
+    API model (botocore's), so describe, stop, wait and the triggers read the right ones."""
+    import boto3
+
+    model = boto3.client("sagemaker", region_name="us-east-1").meta.service_model
+    operations = {model.operation_model(name).name: model.operation_model(name)
+                  for name in model.operation_names}
+    by_snake = {re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower(): op for name, op in operations.items()}
+    describe, stop = by_snake[kind.api.describe], by_snake[kind.api.stop]
+    assert kind.api.name_arg in describe.input_shape.members
+    assert kind.api.name_arg in stop.input_shape.members
+    out = describe.output_shape.members
+    assert kind.api.arn in out
+    statuses = set(out[kind.api.status].enum)
+    assert kind.api.running | kind.api.done | kind.api.failed == statuses
+    assert not kind.api.running & kind.api.done and not kind.api.done & kind.api.failed

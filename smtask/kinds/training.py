@@ -322,7 +322,7 @@ SCHEMA: dict[str, Any] = {
 
 KIND = JobKind(
     name="training", decorator="sm_training",
-    api=Api.of_job("TrainingJob"),
+    api=Api.of_job("TrainingJob", deleting=("Deleting",)),
     schema=SCHEMA, image_scope="training", check=check,
     spec=spec, submit=submit, outputs=outputs, event_keys=("ModelArtifacts",),
     algorithm_images=True, settings="script", runtime_limited=True,

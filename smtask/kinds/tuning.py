@@ -282,7 +282,8 @@ KIND = JobKind(
     name="tuning", decorator="sm_tuning",
     # a tuning job's trials are training jobs named <tuning job>-NNN-<id>: their log streams
     # its trials are training jobs: their logs are the tuning job's
-    api=Api.of_job("HyperParameterTuningJob", log_group="/aws/sagemaker/TrainingJobs"),
+    api=Api.of_job("HyperParameterTuningJob", log_group="/aws/sagemaker/TrainingJobs",
+                    deleting=("Deleting", "DeleteFailed")),
     schema=SCHEMA, image_scope="training", check=check,
     spec=spec, submit=submit, complete=complete, outputs=outputs,
     max_name=32,  # HyperParameterTuningJobName
