@@ -83,10 +83,29 @@ def attempt_name(job_name: str, attempt: int, max_length: int = MAX_JOB_NAME) ->
     return head[: max_length - len(tail)].rstrip("-") + tail
 
 
+# a run id as Airflow makes it (manual__2026-12-01T06:00:00.123456+00:00), and as a component
+_AIRFLOW_RUN_ID = re.compile(r"[a-z_]+__\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
+_AIRFLOW_COMPONENT = re.compile(r"[a-z_]+__\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d(\.\d+)?-00-00")
+_HASHED = re.compile(r".*-h[0-9a-f]{12}")
+
+
 def path_component(text: str) -> str:
     """``text`` (an Airflow id: run id, dag id) as one path component: [A-Za-z0-9._-] only,
-    never ``.``, ``..`` or hidden (Airflow allows dots in ids)."""
-    return re.sub(r"^\.+", "_", _slug(text, "A-Za-z0-9._-")) or "_"
+    never ``.``, ``..`` or hidden (Airflow allows dots in ids), and never another id's (two
+    DAGs sharing a pipeline name and a run id must not write into each other's outputs).
+
+    An id that is a component already stays as it is, and so does a run id Airflow made
+    (its ``:`` and ``+`` become ``-``, in their fixed places). Any other id is made one and
+    takes ``-h`` and 12 hex digits of its hash (``.copy`` and ``_copy``, ``r:1`` and ``r+1``
+    stay apart); so does an id that has the shape of those two forms, so no id can name
+    another's folder."""
+    component = re.sub(r"^\.+", "_", _slug(text, "A-Za-z0-9._-")) or "_"
+    if _AIRFLOW_RUN_ID.fullmatch(text):
+        return component
+    if component == text and not _AIRFLOW_COMPONENT.fullmatch(text) and \
+            not _HASHED.fullmatch(text):
+        return component
+    return f"{component}-h{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def run_prefix(artifacts: str, pipeline: str, dag_id: str, run_id: str, map_index: int = -1) -> str:

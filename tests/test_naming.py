@@ -77,4 +77,22 @@ def test_map_index_zero_is_its_own_prefix_and_unmapped_is_not():
     ("a..b", "a..b"),
 ])
 def test_run_id_never_becomes_a_dot_or_hidden_path_component(run_id, component):
-    assert naming.run_prefix("file:///a", "churn", "d", run_id) == f"file:///a/churn/d/{component}"
+    prefix = naming.run_prefix("file:///a", "churn", "d", run_id)
+    if run_id == component:
+        assert prefix == f"file:///a/churn/d/{component}"
+    else:  # made a component: its hash follows, so that two ids never share one
+        assert re.fullmatch(rf"file:///a/churn/d/{re.escape(component)}-h[0-9a-f]{{12}}", prefix)
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    (".copy", "_copy"), ("copy-", "copy"), ("dagä", "dagö"), ("r:1", "r+1"), ("r:1", "r-1"),
+    # an id shaped as another's component: an Airflow run id's, a hashed one's
+    ("scheduled__2026-12-01T06:00:00+00:00", "scheduled__2026-12-01T06-00-00-00-00"),
+    (".copy", "_copy-h" + __import__("hashlib").sha256(b".copy").hexdigest()[:12]),
+])
+def test_two_ids_never_share_a_path_component(a, b):
+    """Airflow accepts all of these as dag ids or run ids; two DAGs sharing a pipeline name
+    and a run id would write into (and replace) each other's outputs."""
+    run = "scheduled__2026-12-01T06:00:00+00:00"
+    assert naming.run_prefix("file:///a", "p", a, run) != naming.run_prefix("file:///a", "p", b, run)
+    assert naming.run_prefix("file:///a", "p", "d", a) != naming.run_prefix("file:///a", "p", "d", b)
