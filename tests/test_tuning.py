@@ -155,6 +155,27 @@ def test_a_failed_trial_is_reported_and_the_best_of_the_others_returned(tmp_path
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker")
+def test_a_trial_stopped_at_its_max_runtime_publishes_nothing(tmp_path, loopback_guard):
+    """Its containers are stopped (exit 130, which the SDK takes for a stopped, not a failed,
+    container), so the SDK tarred what the trial left, and smtask published it beside the
+    best trial's: <tuner>/<trial>-002/model.tar.gz (55 bytes) and output.tar.gz."""
+    config = write_config(tmp_path, steps={"tuner": {
+        **tuner(strategy="Grid", max_parallel_jobs=1, ranges={
+            "x": {"type": "categorical", "values": ["3"]},
+            "sleep": {"type": "categorical", "values": ["0", "60"]}}),
+        "max_runtime_seconds": 8}})
+    result = run_dag(tune_body(train_data(tmp_path)), config=config)
+    assert result.ok, result.states
+    out = result.xcom["tune"]
+    stopped = [name for name, why in out["failed_trials"].items() if "max_runtime_seconds" in why]
+    assert stopped == [f"{out['job_name']}-002"], out
+    folder = path(out["model"]).parent.parent
+    assert sorted(p.name for p in folder.iterdir()) == [f"{out['job_name']}-001"]
+    assert containers_with_label() == []
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
 def test_when_every_trial_fails_the_task_fails_with_the_trials_own_errors(tmp_path, capfd,
                                                                            loopback_guard):
     config = write_config(tmp_path, steps={"tuner": tuner(strategy="Grid", ranges={

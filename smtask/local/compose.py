@@ -42,6 +42,12 @@ from typing import IO, Any
 
 LINE_MAX = 64 * 1024
 ROOT_LABEL = "smtask.root"  # set by smtask.local on a job's containers: its compose file's folder
+# What the docker CLI (a Go program) reads from its own environment: a job's variable of such a
+# name goes on the CLI's command line, never into the CLI's environment (DOCKER_HOST would pick
+# the engine the job runs on, LD_PRELOAD the CLI's loader, HOME its config). The others pass
+# through the CLI's environment (`-e NAME`), so that their values stay off command lines.
+CLI_READS = re.compile(r"DOCKER_\w*|HOME|PATH|TMPDIR|SHELL|USER|XDG_\w*|LD_\w*|GO\w*|SSL_CERT_\w*"
+                       r"|(?i:https?_proxy|no_proxy|all_proxy|ftp_proxy)|BUILDKIT_\w*|COMPOSE_\w*")
 SERVICE_KEYS = {"image", "container_name", "stdin_open", "tty", "volumes", "environment",
                 "command", "entrypoint", "network_mode", "labels", "deploy"}
 
@@ -209,8 +215,12 @@ def run_args(project: str, name: str, service: dict[str, Any], *,
         (entry.split("=", 1) if "=" in entry else (entry, "") for entry in environment)
     passed = {}
     for key, value in pairs:
-        args += ["-e", key]
-        passed[key] = "" if value is None else str(value)
+        value = "" if value is None else str(value)
+        if CLI_READS.fullmatch(key):  # for the container only, never for the CLI itself
+            args += ["-e", f"{key}={value}"]
+        else:
+            args += ["-e", key]
+            passed[key] = value
     devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations")
                or {}).get("devices") or []
     if any("gpu" in (d.get("capabilities") or []) for d in devices):

@@ -29,6 +29,11 @@ def docker(*args: str) -> str:
     done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
     if done.returncode != 0 and _ENGINE_GONE.search(done.stderr):
         raise EngineUnreachable(engine_gone(done.stderr))
+    if done.returncode != 0 and args[:1] == ("ps",):
+        # any other failure (a bad DOCKER_CONTEXT, a socket it may not open) is no answer either
+        said = " ".join(done.stderr.split())[:200] or f"exit code {done.returncode}"
+        raise EngineUnreachable(f"`docker ps` failed ({said}): which containers run cannot be "
+                                "told, so none is removed and no scratch folder deleted")
     return done.stdout
 
 

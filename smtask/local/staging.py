@@ -4,6 +4,7 @@ timed-out job's are dropped; a full disk fails in one line and leaves nothing be
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -15,6 +16,10 @@ from urllib.parse import urlparse
 from smtask.errors import OutputsNotWritten
 from smtask.local.state import of
 from smtask.paths import local_path
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -38,14 +43,17 @@ def stage(session: Any, source: Path, destination: str, output: str) -> None:
     final = local_path(destination, state.artifacts)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    # known before the copy starts: a kill mid-copy (on_kill raises from the signal handler)
+    # leaves the partial copy to discard(), not in the artifacts
+    state.staged.append((staging, final))
     try:
         if source.is_dir():
             _copy_tree(source, staging)
         else:
             shutil.copyfile(source, staging)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True) if staging.is_dir() else \
-            staging.unlink(missing_ok=True)
+        state.staged.remove((staging, final))
+        _remove(staging)
         usage = shutil.disk_usage(final.parent)
         size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) \
             if source.is_dir() else source.stat().st_size
@@ -53,7 +61,6 @@ def stage(session: Any, source: Path, destination: str, output: str) -> None:
             f"step '{state.step}' output '{output}': {exc.strerror or exc} while copying "
             f"the job's outputs ({size / 2**20:.1f} MB) to {final.parent} ({usage.free / 2**20:.1f}"
             f" MB free of {usage.total / 2**20:.1f} MB); nothing was published") from None
-    state.staged.append((staging, final))
 
 
 def publish(session: Any) -> None:
@@ -66,7 +73,7 @@ def publish(session: Any) -> None:
             old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
             final.rename(old)
             staging.rename(final)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            _remove(old)
             if log_replaced:
                 state.log(f"smtask: replaced the outputs an earlier attempt of "
                                            f"this step wrote in {final}")
@@ -79,9 +86,22 @@ def discard(session: Any) -> None:
     """Delete what was staged and not published: it is no result."""
     state = of(session)
     for staging, _ in state.staged:
-        shutil.rmtree(staging, ignore_errors=True) if staging.is_dir() else \
-            staging.unlink(missing_ok=True)
+        _remove(staging)
     state.staged.clear()
+
+
+def discard_under(session: Any, uri: str) -> None:
+    """Delete what one job of the session (a tuning trial) staged under ``uri`` (a
+    ``file://`` URI), and the folder made for it if nothing else is there: a trial stopped at
+    its max runtime ends as a stopped container, which the SDK takes for done and copies."""
+    state = of(session)
+    root = local_path(uri, state.artifacts)
+    for staging, final in list(state.staged):
+        if final.is_relative_to(root):
+            _remove(staging)
+            state.staged.remove((staging, final))
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def move_to_destination(real: Callable[..., str]) -> Callable[..., str]:

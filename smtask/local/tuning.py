@@ -24,6 +24,7 @@ from smtask.errors import ContainerFailed, JobFailed
 from smtask.local.containers import stop
 from smtask.local.limits import TimeLimit, max_runtime
 from smtask.local.output import ContainerOutput, stream_output
+from smtask.local.staging import discard_under
 from smtask.local.state import of
 
 
@@ -219,12 +220,15 @@ def _trial(job: dict[str, Any], session: Any, train: Train, number: int, values:
             description = train(trial_job)
     except ContainerFailed as exc:
         trial.error = limit.reason if limit.expired else exc.reason
-        return trial
     except Exception as exc:  # noqa: BLE001 - the SDK's errors are the trial's failure
         trial.error = limit.reason if limit.expired else f"{exc} ({output.failure(None)})"
-        return trial
-    if limit.expired:
-        trial.error = limit.reason
+    else:
+        trial.error = limit.reason if limit.expired else None
+    if trial.error is not None:
+        # a trial stopped at its max runtime ends as a stopped container, which the SDK takes
+        # for done: what it copied of the trial is no result
+        if trial_job["output_path"].startswith("file://"):
+            discard_under(session, trial_job["output_path"])
         return trial
     trial.metrics = dict(output.metrics)
     model = description["ModelArtifacts"]["S3ModelArtifacts"]
