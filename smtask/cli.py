@@ -124,6 +124,8 @@ def _conf(args: argparse.Namespace) -> dict[str, Any]:
         conf = json.loads(args.conf) if args.conf else {}
     except json.JSONDecodeError as exc:
         _usage_error(f"--conf is not valid JSON: {exc}")
+    except RecursionError:
+        _usage_error("--conf is nested too deeply to read")
     if not isinstance(conf, dict):
         _usage_error(f"--conf must be a JSON object, got {type(conf).__name__}")
     if args.mode:

@@ -452,3 +452,174 @@ def test_the_same_refusal_at_run_time_is_at_most_three_short_lines(conf, refused
 def test_a_plain_steps_settings_are_size_limited():
     message = refusal({"steps": {"data-source": {"blob": "x" * 70_000}}})
     assert "steps.data-source: 70065 bytes as JSON, at most 65536" in message  # with its own keys
+
+
+# --- a second hostile trial: what else a run's conf could reach ---------------------------------
+
+INJECTED_CONTENT_TYPE = "text/csv'$(touch /opt/ml/model/pwned)'"
+
+
+def test_a_quote_in_a_scripts_channel_content_type_is_refused():
+    """ModelTrainer's driver writes SM_INPUT_DATA_CONFIG (each channel's ContentType) as
+    export NAME='<json>' into a file it sources: a ' ends the quoting, the rest runs as shell."""
+    message = refusal({"steps": {"trainer": {"channels": {"train": {
+        "content_type": INJECTED_CONTENT_TYPE}}}}})
+    assert "steps.trainer.channels.train.content_type" in message and "MIME type" in message
+    # a real one with parameters passes
+    params.resolve(params.load_config(ROOT / "config.json"), {"steps": {"trainer": {"channels": {
+        "train": {"content_type": "text/csv; label_size=0"}}}}}, STEPS)
+
+
+@pytest.mark.parametrize("name", ["DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG"])
+def test_a_run_may_not_set_a_variable_the_workers_docker_cli_reads(name):
+    """A job's environment once reached the docker CLI's own: DOCKER_HOST in a conf chose the
+    engine the job ran on (one the worker's clean-up never looks at)."""
+    message = refusal({"steps": {"splitor": {"environment": {name: "unix:///tmp/other.sock"}}}})
+    assert f"steps.splitor.environment.{name}" in message
+
+
+def test_the_compose_runner_hands_no_job_variable_to_the_docker_cli(monkeypatch, tmp_path):
+    from smtask.local import compose
+
+    started = []
+
+    class Popen:
+        def __init__(self, args, env=None, **kwargs):
+            started.append((args, env))
+
+    monkeypatch.setattr(compose.subprocess, "Popen", Popen)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    job = compose.Job("p", {"s": {"image": "i", "environment": {
+        "DOCKER_HOST": "tcp://elsewhere:1", "LD_PRELOAD": "/x.so", "SECRET_TOKEN": "t"}}},
+        str(tmp_path))
+    job.start()
+    args, env = started[0]
+    assert env["DOCKER_HOST"] == "unix:///var/run/docker.sock" and "LD_PRELOAD" not in env
+    # the container still gets them; a plain variable's value stays off the command line
+    assert "DOCKER_HOST=tcp://elsewhere:1" in args and "LD_PRELOAD=/x.so" in args
+    assert env["SECRET_TOKEN"] == "t" and "SECRET_TOKEN" in args and \
+        not any("SECRET_TOKEN=" in a for a in args)
+
+
+@pytest.mark.parametrize(("conf", "key"), [
+    ({"steps": {"splitor": {"arguments": ["--label-column", "a\x00b"]}}}, "steps.splitor.arguments.1"),
+    ({"steps": {"splitor": {"environment": {"X": "a\x00b"}}}}, "steps.splitor.environment.X"),
+    ({"steps": {"trainer": {"hyperparameters": {"x": "a\x00b"}}}}, "steps.trainer.hyperparameters.x"),
+])
+def test_a_nul_byte_is_refused_before_any_job(conf, key):
+    """No process takes a NUL in its arguments or environment: the job started and failed
+    with 'ValueError: embedded null byte'."""
+    message = refusal(conf)
+    assert f"{key}: contains a NUL byte" in message
+
+
+def _deep(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [40, 400, 5000])
+def test_deeply_nested_settings_are_refused_in_one_line(depth):
+    """600 levels were a RecursionError (3,000 lines) in the merge; 400 passed validation and
+    failed the first task in Airflow's API server ('Maximum serialization depth exceeded')."""
+    message = refusal({"steps": {"trainer": {"settings": _deep(depth)}}})
+    assert "steps.trainer.settings.a: nested more than 32 deep" in message
+    assert len(message) < 500
+
+
+def test_a_too_deep_conf_on_the_command_line_is_one_line_and_exit_2():
+    import subprocess
+    import sys
+
+    conf = '{"a":' * 5000 + "{}" + "}" * 5000  # json.loads: RecursionError
+    done = subprocess.run([sys.executable, "-m", "smtask.cli", "validate",
+                           str(ROOT / "dags/churn.py"), "-c", conf],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-500:]
+    assert "nested too deeply" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("key", ["source_dir", "code_path"])
+def test_a_code_path_may_not_hold_the_workers_own_state(tmp_path, monkeypatch, key):
+    """./run keeps SMTASK_HOME (airflow.cfg with the fernet key and JWT secret, airflow.db,
+    the artifacts) in the repository, the example's code root: source_dir "." shipped it into
+    the training container (sagemaker mode: uploaded it to S3)."""
+    home = tmp_path / "code" / ".smtask"
+    (home / "airflow").mkdir(parents=True)
+    (home / "airflow" / "airflow.cfg").write_text("[core]\nfernet_key = x\n")
+    (tmp_path / "code" / "train.py").write_text("")
+    monkeypatch.setenv("SMTASK_HOME", str(home))
+    monkeypatch.setenv("AIRFLOW_HOME", str(home / "airflow"))
+    value = "." if key == "source_dir" else ".smtask/airflow/airflow.cfg"
+    step = "trainer" if key == "source_dir" else "splitor"
+    extra = {"entry_script": "train.py"} if key == "source_dir" else {}
+    message = refusal({"steps": {step: {key: value, **extra}}},
+                      config={"code_root": str(tmp_path / "code")})
+    assert f"steps.{step}.{key}: '{value}' holds the worker's own state {home}" in message
+
+
+def test_two_outputs_of_one_container_folder_are_refused_before_any_job():
+    """Docker refused the job ('Duplicate mount point'), quoted as "Run 'docker run --help'"."""
+    message = refusal({"steps": {"splitor": {"outputs": {
+        "train": {"source": "/opt/ml/processing/train"},
+        "again": {"source": "/opt/ml/processing/train/"}}}}})
+    assert "steps.splitor.outputs.train.source: /opt/ml/processing/train is output again's" \
+        in message
+
+
+def test_a_kill_mid_copy_leaves_no_partial_output(tmp_path, monkeypatch):
+    """A SIGTERM to `smtask run` while a 1.5 GB output was being staged left 765 MB of it in
+    the artifacts: the staging folder was registered only after the copy."""
+    from conftest import local_state
+
+    from smtask.errors import TaskInterrupted
+    from smtask.local import staging
+
+    produced = tmp_path / "job"
+    produced.mkdir()
+    for i in range(3):
+        (produced / f"part-{i}").write_text("x")
+    final = tmp_path / "artifacts" / "run" / "step" / "out"
+    session = local_state(tmp_path / "scratch", artifacts=(tmp_path / "artifacts").as_uri(),
+                          step="step")
+    real, copied = staging.shutil.copyfile, []
+
+    def copyfile(src, dst, **kwargs):
+        if copied:
+            raise TaskInterrupted("killed")  # what on_kill raises from the signal handler
+        copied.append(src)
+        return real(src, dst, **kwargs)
+
+    monkeypatch.setattr(staging.shutil, "copyfile", copyfile)
+    with pytest.raises(TaskInterrupted):
+        staging.stage(session, produced, final.as_uri(), "out")
+    staging.discard(session)  # what the local session's exit does
+    assert list(final.parent.iterdir()) == []
+
+
+def test_a_failing_docker_ps_is_no_answer_and_cleanup_removes_nothing(tmp_path, monkeypatch):
+    """With DOCKER_CONTEXT=bogus (or a socket it may not open) `docker ps` fails with words
+    the engine-gone rule did not know: a dead owner's scratch folder that a running container
+    still mounted was deleted, and `smtask cleanup` exited 0."""
+    import socket
+    import subprocess
+
+    from smtask.errors import EngineUnreachable
+    from smtask.local import containers, state
+
+    monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
+    scratch = tmp_path / "tmp" / "orphan"
+    scratch.mkdir(parents=True)
+    (scratch / state.OWNER_FILE).write_text(str(state.Owner(socket.gethostname(), 2**22 + 7, 1.0)))
+
+    def run(args, **kwargs):
+        return subprocess.CompletedProcess(args, 1, "", 'context "bogus": context not found\n')
+
+    monkeypatch.setattr(containers.subprocess, "run", run)
+    with pytest.raises(EngineUnreachable, match=r"`docker ps` failed .context .bogus.: "
+                                                r"context not found.: which containers run "
+                                                "cannot be told"):
+        containers.cleanup_orphans()
+    assert scratch.is_dir()

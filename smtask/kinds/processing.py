@@ -237,9 +237,15 @@ def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Itera
     elif script and "requirements" in cfg:
         yield (f"steps.{step}.requirements: needs source_dir + code (framework processing); a "
                "code_path script runs as it is, in an image that holds its packages")
+    sources: dict[str, str] = {}
     for name in sorted(cfg.get("outputs") or {}):
         if problem := name_problem("data", name):
             yield f"steps.{step}.outputs: output name {problem}"
+        source = posixpath.normpath(cfg["outputs"][name]["source"])
+        if source in sources:  # one folder of the container is one output (one mount)
+            yield (f"steps.{step}.outputs.{name}.source: {source} is output "
+                   f"{sources[source]}'s already")
+        sources.setdefault(source, name)
 
 
 SCHEMA: dict[str, Any] = {

@@ -30,7 +30,7 @@ from smtask.kinds.common import (
 from smtask.naming import key_path
 from smtask.params.schemas import (
     COMMON_STEP_KEYS,
-    NAME,
+    MIME_TYPE,
     ONE_LINE,
     ONE_LINE_RULE,
     PATH,
@@ -303,7 +303,7 @@ SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    "content_type": NAME,
+                    "content_type": MIME_TYPE,
                     "input_mode": {"enum": ["File", "Pipe", "FastFile"]},
                     "s3_data_distribution": {"enum": ["FullyReplicated", "ShardedByS3Key"]},
                 },

@@ -21,7 +21,7 @@ from smtask.kinds.common import (
     remote,
 )
 from smtask.naming import name_problem, quoted
-from smtask.params.schemas import COMMON_STEP_KEYS, NAME, PATH, POSITIVE, environment
+from smtask.params.schemas import COMMON_STEP_KEYS, MIME_TYPE, PATH, POSITIVE, environment
 
 _LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
 _RETURNED_KEYS = ("data", "model", "model_name")
@@ -273,8 +273,8 @@ SCHEMA: dict[str, Any] = {
         **COMMON_STEP_KEYS,
         # CreateTransformJob's limits; the model it creates gets the same environment
         "environment": environment(1024, entries=16),
-        "content_type": NAME,
-        "accept": NAME,
+        "content_type": MIME_TYPE,
+        "accept": MIME_TYPE,
         "split_type": {"enum": ["None", "Line", "RecordIO", "TFRecord"]},
         "assemble_with": {"enum": ["None", "Line"]},
         "strategy": {"enum": ["MultiRecord", "SingleRecord"]},

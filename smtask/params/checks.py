@@ -126,6 +126,7 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     if run_conf is not None and not isinstance(run_conf, Mapping):
         raise ParamsError(f"the run's conf must be a JSON object, got {type(run_conf).__name__}")
     conf = dict(run_conf or {})
+    _raise(list(_shape_problems(conf)))
     problems = []
     if isinstance(conf.get("steps"), Mapping):
         default_steps = defaults.get("steps")
@@ -143,6 +144,30 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     own = {key for key in defaults if key not in TOP_SCHEMA["properties"]}
     _raise(problems + _problems({k: v for k, v in params.items() if k not in own}, steps))
     return params
+
+
+MAX_DEPTH = 32  # how deeply a conf may nest (settings, plain steps): Airflow serializes it
+
+
+def _shape_problems(conf: Any) -> Iterable[str]:
+    """NUL bytes (no process takes one in its arguments or environment) and nesting deeper
+    than :data:`MAX_DEPTH` (Airflow fails to serialize it, a merge would recurse), found
+    without recursion."""
+    stack: list[tuple[tuple[str, ...], Any, int]] = [((), conf, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            yield f"{key_path(*where[:4])}: nested more than {MAX_DEPTH} deep"
+        elif isinstance(value, str) and "\x00" in value:
+            yield f"{key_path(*where)}: contains a NUL byte"
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    yield f"{key_path(*where)}: a key contains a NUL byte"
+                else:
+                    stack.append(((*where, str(key)), item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend(((*where, str(i)), item, depth + 1) for i, item in enumerate(value))
 
 
 def _image_problems(params: Mapping[str, Any], step: str, kind: JobKind, cfg: Any) -> Iterable[str]:
@@ -232,6 +257,16 @@ def _settings_problems(step: str, kind: JobKind, cfg: Mapping[str, Any]) -> Iter
         yield f"steps.{step}.settings: {size} bytes as JSON, at most {SETTINGS_MAX_BYTES}"
 
 
+def _worker_state() -> list[Path]:
+    """The folders of the worker's own state: SMTASK_HOME, AIRFLOW_HOME."""
+    from smtask.naming import smtask_home
+
+    found = [smtask_home().resolve()]
+    if os.environ.get("AIRFLOW_HOME"):
+        found.append(Path(os.environ["AIRFLOW_HOME"]).resolve())
+    return found
+
+
 def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[str]:
     """The code a step names must exist on the worker, inside the code root, before a job is
     created (called once the schema holds, so the keys are there and are strings)."""
@@ -241,6 +276,15 @@ def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[s
         if key in cfg and not (root / cfg[key]).resolve().is_relative_to(root):
             yield f"steps.{step}.{key}: {quoted(cfg[key])} is outside the code root {root}"
             return
+        # the worker's own state (Airflow's config with its keys, its DB, the artifacts) is no
+        # code, even inside the code root (./run keeps .smtask in the repository)
+        if key not in cfg:
+            continue
+        code = (root / cfg[key]).resolve()
+        for state in _worker_state():
+            if code.is_relative_to(state) or state.is_relative_to(code):
+                yield f"steps.{step}.{key}: {quoted(cfg[key])} holds the worker's own state {state}"
+                return
     # os.path answers False for a name the OS refuses (e.g. too long) where Path would raise
     if "code_path" in cfg and not os.path.isfile(root / cfg["code_path"]):
         yield f"steps.{step}.code_path: no file {root / cfg['code_path']}"

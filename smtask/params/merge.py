@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 EXEC_ENVIRONMENT = ("BASH_ENV", "ENV", "PS4", "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS",
                     "BASH_FUNC_*", "LD_*", "PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
                     "PYTHONINSPECT", "PYTHONUSERBASE", "PYTHONSAFEPATH", "PIP_*",
-                    "SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SMTASK_*")
+                    "SAGEMAKER_PROGRAM", "SAGEMAKER_SUBMIT_DIRECTORY", "SMTASK_*", "DOCKER_*")
 PROTECTED = ("role", "image", "artifacts", "aws_conn_id", "region_name", "local.image",
              "local.artifacts", "local.s3_endpoint", "local.models", "steps.*.image",
              "steps.*.model_name", "steps.*.command",

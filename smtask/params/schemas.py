@@ -53,6 +53,11 @@ IMAGE = {
                    "py_version": string(16)},
 }
 PATH = string(1024)
+# A MIME type (RFC 6838's names; parameters such as "; label_size=0"): SageMaker takes any
+# string, but the SDK's training driver writes a channel's into a shell file it sources.
+_TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
+MIME_TYPE = string(256, pattern=rf'^{_TOKEN}/{_TOKEN}( *; *{_TOKEN}=({_TOKEN}|"[^"\'\\\\]*"))*$',
+                   **{RULE: "is not a MIME type (type/subtype, then any ; name=value)"})
 # a file:// URI names no host: file://data/x would mean /x to smtask and data/x to the SDK
 URI = string(1024, pattern="^(s3://[^/]|file:///)",
              **{RULE: "is not an s3://bucket/... or file:///... URI"})
