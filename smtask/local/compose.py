@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,15 +69,21 @@ def _mount(volume: str, scratch: Path) -> str:
     return ":".join([host, container, *(o for o in options if o not in ("ro", "rw")), "ro"])
 
 
+def _each_string(value: Any, change: Callable[[str], str]) -> Any:
+    """``value`` (a compose value: strings, lists, mappings) with ``change`` made to every
+    string in it."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        return [_each_string(item, change) for item in value]
+    if isinstance(value, dict):
+        return {key: _each_string(item, change) for key, item in value.items()}
+    return value
+
+
 def literal(value: Any) -> Any:
     """``value`` with every ``$`` doubled in its strings: compose's literal ``$``."""
-    if isinstance(value, str):
-        return value.replace("$", "$$")
-    if isinstance(value, list):
-        return [literal(item) for item in value]
-    if isinstance(value, dict):
-        return {key: literal(item) for key, item in value.items()}
-    return value
+    return _each_string(value, lambda text: text.replace("$", "$$"))
 
 
 def harden(content: dict[str, Any], session: Any, root: str = "") -> dict[str, Any]:
@@ -173,15 +179,9 @@ def bounded_lines(stream: IO[bytes], limit: int = LINE_MAX) -> Iterator[bytes]:
         yield chunk.rstrip(b"\r") + f" ... [{dropped} more bytes of this line cut]\n".encode()
 
 
-def _literal(value: Any) -> Any:
+def _unescaped(value: Any) -> Any:
     """A compose value as the container gets it: ``$$`` is ``$``."""
-    if isinstance(value, str):
-        return value.replace("$$", "$")
-    if isinstance(value, list):
-        return [_literal(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _literal(v) for k, v in value.items()}
-    return value
+    return _each_string(value, lambda text: text.replace("$$", "$"))
 
 
 def container_name(project: str, name: str, service: dict[str, Any]) -> str:
@@ -197,7 +197,7 @@ def run_args(project: str, name: str, service: dict[str, Any], *,
     if unknown:
         raise SystemExit(f"smtask.local.compose: service {name}: unsupported compose key(s) "
                          f"{', '.join(unknown)}")
-    service = _literal(service)
+    service = _unescaped(service)
     args = ["run", *(["-d"] if detach else []), "--pull", "never",
             "--name", container_name(project, name, service)]
     if service.get("network_mode"):
