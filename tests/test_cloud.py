@@ -96,6 +96,8 @@ class FakeSageMaker:
             method = f"create_{kind}_job"
             monkeypatch.setattr(SageMakerModelBackend, method,
                                 self._wrap(kind, getattr(SageMakerModelBackend, method)))
+        monkeypatch.setattr(SageMakerModelBackend, "create_model",
+                            self._unique_model(SageMakerModelBackend.create_model))
 
     def _record(self, action: str, handler: Any) -> Any:
         def record(response: Any) -> Any:
@@ -117,6 +119,20 @@ class FakeSageMaker:
 
     def job(self, kind: str, name: str) -> Any:
         return getattr(self.backend(), JOBS[kind])[name]
+
+    @staticmethod
+    def _unique_model(create: Any) -> Any:
+        """moto replaces a model of the same name; SageMaker refuses the create."""
+        def create_model(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            from moto.sagemaker.exceptions import ValidationError
+
+            name = kwargs.get("model_name") or (args[0] if args else None)
+            if name in backend._models:
+                raise ValidationError(message="Cannot create already existing model "
+                                              f'"{backend._models[name].arn}".')
+            return create(backend, *args, **kwargs)
+
+        return create_model
 
     def _wrap(self, kind: str, create: Any) -> Any:
         def create_job(backend: Any, *args: Any, **kwargs: Any) -> Any:

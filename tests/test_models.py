@@ -122,6 +122,26 @@ def test_a_bad_existing_model_fails_naming_the_step_before_any_container(
     assert containers_with_label() == []
 
 
+def test_an_s3_model_is_used_as_it_is_when_local_mode_has_an_s3_endpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from smtask.errors import ParamsError
+    from smtask.kinds import transform
+
+    def ctx(local):
+        return SimpleNamespace(params={"local": local}, step="transformer",
+                               path=lambda where: tmp_path / where)
+
+    where = "s3://bucket/model.tar.gz"
+    assert transform._local_model_data(ctx({"s3_endpoint": "http://127.0.0.1:9"}), "m",
+                                       where) == where
+    with pytest.raises(ParamsError, match="an s3:// model needs local.s3_endpoint"):
+        transform._local_model_data(ctx({}), "m", where)
+    (tmp_path / "model.tar.gz").write_bytes(b"")
+    assert transform._local_model_data(ctx({}), "m", "model.tar.gz") == \
+        (tmp_path / "model.tar.gz").as_uri()
+
+
 # --- local mode, in containers ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")

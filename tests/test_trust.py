@@ -338,6 +338,29 @@ def test_a_lost_create_answer_reattaches_to_the_jobs_own_job(tmp_path, sagemaker
     assert "the answer was lost: re-attaching to it" in capfd.readouterr().out
 
 
+def test_a_lost_create_model_answer_uses_the_model_this_task_made(tmp_path, sagemaker,
+                                                                   monkeypatch):
+    """CreateModel's answer lost (botocore retries it: ResourceInUse): the model carries this
+    task instance's tag, so the transform goes on with it; another's model fails the task."""
+    from moto.sagemaker.models import SageMakerModelBackend
+    from test_cloud import TRANSFORM, lost_answer
+
+    real, lost = SageMakerModelBackend.create_model, []
+
+    def create_model(backend, *args, **kwargs):
+        model = real(backend, *args, **kwargs)
+        if not lost:
+            lost.append(kwargs.get("model_name"))
+            raise lost_answer()
+        return model
+
+    monkeypatch.setattr(SageMakerModelBackend, "create_model", create_model)
+    result = run_dag(TRANSFORM, config=cloud_config(tmp_path))
+    assert result.ok, result.states
+    assert result.xcom["predict"]["model_name"] == lost[0]
+    assert [k for k, _ in sagemaker.creates] == ["transform"]
+
+
 def test_a_job_of_the_same_name_that_another_made_is_left_alone(tmp_path, sagemaker, capfd):
     """ResourceInUse for a job without this task instance's tag (made between the task's look
     for its job and its create): not this task's, so neither adopted nor stopped."""

@@ -148,7 +148,7 @@ def _local_model_data(ctx: StepContext, name: str, where: str) -> str:
         if not (ctx.params.get("local") or {}).get("s3_endpoint"):
             from smtask.errors import ParamsError
 
-        raise ParamsError(f"local.models.{name}.model_data: an s3:// model needs "
+            raise ParamsError(f"local.models.{name}.model_data: an s3:// model needs "
                               f"local.s3_endpoint in local mode (step '{ctx.step}')")
         return where
     path = Path(urlparse(where).path) if where.startswith("file://") else Path(ctx.path(where))
@@ -227,7 +227,7 @@ def _create_model(session: Any, job: dict[str, Any], name: str, model_data: str,
         if tags.get(INSTANCE_TAG) != job["tags"][INSTANCE_TAG]:
             from smtask.errors import ParamsError
 
-        raise ParamsError(f"step '{job['step']}': a model named {name} exists that this task "
+            raise ParamsError(f"step '{job['step']}': a model named {name} exists that this task "
                               "instance did not create; it is left as it is") from exc
 
 
