@@ -79,6 +79,9 @@ class JobKind:
     outputs: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
     complete: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
     check: Callable[[str, Mapping[str, Any], Mapping[str, Any]], Problems] | None = None
+    # problems of the step's form (which keys go together): like the schema's, while one
+    # stands no file or image is looked up and ``check`` waits
+    form: Callable[[str, Mapping[str, Any]], Problems] | None = None
     max_name: int = 63  # the API's limit on the job's name
     event_keys: tuple[str, ...] = ()  # what of a finished job's description a trigger keeps
     # the output URIs every job of a task instance writes to (cleared before a rerun)

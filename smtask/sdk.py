@@ -112,17 +112,25 @@ def install(target: str, wrap: Callable[[Any], Any]) -> None:
     setattr(owner, name, replacement)
 
 
+_ABSENT = object()  # an attribute the object only inherits
+
+
 @contextlib.contextmanager
 def replaced(*swaps: tuple[Any, str, Any]) -> Iterator[None]:
-    """Set ``obj.name = value`` for each swap while inside; restore the originals after."""
-    originals = [(obj, name, getattr(obj, name)) for obj, name, _ in swaps]
+    """Set ``obj.name = value`` for each swap while inside; restore the originals after, as
+    they were in ``obj`` itself (a class's staticmethod stays one; an inherited attribute is
+    removed again), as ``unittest.mock.patch`` does."""
+    originals = [(obj, name, vars(obj).get(name, _ABSENT)) for obj, name, _ in swaps]
     for obj, name, value in swaps:
         setattr(obj, name, value)
     try:
         yield
     finally:
-        for obj, name, value in originals:
-            setattr(obj, name, value)
+        for obj, name, value in reversed(originals):
+            if value is _ABSENT:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, value)
 
 
 def telemetry_off() -> dict[str, Any]:

@@ -163,6 +163,30 @@ def test_sdk_functions_are_replaced_inside_a_local_session_and_restored_after():
     assert [getattr(module, name) for module, name in names] == originals
 
 
+def test_a_replaced_attribute_comes_back_as_it_was_in_its_owner():
+    """The trainer's correction of TrainDefaults.get_role (a staticmethod) left a plain
+    function behind, which an instance's call would bind as a method."""
+    from sagemaker.train.defaults import TrainDefaults
+
+    from smtask import sdk
+
+    class Base:
+        inherited = "base's"
+
+    class Owner(Base):
+        @staticmethod
+        def static(role):
+            return role
+
+    before = vars(TrainDefaults)["get_role"]
+    with sdk.replaced((Owner, "static", lambda role: "x"), (Owner, "inherited", "own"),
+                      (TrainDefaults, "get_role", staticmethod(lambda **kwargs: "r"))):
+        assert Owner.inherited == "own" and TrainDefaults.get_role() == "r"
+    assert isinstance(vars(Owner)["static"], staticmethod) and Owner().static("r") == "r"
+    assert "inherited" not in vars(Owner) and Owner.inherited == "base's"
+    assert vars(TrainDefaults)["get_role"] is before
+
+
 def test_container_output_goes_to_the_sink_and_a_failure_quotes_the_exit_code(tmp_path):
     import subprocess
     lines: list[str] = []

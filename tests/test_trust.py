@@ -646,3 +646,18 @@ def test_a_failing_docker_ps_is_no_answer_and_cleanup_removes_nothing(tmp_path, 
                                                 "cannot be told"):
         containers.cleanup_orphans()
     assert scratch.is_dir()
+
+
+@pytest.mark.parametrize(("conf", "both"), [
+    ({"steps": {"splitor": {"outputs": {"bad name": {"source": "/opt/ml/processing/x"}},
+                            "code_path": "code/missing.py"}}},
+     ("steps.splitor.outputs: output name", "steps.splitor.code_path: no file")),
+    ({"steps": {"trainer": {"hyperparameters": {"bad name": "1"}, "source_dir": "nowhere"}}},
+     ("steps.trainer.hyperparameters.'bad name': a script's hyperparameter name",
+      "steps.trainer.source_dir: no folder")),
+])
+def test_a_kinds_own_check_does_not_hide_a_missing_file(conf, both):
+    """A kind's own checks (output names, the driver's rules) and the files a step names are
+    looked at together: one refusal names both."""
+    message = refusal(conf)
+    assert all(part in message for part in both), message

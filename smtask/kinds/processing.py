@@ -220,10 +220,9 @@ def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
             "outputs": {name: o["destination"] for name, o in job["outputs"].items()}}
 
 
-def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
+def form(step: str, cfg: Mapping[str, Any]) -> Iterable[str]:
     """One script (``code_path``) or a source dir (``source_dir`` + ``code``, with optional
-    ``requirements``): exactly one of the two forms; each output's name becomes a folder of
-    the run's artifacts."""
+    ``requirements``): exactly one of the two forms."""
     script, framework = "code_path" in cfg, [k for k in ("source_dir", "code") if k in cfg]
     if script and framework:
         yield (f"steps.{step}: code_path and {' + '.join(framework)} both given; give either "
@@ -237,6 +236,11 @@ def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Itera
     elif script and "requirements" in cfg:
         yield (f"steps.{step}.requirements: needs source_dir + code (framework processing); a "
                "code_path script runs as it is, in an image that holds its packages")
+
+
+def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
+    """Each output's name becomes a folder of the run's artifacts; each output is a folder
+    of its own in the container."""
     sources: dict[str, str] = {}
     for name in sorted(cfg.get("outputs") or {}):
         if problem := name_problem("data", name):
@@ -250,7 +254,7 @@ def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Itera
 
 SCHEMA: dict[str, Any] = {
     # one script (code_path: ScriptProcessor) or a source dir (source_dir + code:
-    # FrameworkProcessor), exactly one of the two: see check
+    # FrameworkProcessor), exactly one of the two: see form
     "required": ["outputs"],
     "properties": {
         **COMMON_STEP_KEYS,
@@ -280,7 +284,7 @@ SCHEMA: dict[str, Any] = {
 KIND = JobKind(
     name="processing", decorator="sm_processing",
     api=Api.of_job("ProcessingJob"),
-    schema=SCHEMA, image_scope="processing", check=check,
+    schema=SCHEMA, image_scope="processing", form=form, check=check,
     spec=spec, submit=submit, outputs=outputs, shared_outputs=shared_outputs,
     settings="always", runtime_limited=True,
 )

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from smtask.errors import ParamsError
-from smtask.params.checks import load_config, refusal, resolve, step_schema
+from smtask.params.checks import load_config, resolve, step_schema
 from smtask.params.merge import NEVER
 from smtask.params.schemas import PLAIN_STEP, TOP_SCHEMA
 from smtask.schema import DIALECT, KEY, WHAT
@@ -160,4 +160,4 @@ def check_authors_params(dag: Any, conf: Mapping[str, Any]) -> None:
         except ParamValidationError as exc:
             problems.append(f"param {key}: {str(exc).splitlines()[0]}")
     if problems:
-        raise ParamsError(refusal(problems), problems)
+        raise ParamsError("\n".join(problems))

@@ -98,11 +98,11 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, JobKind]) -> list[s
         shape = list(_schema_problems(cfg, step_schema(kind), ("steps", step)))
         problems.extend(shape)
         if not shape:
-            shape = list(_settings_problems(step, kind, cfg))
-            # what only the kind knows; a problem there is one of shape (nothing looked up)
-            own = list(kind.check(step, cfg, params)) if kind.check else []
-            shape += own
+            shape = [*(kind.form(step, cfg) if kind.form else ()),
+                     *_settings_problems(step, kind, cfg)]
             problems.extend(shape)
+        if not shape and kind.check:  # what only the kind knows, once its form is right
+            problems.extend(kind.check(step, cfg, params))
         if not top and not shape:  # a path the schema refused is not looked up on disk
             problems.extend(_file_problems(params, step, cfg))
             problems.extend(_image_problems(params, step, kind, cfg))
