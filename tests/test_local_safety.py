@@ -526,6 +526,7 @@ def test_a_training_script_error_is_quoted_not_the_drivers(tmp_path, loopback_gu
             "(exit code 1; last lines: ") in message, message
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no stray trace
 def test_a_model_that_cannot_load_fails_at_once_with_the_servers_reason(tmp_path, loopback_guard,
                                                                        capfd):
     broken = tmp_path / "broken"

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from conftest import LOCAL_IMAGE, ROOT, containers_with_label, run_dag, write_config
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker")]
+# a serving container that fails is reported by the task, not as a stray thread's traceback
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker"),
+              pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")]
 
 
 def path(uri: str) -> Path:

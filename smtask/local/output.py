@@ -131,10 +131,23 @@ def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess
             if not engine_answers():  # compose lost its engine: say so, not compose's traceback
                 raise EngineUnreachable(engine_gone("".join(own)))
             container_code = _container_exit_code(list(own))
+            if _serving_thread():
+                # the serving container's thread: its failure is the health wait's or the
+                # transform's to report (see serving); raised here it is a stray traceback
+                return exit_code
             raise ContainerFailed(output.failure(container_code or exit_code, list(own)))
         return exit_code
 
     return stream_output
+
+
+def _serving_thread() -> bool:
+    """Whether this is the thread the SDK runs a serving container's compose file in."""
+    import threading
+
+    from sagemaker.core.local.image import _HostingContainer
+
+    return isinstance(threading.current_thread(), _HostingContainer)
 
 
 def _container_exit_code(lines: list[str]) -> int | None:
