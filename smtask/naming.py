@@ -84,9 +84,13 @@ def attempt_name(job_name: str, attempt: int, max_length: int = MAX_JOB_NAME) ->
 
 
 # a run id as Airflow makes it (manual__2026-12-01T06:00:00.123456+00:00), and as a component
-_AIRFLOW_RUN_ID = re.compile(r"[a-z_]+__\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
-_AIRFLOW_COMPONENT = re.compile(r"[a-z_]+__\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d(\.\d+)?-00-00")
-_HASHED = re.compile(r".*-h[0-9a-f]{12}")
+# (ASCII digits only: Python's \d, and Airflow's run id rule, also take other scripts' digits)
+_AIRFLOW_RUN_ID = re.compile(r"[a-z_]+__[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+                             r"(\.[0-9]+)?\+00:00")
+_AIRFLOW_COMPONENT = re.compile(r"[a-z_]+__[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}-[0-9]{2}-[0-9]{2}"
+                                r"(\.[0-9]+)?-00-00")
+_HASH_HEX = 32  # 128 bits of sha256: no two ids can be made to meet
+_HASHED = re.compile(rf".*-h[0-9a-f]{{{_HASH_HEX}}}")
 
 
 def path_component(text: str) -> str:
@@ -96,7 +100,7 @@ def path_component(text: str) -> str:
 
     An id that is a component already stays as it is, and so does a run id Airflow made
     (its ``:`` and ``+`` become ``-``, in their fixed places). Any other id is made one and
-    takes ``-h`` and 12 hex digits of its hash (``.copy`` and ``_copy``, ``r:1`` and ``r+1``
+    takes ``-h`` and 32 hex digits of its hash (``.copy`` and ``_copy``, ``r:1`` and ``r+1``
     stay apart); so does an id that has the shape of those two forms, so no id can name
     another's folder."""
     component = re.sub(r"^\.+", "_", _slug(text, "A-Za-z0-9._-")) or "_"
@@ -105,7 +109,8 @@ def path_component(text: str) -> str:
     if component == text and not _AIRFLOW_COMPONENT.fullmatch(text) and \
             not _HASHED.fullmatch(text):
         return component
-    return f"{component}-h{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_HEX]
+    return f"{component}-h{digest}"
 
 
 def run_prefix(artifacts: str, pipeline: str, dag_id: str, run_id: str, map_index: int = -1) -> str:
