@@ -15,7 +15,9 @@ Imports jsonschema only (no Airflow, no SDK).
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -121,10 +123,36 @@ def _wrap(keyword: Any) -> Any:
     return check
 
 
+@functools.lru_cache(maxsize=256)
+def ecma(pattern: str) -> re.Pattern[str]:
+    """``pattern`` as JSON Schema means it (ECMA 262): its ``$`` is the end of the text, where
+    Python's ``$`` also matches before a last newline ("text/csv\\n" would pass ``...$``)."""
+    out, escaped, in_class = [], False, False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[":
+            in_class = True
+        elif char == "]":
+            in_class = False
+        elif char == "$" and not in_class:
+            char = r"\Z"
+        out.append(char)
+    return re.compile("".join(out))
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not ecma(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 _META = {**copy.deepcopy(Draft7Validator.META_SCHEMA), "$id": DIALECT}
 Validator = validators.create(
     meta_schema=_META,
-    validators={name: _wrap(fn) for name, fn in Draft7Validator.VALIDATORS.items()},
+    validators={name: _wrap(_pattern if name == "pattern" else fn)
+                for name, fn in Draft7Validator.VALIDATORS.items()},
     type_checker=Draft7Validator.TYPE_CHECKER,
     format_checker=Draft7Validator.FORMAT_CHECKER,
     version="smtask-params-draft7",

@@ -54,7 +54,7 @@ def test_lists_in_run_conf_replace_rather_than_append(defaults):
     ({"steps": {"trainer": {"entry_script": "nope.py"}}},
      "steps.trainer.entry_script: no file nope.py"),
     ({"steps": {"splitor": {"outputs": {"train": {"source": "/tmp/train"}}}}},
-     "steps.splitor.outputs.train.source: '/tmp/train' does not match"),
+     "steps.splitor.outputs.train.source: '/tmp/train' is not a path under /opt/ml/"),
     ({"pipelin_name": "x"}, "pipelin_name: unknown key"),
     ({"steps": {"transformer": {"split_type": "Lines"}}},
      "steps.transformer.split_type: 'Lines' is not one of"),

@@ -106,7 +106,7 @@ def test_smtask_compose_runs_a_service_as_docker_run_with_literal_values():
     args, passed = compose.run_args("proj", "algo-1", service, detach=False)
     assert args == ["run", "--pull", "never", "--name", "abc-algo-1", "--network", "host", "-t",
                     "--label", "smtask.session=s1", "-v", "/h/out:/opt/ml/output",
-                    "-v", "/h/in:/opt/ml/input/data/x:ro", "-e", "A", "-e", "B", "-e", "EMPTY",
+                    "-v", "/h/in:/opt/ml/input/data/x:ro",
                     "--entrypoint", "python3", "img:1", "/opt/ml/code/x.py", "--note", "$HOME"]
     assert passed == {"A": "costs $5", "B": "${X}", "EMPTY": ""}  # never on the command line
     args, _ = compose.run_args("proj", "algo-1", {"image": "img", "command": "serve"})
@@ -210,7 +210,11 @@ def test_container_output_goes_to_the_sink_and_a_failure_quotes_the_exit_code(tm
     (["Attaching to abc-algo-1", "abc-algo-1  | split 10 rows", "abc-algo-1 exited with code 3",
       "Aborting on container exit...", "3"], "split 10 rows"),
     (["\x1b[36mxyz-algo-1 |\x1b[0m KeyError: 'label'"], "KeyError: 'label'"),
-], ids=["driver-wraps-the-scripts-error", "exit-without-traceback", "colour-codes"])
+    (["docker: Error response from daemon: Duplicate mount point: /opt/ml/processing/x.",
+      "Run 'docker run --help' for more information"],
+     "docker: Error response from daemon: Duplicate mount point: /opt/ml/processing/x."),
+], ids=["driver-wraps-the-scripts-error", "exit-without-traceback", "colour-codes",
+        "dockers-own-refusal"])
 def test_failure_reason_quotes_the_scripts_own_error(lines, cause):
     reason = local.ContainerOutput(print).failure(1, lines)
     assert reason.startswith(cause + " (exit code 1; last lines: ")

@@ -502,6 +502,11 @@ def test_a_run_may_not_set_a_variable_the_workers_docker_cli_reads(name):
 
 
 def test_the_compose_runner_hands_no_job_variable_to_the_docker_cli(monkeypatch, tmp_path):
+    """The job's variables once passed through the docker CLI's own environment: DOCKER_HOST
+    chose the engine, SSH_ASKPASS (for an ssh:// engine) the program ssh runs, OTEL_* where
+    the CLI exports its telemetry. They now reach the container through a 0600 env file."""
+    import stat
+
     from smtask.local import compose
 
     started = []
@@ -512,16 +517,39 @@ def test_the_compose_runner_hands_no_job_variable_to_the_docker_cli(monkeypatch,
 
     monkeypatch.setattr(compose.subprocess, "Popen", Popen)
     monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
-    job = compose.Job("p", {"s": {"image": "i", "environment": {
-        "DOCKER_HOST": "tcp://elsewhere:1", "LD_PRELOAD": "/x.so", "SECRET_TOKEN": "t"}}},
-        str(tmp_path))
+    environment = {"DOCKER_HOST": "tcp://elsewhere:1", "SSH_ASKPASS": "/tmp/evil",
+                   "OTEL_EXPORTER_OTLP_HEADERS": "a=b", "SECRET_TOKEN": "t", "EMPTY": "",
+                   "TWO_LINES": "a\nb"}
+    job = compose.Job("p", {"s": {"image": "i", "environment": environment}}, str(tmp_path))
     job.start()
-    args, env = started[0]
-    assert env["DOCKER_HOST"] == "unix:///var/run/docker.sock" and "LD_PRELOAD" not in env
-    # the container still gets them; a plain variable's value stays off the command line
-    assert "DOCKER_HOST=tcp://elsewhere:1" in args and "LD_PRELOAD=/x.so" in args
-    assert env["SECRET_TOKEN"] == "t" and "SECRET_TOKEN" in args and \
-        not any("SECRET_TOKEN=" in a for a in args)
+    (args, env), = started
+    assert env is None  # the CLI runs in the worker's own environment, untouched
+    env_file = Path(args[args.index("--env-file") + 1])
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert env_file.read_text().splitlines() == [
+        "DOCKER_HOST=tcp://elsewhere:1", "SSH_ASKPASS=/tmp/evil", "OTEL_EXPORTER_OTLP_HEADERS=a=b",
+        "SECRET_TOKEN=t", "EMPTY="]
+    assert not any("SECRET_TOKEN" in a or "DOCKER_HOST" in a for a in args)
+    assert "TWO_LINES=a\nb" in args  # an env file cannot hold it
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_a_containers_environment_arrives_as_written_through_the_env_file(tmp_path):
+    """What docker makes of the env file: values with spaces, =, quotes, # and $ as written."""
+    import subprocess
+
+    from conftest import LOCAL_IMAGE
+
+    from smtask.local import compose
+
+    values = {"A": " lead and trail ", "B": "x=y", "C": "'q' \"d\"", "D": "#not a comment",
+              "E": "$HOME", "F": "a\nb"}
+    args = ["run", "--rm", "--network", "host", *compose.environment_args(
+        values, str(tmp_path / "env")), LOCAL_IMAGE, "python3", "-c",
+        "import os, json; print(json.dumps({k: os.environ[k] for k in 'ABCDEF'}))"]
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == values
 
 
 @pytest.mark.parametrize(("conf", "key"), [
@@ -534,6 +562,14 @@ def test_a_nul_byte_is_refused_before_any_job(conf, key):
     with 'ValueError: embedded null byte'."""
     message = refusal(conf)
     assert f"{key}: contains a NUL byte" in message
+
+
+def test_a_lone_surrogate_or_a_nul_key_is_refused_in_one_named_line():
+    """A lone surrogate (valid JSON: "\\ud800") failed the run's first task, one that did not
+    even use the step, with an execution API 500 (UnicodeEncodeError)."""
+    message = refusal({"steps": {"splitor": {"arguments": ["--x", "\ud800"]}}})
+    assert "steps.splitor.arguments.1: contains a lone surrogate" in message
+    assert "the run's conf: a key contains a NUL byte" in refusal({"a\x00": 1})
 
 
 def _deep(depth: int) -> dict:
@@ -661,3 +697,63 @@ def test_a_kinds_own_check_does_not_hide_a_missing_file(conf, both):
     looked at together: one refusal names both."""
     message = refusal(conf)
     assert all(part in message for part in both), message
+
+
+@pytest.mark.parametrize(("conf", "key"), [
+    ({"steps": {"transformer": {"accept": "text/csv\n"}}}, "steps.transformer.accept"),
+    ({"steps": {"trainer": {"hyperparameters": {"max_depth": "3\n"}}}},
+     "steps.trainer.hyperparameters.max_depth"),
+    ({"steps": {"splitor": {"environment": {"PATH\n": "/x"}}}}, "steps.splitor.environment"),
+    ({"steps": {"splitor": {"tags": {"k": "v\n"}}}}, "steps.splitor.tags.k"),
+])
+def test_a_last_newline_does_not_pass_a_pattern_that_ends_with_dollar(conf, key):
+    """JSON Schema's $ is the end of the text; Python's also matches before a last newline:
+    "text/csv\\n" passed, then failed the transform with 'Invalid header value'."""
+    assert key in refusal(conf)
+
+
+@pytest.mark.parametrize("state", ["airflow-default", "airflow-config", "artifacts"])
+def test_a_code_path_may_not_hold_airflows_default_home_its_config_or_the_artifacts(
+        tmp_path, monkeypatch, state):
+    """Only AIRFLOW_HOME was checked: unset, Airflow uses ~/airflow (the standard layout, where
+    the code root is often ~/airflow itself), and source_dir "." packed airflow.cfg in."""
+    home = tmp_path / "home"
+    folder = home / "airflow"
+    folder.mkdir(parents=True)
+    (home / "train.py").write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("AIRFLOW_HOME", raising=False)
+    monkeypatch.setenv("SMTASK_HOME", str(tmp_path / "smtask"))
+    config: dict = {"code_root": str(home)}
+    if state == "airflow-config":
+        monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "elsewhere"))
+        monkeypatch.setenv("AIRFLOW_CONFIG", str(folder / "airflow.cfg"))
+    elif state == "artifacts":
+        monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "elsewhere"))
+        config["local"] = {"artifacts": folder.as_uri()}
+    message = refusal({"steps": {"trainer": {"source_dir": ".", "entry_script": "train.py"}}},
+                      config=config)
+    assert f"steps.trainer.source_dir: '.' holds the worker's own state {folder}" in message
+
+
+@pytest.mark.parametrize(("source", "refused"), [
+    ("/opt/ml/processing/input/data-source", "overlaps the inputs' folder /opt/ml/processing/input"),
+    ("/opt/ml/processing/input/config", "overlaps the inputs' folder"),
+    ("/opt/ml/processing/input/data-source/sub", "overlaps the inputs' folder"),
+    ("/opt/ml/processing", "overlaps the inputs' folder"),
+    ("/opt/ml/../../usr/bin", "may not hold a .. segment"),
+])
+def test_an_output_may_not_take_an_inputs_place(source, refused):
+    """An output on an input's folder failed in Docker ('Duplicate mount point'); one inside
+    a read-only input could not be created; /opt/ml/../.. was never normalized."""
+    message = refusal({"steps": {"splitor": {"outputs": {"extra": {"source": source}}}}})
+    assert "steps.splitor.outputs.extra.source" in message and refused in message, message
+
+
+def test_instance_counts_are_bounded_before_any_container():
+    """100,000 passed: local mode would start every instance's container at once."""
+    assert "steps.trainer.instance_count: 9, at most 8 in local mode" in refusal(
+        {"steps": {"trainer": {"instance_count": 9}}})
+    assert "steps.splitor.instance_count" in refusal(
+        {"mode": "sagemaker", "steps": {"splitor": {"instance_count": 101}}},
+        config={"role": "arn:aws:iam::123456789012:role/r", "artifacts": "s3://b/p"})

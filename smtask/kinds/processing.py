@@ -50,7 +50,7 @@ def spec(ctx: StepContext, returned: Any, upstream: Any = ()) -> dict[str, Any]:
     clash = sorted(set(inputs) & set(cfg["outputs"]))
     if clash:
         raise TypeError(f"step '{ctx.step}': input names {clash} are also output names")
-    base = cfg.get("input_destination", "/opt/ml/processing/input")
+    base = cfg.get("input_destination", INPUTS)
     settings_path = posixpath.join(base, SETTINGS_INPUT, SETTINGS_FILE)
     job = ctx.common("ml.m5.large", scope="processing")
     job["environment"][SETTINGS_ENV] = settings_path
@@ -220,6 +220,9 @@ def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
             "outputs": {name: o["destination"] for name, o in job["outputs"].items()}}
 
 
+INPUTS = "/opt/ml/processing/input"  # the SDK's: inputs, the settings' config/, code/
+
+
 def form(step: str, cfg: Mapping[str, Any]) -> Iterable[str]:
     """One script (``code_path``) or a source dir (``source_dir`` + ``code``, with optional
     ``requirements``): exactly one of the two forms."""
@@ -240,16 +243,26 @@ def form(step: str, cfg: Mapping[str, Any]) -> Iterable[str]:
 
 def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
     """Each output's name becomes a folder of the run's artifacts; each output is a folder
-    of its own in the container."""
+    of its own in the container, apart from the inputs' (read-only mounts, the settings, the
+    SDK's code): Docker refuses one mount in another's place or inside a read-only one."""
     sources: dict[str, str] = {}
+    inputs = {posixpath.normpath(cfg.get("input_destination", INPUTS)), INPUTS}
     for name in sorted(cfg.get("outputs") or {}):
         if problem := name_problem("data", name):
             yield f"steps.{step}.outputs: output name {problem}"
         source = posixpath.normpath(cfg["outputs"][name]["source"])
+        at = f"steps.{step}.outputs.{name}.source"
         if source in sources:  # one folder of the container is one output (one mount)
-            yield (f"steps.{step}.outputs.{name}.source: {source} is output "
-                   f"{sources[source]}'s already")
+            yield f"{at}: {source} is output {sources[source]}'s already"
+        for folder in sorted(inputs):
+            if _overlap(source, folder):
+                yield f"{at}: {source} overlaps the inputs' folder {folder}"
         sources.setdefault(source, name)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one of two container folders is, or lies in, the other."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
 SCHEMA: dict[str, Any] = {
@@ -259,6 +272,7 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         **COMMON_STEP_KEYS,
         "environment": environment(256),  # CreateProcessingJob's limits
+        "instance_count": {**COMMON_STEP_KEYS["instance_count"], "maximum": 100},
         "code_path": PATH,
         "source_dir": PATH,
         "code": PATH,

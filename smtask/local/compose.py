@@ -42,12 +42,6 @@ from typing import IO, Any
 
 LINE_MAX = 64 * 1024
 ROOT_LABEL = "smtask.root"  # set by smtask.local on a job's containers: its compose file's folder
-# What the docker CLI (a Go program) reads from its own environment: a job's variable of such a
-# name goes on the CLI's command line, never into the CLI's environment (DOCKER_HOST would pick
-# the engine the job runs on, LD_PRELOAD the CLI's loader, HOME its config). The others pass
-# through the CLI's environment (`-e NAME`), so that their values stay off command lines.
-CLI_READS = re.compile(r"DOCKER_\w*|HOME|PATH|TMPDIR|SHELL|USER|XDG_\w*|LD_\w*|GO\w*|SSL_CERT_\w*"
-                       r"|(?i:https?_proxy|no_proxy|all_proxy|ftp_proxy)|BUILDKIT_\w*|COMPOSE_\w*")
 SERVICE_KEYS = {"image", "container_name", "stdin_open", "tty", "volumes", "environment",
                 "command", "entrypoint", "network_mode", "labels", "deploy"}
 
@@ -191,8 +185,8 @@ def container_name(project: str, name: str, service: dict[str, Any]) -> str:
 
 def run_args(project: str, name: str, service: dict[str, Any], *,
              detach: bool = True) -> tuple[list[str], dict[str, str]]:
-    """``docker run`` arguments for one compose service (attached, or ``-d``), and the
-    variables to pass through the CLI's environment (``-e NAME`` takes the value there)."""
+    """``docker run`` arguments for one compose service (attached, or ``-d``), and its
+    environment (handed to the container by :func:`environment_args`, never to the CLI)."""
     unknown = sorted(set(service) - SERVICE_KEYS)
     if unknown:
         raise SystemExit(f"smtask.local.compose: service {name}: unsupported compose key(s) "
@@ -213,14 +207,7 @@ def run_args(project: str, name: str, service: dict[str, Any], *,
     environment = service.get("environment") or []
     pairs = environment.items() if isinstance(environment, dict) else \
         (entry.split("=", 1) if "=" in entry else (entry, "") for entry in environment)
-    passed = {}
-    for key, value in pairs:
-        value = "" if value is None else str(value)
-        if CLI_READS.fullmatch(key):  # for the container only, never for the CLI itself
-            args += ["-e", f"{key}={value}"]
-        else:
-            args += ["-e", key]
-            passed[key] = value
+    passed = {key: "" if value is None else str(value) for key, value in pairs}
     devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations")
                or {}).get("devices") or []
     if any("gpu" in (d.get("capabilities") or []) for d in devices):
@@ -231,6 +218,25 @@ def run_args(project: str, name: str, service: dict[str, Any], *,
     if entrypoint:
         args += ["--entrypoint", entrypoint[0]]
     return [*args, service["image"], *entrypoint[1:], *command], passed
+
+
+def environment_args(environment: dict[str, str], env_file: str) -> list[str]:
+    """``docker run`` arguments that give the container ``environment``: an ``--env-file``
+    (0600) holding the values, so that none is on a command line (``ps``) nor in the docker
+    CLI's own environment (where DOCKER_HOST, SSH_ASKPASS, OTEL_* and the like would steer the
+    CLI itself); a value with a line break, which an env file cannot hold, as ``-e NAME=value``."""
+    lines, args = [], []
+    for key, value in environment.items():
+        if "\n" in value or "\r" in value:
+            args += ["-e", f"{key}={value}"]
+        else:
+            lines.append(f"{key}={value}\n")
+    if lines:
+        descriptor = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.writelines(lines)
+        args = ["--env-file", env_file, *args]
+    return args
 
 
 class Job:
@@ -249,11 +255,13 @@ class Job:
 
     def start(self, detach: bool = False) -> None:
         for number, (name, service) in enumerate(self.services.items()):
-            args, passed = run_args(self.project, name, service, detach=detach)
+            args, environment = run_args(self.project, name, service, detach=detach)
             cidfile = os.path.join(self.scratch, f".cid-{os.getpid()}-{number}")
+            env_file = os.path.join(self.scratch, f".env-{os.getpid()}-{number}")
             # the daemon keeps a bounded, rotated log of each job (docker logs --tail works)
-            args[1:1] = ["--cidfile", cidfile, "--log-driver", "local"]
-            process = subprocess.Popen(["docker", *args], env={**os.environ, **passed},
+            args[1:1] = ["--cidfile", cidfile, "--log-driver", "local",
+                         *environment_args(environment, env_file)]
+            process = subprocess.Popen(["docker", *args],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT)
             self.runs.append((container_name(self.project, name, service), process, cidfile))

@@ -87,6 +87,11 @@ _WRAPPERS = ("subprocess.CalledProcessError", "ExecuteUserScriptError", "SystemE
 
 
 def cause(lines: list[str]) -> str:
+    # the docker CLI's own refusal (the container never ran): "docker: Error response from
+    # daemon: ...", not its "Run 'docker run --help' for more information"
+    refused = [line for line in lines if line.startswith("docker: ")]
+    if refused:
+        return refused[-1]
     errors = [line for line in lines
               if re.match(r"^([\w.]+\.)?\w*(Error|Exception|Interrupt|Exit)\b", line)
               and not line.startswith(_WRAPPERS)]

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from smtask.errors import ParamsError
 from smtask.naming import key_path, name_problem, quoted
@@ -101,6 +102,11 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, JobKind]) -> list[s
             shape = [*(kind.form(step, cfg) if kind.form else ()),
                      *_settings_problems(step, kind, cfg)]
             problems.extend(shape)
+        count = cfg.get("instance_count") if isinstance(cfg, Mapping) else None
+        if not shape and params.get("mode") == "local" and isinstance(count, int) and \
+                count > LOCAL_MAX_INSTANCES:
+            problems.append(f"steps.{step}.instance_count: {count}, at most {LOCAL_MAX_INSTANCES} "
+                            "in local mode (each instance is a container on this machine)")
         if not shape and kind.check:  # what only the kind knows, once its form is right
             problems.extend(kind.check(step, cfg, params))
         if not top and not shape:  # a path the schema refused is not looked up on disk
@@ -146,24 +152,37 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     return params
 
 
+LOCAL_MAX_INSTANCES = 8  # local mode starts every instance of a job at once, on the worker
 MAX_DEPTH = 32  # how deeply a conf may nest (settings, plain steps): Airflow serializes it
 
 
+def _text_problem(text: str) -> str | None:
+    """Why no process, and no UTF-8 file or request, can take ``text``, or None."""
+    if "\x00" in text:
+        return "a NUL byte"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate (no UTF-8 character)"
+    return None
+
+
 def _shape_problems(conf: Any) -> Iterable[str]:
-    """NUL bytes (no process takes one in its arguments or environment) and nesting deeper
-    than :data:`MAX_DEPTH` (Airflow fails to serialize it, a merge would recurse), found
-    without recursion."""
+    """NUL bytes (no process takes one in its arguments or environment), lone surrogates (no
+    UTF-8: Airflow's API fails on them) and nesting deeper than :data:`MAX_DEPTH` (Airflow
+    fails to serialize it, a merge would recurse), found without recursion."""
     stack: list[tuple[tuple[str, ...], Any, int]] = [((), conf, 0)]
     while stack:
         where, value, depth = stack.pop()
+        at = key_path(*where) or "the run's conf"
         if depth > MAX_DEPTH:
             yield f"{key_path(*where[:4])}: nested more than {MAX_DEPTH} deep"
-        elif isinstance(value, str) and "\x00" in value:
-            yield f"{key_path(*where)}: contains a NUL byte"
+        elif isinstance(value, str) and (problem := _text_problem(value)):
+            yield f"{at}: contains {problem}"
         elif isinstance(value, Mapping):
             for key, item in value.items():
-                if isinstance(key, str) and "\x00" in key:
-                    yield f"{key_path(*where)}: a key contains a NUL byte"
+                if isinstance(key, str) and (problem := _text_problem(key)):
+                    yield f"{at}: a key contains {problem}"
                 else:
                     stack.append(((*where, str(key)), item, depth + 1))
         elif isinstance(value, list):
@@ -257,14 +276,18 @@ def _settings_problems(step: str, kind: JobKind, cfg: Mapping[str, Any]) -> Iter
         yield f"steps.{step}.settings: {size} bytes as JSON, at most {SETTINGS_MAX_BYTES}"
 
 
-def _worker_state() -> list[Path]:
-    """The folders of the worker's own state: SMTASK_HOME, AIRFLOW_HOME."""
+def _worker_state(params: Mapping[str, Any]) -> list[Path]:
+    """The folders of the worker's own state: SMTASK_HOME, Airflow's home (AIRFLOW_HOME, else
+    ~/airflow, as Airflow takes it) and its config file's folder, local mode's artifacts."""
     from smtask.naming import smtask_home
 
-    found = [smtask_home().resolve()]
-    if os.environ.get("AIRFLOW_HOME"):
-        found.append(Path(os.environ["AIRFLOW_HOME"]).resolve())
-    return found
+    found = [smtask_home(), Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser()]
+    if os.environ.get("AIRFLOW_CONFIG"):
+        found.append(Path(os.environ["AIRFLOW_CONFIG"]).expanduser().parent)
+    artifacts = str((params.get("local") or {}).get("artifacts") or "")
+    if params.get("mode") == "local" and artifacts.startswith("file://"):
+        found.append(Path(urlparse(artifacts).path))
+    return [path.resolve() for path in found]
 
 
 def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[str]:
@@ -281,7 +304,7 @@ def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[s
         if key not in cfg:
             continue
         code = (root / cfg[key]).resolve()
-        for state in _worker_state():
+        for state in _worker_state(params):
             if code.is_relative_to(state) or state.is_relative_to(code):
                 yield f"steps.{step}.{key}: {quoted(cfg[key])} holds the worker's own state {state}"
                 return

@@ -129,7 +129,8 @@ COMMON_STEP_KEYS: dict[str, Any] = {
     "deferrable": {"type": "boolean"},
 }
 
-CONTAINER_PATH = string(256, pattern="^/opt/ml/")
+CONTAINER_PATH = string(256, pattern="^/opt/ml/(?!(.*/)?[.][.](/|$))",
+                        **{RULE: "is not a path under /opt/ml/ (and may not hold a .. segment)"})
 CONTAINER_ARGS = {"type": "array", "items": string(256), "maxItems": 100}
 # The script's own settings: free-form, handed to the container as a JSON file (see
 # smtask.kinds.common.settings_source); its size is checked by the params validation.
