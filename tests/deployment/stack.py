@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -168,15 +169,11 @@ class Stack:
             process = self.processes.pop(name)
             self.stopped.append(process)
             # Airflow runs each task in a session of its own: known now, killed below if left
-            asked.append((process, _descendants(process.pid)))
+            asked.append((process, _descendants(process.pid), _size(process.log)))
             _signal_group(process.pid, process.stop_signal)  # new session: its PID is the group's ID
         deadline, results = time.monotonic() + timeout, {}
-        for process, descendants in asked:
-            forced = False
-            try:
-                process.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                forced = True
+        for process, descendants, logged in asked:
+            forced = _wait_for_exit(process, deadline, logged)
             # the leader has gone (or would not): whatever is left of its group goes too
             grace = time.monotonic() + 5
             while _group_alive(process.pid) and time.monotonic() < grace:
@@ -385,6 +382,41 @@ class Stack:
         shutil.copy(ROOT / "config.json", project / "config.json")
         shutil.copytree(ROOT / "code", project / "code", dirs_exist_ok=True)
         return dict(json.loads((project / "config.json").read_text()))
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+# Airflow's scheduler leaves on SIGTERM by raising SystemExit from its signal handler; when the
+# signal lands while the interpreter runs a garbage-collection callback (SQLAlchemy's
+# _collection_gced), Python prints "Exception ignored in ..." and the scheduler carries on.
+_EXIT_SWALLOWED = re.compile(r"Exception ignored in.*?\n(?:.*\n){0,12}?SystemExit", re.S)
+
+
+def _wait_for_exit(process: Process, deadline: float, logged: int) -> bool:
+    """Wait for the leader until ``deadline``; whether it had to be killed. A stop signal
+    whose exit Python swallowed (see above) is sent to the leader again, once, as an
+    operator would who saw it ignored; nothing else is sent again."""
+    resent = False
+    while time.monotonic() < deadline:
+        try:
+            process.popen.wait(0.5)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        if not resent and process.log.exists():
+            with process.log.open("rb") as file:
+                file.seek(logged)
+                said = file.read().decode("utf-8", "replace")
+            if _EXIT_SWALLOWED.search(said):
+                os.kill(process.pid, process.stop_signal)
+                resent = True
+    try:
+        process.popen.wait(0)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
 
 
 def _signal_group(pgid: int, sig: int) -> None:
