@@ -16,9 +16,9 @@ cut at :data:`LINE_MAX`), and ends as compose does: when the first container exi
 others are killed, ``<container> exited with code N`` is printed and that code is the exit
 code; SIGTERM (the SDK's stop of a server, a kill) removes them. It takes only what the
 SDK's (hardened) files hold, and refuses any other key by name, so an SDK that writes
-something new fails loudly here. Environment values reach ``docker run`` through its own
-environment, not its command line. Images are never pulled (``--pull never``: local mode
-reaches no registry).
+something new fails loudly here. A job's environment reaches its container through an env
+file (:func:`environment_args`), never the docker CLI's own environment nor a command line.
+Images are never pulled (``--pull never``: local mode reaches no registry).
 
 Imports the standard library and PyYAML only: the runner is a process of every local job.
 """
@@ -207,7 +207,7 @@ def run_args(project: str, name: str, service: dict[str, Any], *,
     environment = service.get("environment") or []
     pairs = environment.items() if isinstance(environment, dict) else \
         (entry.split("=", 1) if "=" in entry else (entry, "") for entry in environment)
-    passed = {key: "" if value is None else str(value) for key, value in pairs}
+    variables = {key: "" if value is None else str(value) for key, value in pairs}
     devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations")
                or {}).get("devices") or []
     if any("gpu" in (d.get("capabilities") or []) for d in devices):
@@ -217,7 +217,7 @@ def run_args(project: str, name: str, service: dict[str, Any], *,
     command = shlex.split(command) if isinstance(command, str) else list(command or [])
     if entrypoint:
         args += ["--entrypoint", entrypoint[0]]
-    return [*args, service["image"], *entrypoint[1:], *command], passed
+    return [*args, service["image"], *entrypoint[1:], *command], variables
 
 
 def environment_args(environment: dict[str, str], env_file: str) -> list[str]:

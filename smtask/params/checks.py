@@ -102,13 +102,9 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, JobKind]) -> list[s
             shape = [*(kind.form(step, cfg) if kind.form else ()),
                      *_settings_problems(step, kind, cfg)]
             problems.extend(shape)
-        count = cfg.get("instance_count") if isinstance(cfg, Mapping) else None
-        if not shape and params.get("mode") == "local" and isinstance(count, int) and \
-                count > LOCAL_MAX_INSTANCES:
-            problems.append(f"steps.{step}.instance_count: {count}, at most {LOCAL_MAX_INSTANCES} "
-                            "in local mode (each instance is a container on this machine)")
-        if not shape and kind.check:  # what only the kind knows, once its form is right
-            problems.extend(kind.check(step, cfg, params))
+        if not shape:  # what only the kind knows, and local mode's bound, once the form is right
+            problems.extend(kind.check(step, cfg, params) if kind.check else ())
+            problems.extend(_local_instance_problems(params, step, cfg))
         if not top and not shape:  # a path the schema refused is not looked up on disk
             problems.extend(_file_problems(params, step, cfg))
             problems.extend(_image_problems(params, step, kind, cfg))
@@ -154,6 +150,14 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
 
 LOCAL_MAX_INSTANCES = 8  # local mode starts every instance of a job at once, on the worker
 MAX_DEPTH = 32  # how deeply a conf may nest (settings, plain steps): Airflow serializes it
+
+
+def _local_instance_problems(params: Mapping[str, Any], step: str,
+                             cfg: Mapping[str, Any]) -> Iterable[str]:
+    count = cfg.get("instance_count", 1)
+    if params.get("mode") == "local" and count > LOCAL_MAX_INSTANCES:
+        yield (f"steps.{step}.instance_count: {count}, at most {LOCAL_MAX_INSTANCES} in local "
+               "mode (each instance is a container on this machine)")
 
 
 def _text_problem(text: str) -> str | None:
@@ -294,16 +298,14 @@ def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[s
     """The code a step names must exist on the worker, inside the code root, before a job is
     created (called once the schema holds, so the keys are there and are strings)."""
     root = Path(params.get("code_root") or ".").resolve()
-    for key in ("code_path", "source_dir"):
+    for key in (k for k in ("code_path", "source_dir") if k in cfg):
         # resolved (.. and symlinks followed): code outside the root is never uploaded or mounted
-        if key in cfg and not (root / cfg[key]).resolve().is_relative_to(root):
+        code = (root / cfg[key]).resolve()
+        if not code.is_relative_to(root):
             yield f"steps.{step}.{key}: {quoted(cfg[key])} is outside the code root {root}"
             return
         # the worker's own state (Airflow's config with its keys, its DB, the artifacts) is no
         # code, even inside the code root (./run keeps .smtask in the repository)
-        if key not in cfg:
-            continue
-        code = (root / cfg[key]).resolve()
         for state in _worker_state(params):
             if code.is_relative_to(state) or state.is_relative_to(code):
                 yield f"steps.{step}.{key}: {quoted(cfg[key])} holds the worker's own state {state}"
