@@ -11,7 +11,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from smtask.decorators import sm_processing, sm_training, sm_transform, sm_tuning
+    from smtask.decorators import (
+        sm_endpoint,
+        sm_processing,
+        sm_register,
+        sm_training,
+        sm_transform,
+        sm_tuning,
+    )
     from smtask.errors import JobFailed, ParamsError, SmtaskError
     from smtask.params import load_config, pipeline_params, run_params
 
@@ -31,7 +38,9 @@ __all__ = [
     "load_config",
     "pipeline_params",
     "run_params",
+    "sm_endpoint",
     "sm_processing",
+    "sm_register",
     "sm_training",
     "sm_transform",
     "sm_tuning",

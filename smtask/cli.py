@@ -3,7 +3,14 @@ validate its params, without a scheduler.
 
     smtask run dags/churn.py [-c '{"steps": {...}}'] [--mode local|sagemaker] [--dag-id ID]
     smtask validate dags/churn.py [-c '{...}'] [--mode local|sagemaker] [--dag-id ID]
-    smtask cleanup        remove local containers and scratch folders of killed processes
+    smtask cleanup        remove local containers and scratch folders of killed processes,
+                          and local endpoint containers that no endpoint's record names
+    smtask registry list [GROUP] | show VERSION | approve VERSION [--reject]
+    smtask endpoints list | invoke NAME [-d BODY] | delete NAME
+
+VERSION is a model version's ARN or GROUP/NUMBER. registry and endpoints read local mode's
+registry and endpoints under $SMTASK_HOME, or with --mode sagemaker SageMaker's, through the
+Airflow AWS connection --conn-id (default aws_default).
 
 A bad ``-c`` (not a JSON object, or an unknown mode) exits 2; bad params exit 1, before any run.
 SIGINT or SIGTERM stops ``smtask run``: the running task is interrupted (an smtask task
@@ -298,16 +305,78 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from smtask.errors import EngineUnreachable
-    from smtask.local import cleanup_orphans
+    from smtask.local import cleanup_orphans, endpoints
 
     try:
-        removed = cleanup_orphans()
+        removed = cleanup_orphans() + endpoints.cleanup()
     except EngineUnreachable as exc:
         print(f"smtask cleanup: nothing removed: {exc}", file=sys.stderr)
         return 1
     for line in removed:
         print(f"removed {line}")
     print(f"smtask cleanup: removed {len(removed)} orphan(s) of killed processes")
+    return 0
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return {"mode": args.mode, "aws_conn_id": args.conn_id,
+            **({"region_name": args.region} if args.region else {})}
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from smtask import registry
+
+    params = _params(args)
+    if args.action == "list" and not args.target:
+        for group in registry.groups(params):
+            print("\t".join(str(group.get(k, "")) for k in ("group", "versions", "latest")))
+    elif args.action == "list":
+        for version in registry.versions(args.target, params):
+            print(f"{version['group']}/{version['version']}\t{version['approval_status']}\t"
+                  f"{json.dumps(version['metrics'], sort_keys=True)}\t"
+                  f"{version['model_package_arn']}")
+    elif args.action == "show":
+        _print_json(registry.version(_needs(args.target, "show"), params))
+    else:
+        status = "Rejected" if args.reject else "Approved"
+        version = registry.set_status(_needs(args.target, "approve"), status, params)
+        print(f"{version['group']}/{version['version']}: {version['approval_status']}")
+    return 0
+
+
+def _needs(target: str | None, action: str) -> str:
+    if not target:
+        _usage_error(f"registry {action}: name a version (its ARN or GROUP/VERSION)")
+    return target
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    from smtask import endpoints
+
+    params = _params(args)
+    if args.action == "list":
+        if args.mode != "local":
+            _usage_error("endpoints list: local endpoints only (SageMaker's: the console, or "
+                         "`aws sagemaker list-endpoints`)")
+        from smtask.local import endpoints as local_endpoints
+
+        for entry in local_endpoints.records():
+            print(f"{entry['name']}\t{local_endpoints.state(entry['container'])}\t"
+                  f"http://127.0.0.1:{entry['port']}\t{entry['config_name']}\t"
+                  f"{entry.get('model_package_arn') or entry['model_name']}")
+        return 0
+    name = args.name or _usage_error(f"endpoints {args.action}: name an endpoint")
+    if args.action == "delete":
+        endpoints.delete(name, params)
+        print(f"endpoint {name} deleted")
+        return 0
+    body = sys.stdin.buffer.read() if args.data in (None, "-") else args.data.encode()
+    answer = endpoints.invoke(name, body, args.content_type, args.accept, params)
+    sys.stdout.buffer.write(answer if answer.endswith(b"\n") else answer + b"\n")
     return 0
 
 
@@ -326,8 +395,33 @@ def main(argv: list[str] | None = None) -> int:
     cleanup = commands.add_parser("cleanup", help="remove local containers and scratch folders "
                                   "whose owning process was killed")
     cleanup.set_defaults(func=cmd_cleanup)
+    registry = commands.add_parser("registry", help="list, show and approve model versions")
+    registry.add_argument("action", choices=("list", "show", "approve"))
+    registry.add_argument("target", nargs="?", help="a group (list) or a version (show, approve)")
+    registry.add_argument("--reject", action="store_true", help="approve: reject it instead")
+    registry.set_defaults(func=cmd_registry)
+    endpoint = commands.add_parser("endpoints", help="list, invoke and delete endpoints")
+    endpoint.add_argument("action", choices=("list", "invoke", "delete"))
+    endpoint.add_argument("name", nargs="?")
+    endpoint.add_argument("-d", "--data", help="invoke: the body (default: standard input)")
+    endpoint.add_argument("--content-type", default="text/csv")
+    endpoint.add_argument("--accept")
+    endpoint.set_defaults(func=cmd_endpoints)
+    for sub in (registry, endpoint):
+        sub.add_argument("--mode", choices=("local", "sagemaker"),
+                         default=os.environ.get("SMTASK_MODE") or "local")
+        sub.add_argument("--conn-id", default="aws_default", help="sagemaker mode's connection")
+        sub.add_argument("--region")
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    if args.command not in ("registry", "endpoints"):
+        return int(args.func(args))
+    from smtask.errors import SmtaskError  # imports Airflow: run and validate configure it first
+
+    try:
+        return int(args.func(args))
+    except SmtaskError as exc:
+        print(f"smtask {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def console() -> NoReturn:

@@ -1,4 +1,5 @@
-"""``@sm_processing``, ``@sm_training``, ``@sm_tuning``, ``@sm_transform``: SageMaker jobs as
+"""``@sm_processing``, ``@sm_training``, ``@sm_tuning``, ``@sm_transform``, ``@sm_register``,
+``@sm_endpoint``: SageMaker jobs (and a model version, an endpoint) as
 TaskFlow tasks, one decorator per job kind of the registry (``smtask.kinds.KINDS``).
 
 The decorated function runs on the worker at execute time with its upstream XCom values and
@@ -70,6 +71,8 @@ if TYPE_CHECKING:  # the decorators made above, for editors and type checkers
     sm_training: JobDecorator
     sm_tuning: JobDecorator
     sm_transform: JobDecorator
+    sm_register: JobDecorator
+    sm_endpoint: JobDecorator
 
 
 def __getattr__(name: str) -> Any:

@@ -57,9 +57,10 @@ class Kills:
         if session is not None and not session.local_mode:
             if self._user_killed():
                 waiting.stop(session.sagemaker_client, kind, name)
-                op.log.info("killed: asked SageMaker to stop %s job %s", kind.name, name)
+                done = "was asked to stop" if kind.api.stop else "is left as it is"
+                op.log.info("killed: %s %s %s", kind.name, name, done)
                 raise TaskInterrupted(f"{op.custom_operator_name} task {op.task_id} (step "
-                                      f"'{op.step}') was killed; its job {name} was asked to stop")
+                                      f"'{op.step}') was killed; its {kind.name} {name} {done}")
             op.log.info("task process stopping: %s job %s is left running; the task's "
                         "retry re-attaches to it", kind.name, name)
             raise TaskShutdown(f"{op.custom_operator_name} task {op.task_id} (step "

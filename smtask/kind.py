@@ -26,7 +26,7 @@ class Api:
     describe: str  # describe_training_job
     name_arg: str  # TrainingJobName
     status: str  # TrainingJobStatus, in the description
-    stop: str  # stop_training_job
+    stop: str  # stop_training_job; "" for what a kill or a timeout never stops (an endpoint)
     arn: str  # TrainingJobArn, in the description
     log_group: str  # /aws/sagemaker/TrainingJobs
     running: frozenset[str] = frozenset({"InProgress", "Stopping"})
@@ -75,8 +75,8 @@ class JobKind:
     schema: Mapping[str, Any]
     image_scope: str
     spec: Callable[..., dict[str, Any]]
-    submit: Callable[[dict[str, Any], Any], Any]
     outputs: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+    submit: Callable[[dict[str, Any], Any], Any] | None = None  # None: the kind has ``start``
     complete: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
     check: Callable[[str, Mapping[str, Any], Mapping[str, Any]], Problems] | None = None
     # problems of the step's form (which keys go together): like the schema's, while one
@@ -90,3 +90,9 @@ class JobKind:
     settings: str = "never"  # takes script settings: "always", "script" (with source_dir)
     runtime_limited: bool = False  # the job has its own max runtime (local mode enforces it)
     inherit: Inherit | None = None
+    # A kind whose resource is not one job named per task instance (a model version, an
+    # endpoint) finds or starts it itself: start(job, session, log) -> (job, description),
+    # the job's ``job_name`` then being what ``api.describe`` takes; the task waits (or
+    # defers) until ``api.done``, as for a job. Local mode: start returns it done.
+    start: Callable[[dict[str, Any], Any, Callable[[str], None]],
+                    tuple[dict[str, Any], dict[str, Any] | None]] | None = None

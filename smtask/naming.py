@@ -24,7 +24,17 @@ NAME_RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "model": (re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"),
               "1-63 of A-Z a-z 0-9 -, starting and ending with a letter or digit "
               "(SageMaker's model names)"),
+    # SageMaker's ModelPackageGroupName and EndpointName: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$
+    "group": (re.compile(r"[A-Za-z0-9](?:-*[A-Za-z0-9]){0,62}"),
+              "1-63 of A-Z a-z 0-9 -, starting and ending with a letter or digit "
+              "(SageMaker's model package group names)"),
+    "endpoint": (re.compile(r"[A-Za-z0-9](?:-*[A-Za-z0-9]){0,62}"),
+                 "1-63 of A-Z a-z 0-9 -, starting and ending with a letter or digit "
+                 "(SageMaker's endpoint names)"),
 }
+
+# a metric's key among a registered model version's customer metadata (its value: JSON)
+METRIC_PREFIX = "metric:"
 
 # The SDK's local mode refuses to mount folders under these (common_utils._SENSITIVE_SYSTEM_PATHS)
 _SDK_RESTRICTED_ROOTS = ("/root", "/etc", "/var/lib")

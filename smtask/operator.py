@@ -116,6 +116,8 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         output = local.ContainerOutput(lambda line: self.log.info("%s", line))
         with open_session(run_params, output, self.step) as session:
             self._active = (session, job["job_name"])
+            if kind.start is not None:
+                return self._start(job, session, run_params, output)
             client, base = session.sagemaker_client, job["job_name"]
             name, existing = waiting.claim(client, kind,
                                            lambda n: naming.attempt_name(base, n, kind.max_name),
@@ -165,6 +167,30 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                 self._active = None
         return kind.outputs(job, description)
 
+    def _start(self, job: dict[str, Any], session: Any, run_params: dict[str, Any],
+               output: local.ContainerOutput) -> dict[str, Any]:
+        """A kind that starts its own resource (a model version, an endpoint: ``start``):
+        started or found, then waited for (or deferred to a trigger) as a job is."""
+        kind, cfg = self.job_kind, run_params["steps"][self.step]
+        assert kind.start is not None
+        try:
+            job, description = kind.start(job, session, lambda line: self.log.info("%s", line))
+            self._active = (session, job["job_name"])
+            if session.local_mode and local.killed(session):
+                raise self.interrupted()
+            if description is None or waiting.status(kind, description) not in kind.api.done:
+                if (self.deferrable or cfg.get("deferrable")) and not session.local_mode:
+                    self._defer(job, run_params, cfg)
+                description = waiting.wait(session.sagemaker_client, kind, job["job_name"],
+                                           timeout=cfg.get("wait_timeout_seconds"),
+                                           cap=cfg.get("poll_max_seconds", 30.0),
+                                           known=description)
+        except ContainerFailed as exc:
+            raise JobFailed(kind.name, job["job_name"], exc.reason) from exc
+        finally:
+            self._active = None
+        return kind.outputs(job, description)
+
     def _submit(self, job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         """Create the job on SageMaker. ``ResourceInUse`` means a job of this name exists: when
         an answer was lost (a 503 or a timeout after SageMaker created it) botocore's retry of
@@ -172,6 +198,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         from botocore.exceptions import ClientError
 
         kind = self.job_kind
+        assert kind.submit is not None
         try:
             return kind.submit(job, session)  # type: ignore[no-any-return]
         except ClientError as exc:
@@ -188,6 +215,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         (:func:`smtask.local.time_limit`): past one, its containers are stopped and the task
         fails with the limit named."""
         kind = self.job_kind
+        assert kind.submit is not None
         with local.time_limit(session, kind.runtime_limited, cfg) as limit:
             try:
                 description = kind.submit(job, session)

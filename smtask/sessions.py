@@ -101,10 +101,11 @@ def _hook(params: Mapping[str, Any]) -> Any:
     return aws_hook(params.get("aws_conn_id", "aws_default"), params.get("region_name"))
 
 
-def sagemaker_client(params: Mapping[str, Any]) -> Any:
-    """A SageMaker client over the Airflow AWS connection, without the SDK: what a deferred
-    task needs when it resumes (a describe, a stop), in a process that imports no SDK."""
-    return connection_session(_hook(params), params.get("region_name")).client("sagemaker")
+def sagemaker_client(params: Mapping[str, Any], service: str = "sagemaker") -> Any:
+    """A SageMaker client (or another ``service``'s: ``sagemaker-runtime``) over the Airflow
+    AWS connection, without the SDK: what a deferred task needs when it resumes (a describe,
+    a stop), in a process that imports no SDK, and what the endpoint and registry calls use."""
+    return connection_session(_hook(params), params.get("region_name")).client(service)
 
 
 @contextlib.contextmanager

@@ -203,6 +203,9 @@ def stop(client: Any, kind: JobKind, job_name: str) -> None:
     it from a job a person stopped); a job that already ended is left as it is."""
     from botocore.exceptions import ClientError
 
+    if not kind.api.stop:  # an endpoint: a kill never deletes it nor undoes its update
+        log.info("%s %s is left as it is (smtask never stops one)", kind.name, job_name)
+        return
     try:
         description = find(client, kind, job_name)
         arn = description.get(kind.api.arn) if isinstance(description, dict) else None
@@ -278,7 +281,8 @@ def wait(client: Any, kind: JobKind, job_name: str, *, timeout: float | None = N
         if deadline is not None and clock() >= deadline:
             stop(client, kind, job_name)
             raise JobFailed(kind.name, job_name, f"still {current} after the {timeout:g} s "
-                            "wait_timeout_seconds; the job was asked to stop")
+                            "wait_timeout_seconds; " + ("the job was asked to stop"
+                                                         if kind.api.stop else "it is left as it is"))
         sleep(delay if deadline is None else max(0.0, min(delay, deadline - clock())))
         delay = min(delay * 2, cap)
         description = None

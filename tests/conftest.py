@@ -317,7 +317,8 @@ def write_dag(body: str, *, config: Path, folder: Path = DAGS) -> tuple[str, Pat
     dag_id = f"t_{uuid.uuid4().hex[:10]}"
     source = textwrap.dedent('''\
         from airflow.sdk import dag, task
-        from smtask import pipeline_params, sm_processing, sm_training, sm_transform
+        from smtask import (pipeline_params, sm_endpoint, sm_processing, sm_register,
+                            sm_training, sm_transform)
 
         @dag(dag_id=DAG_ID, schedule=None, params=pipeline_params(CONFIG))
         def pipeline():

@@ -98,6 +98,19 @@ class FakeSageMaker:
                                 self._wrap(kind, getattr(SageMakerModelBackend, method)))
         monkeypatch.setattr(SageMakerModelBackend, "create_model",
                             self._unique_model(SageMakerModelBackend.create_model))
+        # endpoints, which moto creates InService at once and cannot update
+        self.endpoint_seconds = 0.3  # how long an endpoint is Creating or Updating
+        self.failing_updates: list[str] = []  # the FailureReason of each next update
+        self.failing_creates: list[str] = []
+        self.endpoint_calls: list[tuple[str, str, str]] = []  # (create|update, name, config)
+        monkeypatch.setattr(SageMakerModelBackend, "create_endpoint",
+                            self._creating(SageMakerModelBackend.create_endpoint))
+        monkeypatch.setattr(SageMakerResponse, "update_endpoint", self._update_endpoint(),
+                            raising=False)
+        # SageMaker's ClientToken: a create repeated with the same token makes nothing new
+        monkeypatch.setattr(SageMakerModelBackend, "create_model_package",
+                            self._idempotent(SageMakerModelBackend.create_model_package))
+        self.packages_created: list[str] = []
 
     def _record(self, action: str, handler: Any) -> Any:
         def record(response: Any) -> Any:
@@ -168,6 +181,78 @@ class FakeSageMaker:
             return response
 
         return create_job
+
+    def _creating(self, create: Any) -> Any:
+        def create_endpoint(backend: Any, endpoint_name: str, endpoint_config_name: str,
+                            tags: Any) -> Any:
+            from moto.sagemaker.exceptions import ValidationError
+
+            if endpoint_name in backend.endpoints:
+                raise ValidationError(message="Cannot create already existing endpoint "
+                                              f'"{backend.endpoints[endpoint_name].arn}".')
+            endpoint = create(backend, endpoint_name, endpoint_config_name, tags)
+            endpoint.endpoint_status = "Creating"
+            self.endpoint_calls.append(("create", endpoint_name, endpoint_config_name))
+            reason = self.failing_creates.pop(0) if self.failing_creates else None
+
+            def settle() -> None:
+                endpoint.endpoint_status = "Failed" if reason else "InService"
+                endpoint.failure_reason = reason
+
+            threading.Timer(self.endpoint_seconds, settle).start()
+            return endpoint
+
+        return create_endpoint
+
+    def _update_endpoint(self) -> Any:
+        fake = self
+
+        def update_endpoint(response: Any) -> Any:
+            from moto.sagemaker.exceptions import ValidationError
+            from moto.sagemaker.responses import ActionResult
+
+            backend = response.sagemaker_backend
+            name, config = (response._get_param("EndpointName"),
+                            response._get_param("EndpointConfigName"))
+            if name not in backend.endpoints:
+                raise ValidationError(message=f"Could not find endpoint \"{name}\".")
+            endpoint = backend.endpoints[name]
+            if endpoint.endpoint_status != "InService":
+                raise ValidationError(message=f"Cannot update in-progress endpoint \"{name}\" "
+                                              f"({endpoint.endpoint_status}).")
+            variants = backend.describe_endpoint_config(config)["ProductionVariants"]
+            endpoint.endpoint_status = "Updating"
+            endpoint.pending_deployment_summary = {"EndpointConfigName": config}
+            fake.endpoint_calls.append(("update", name, config))
+            fake.requests.setdefault("update_endpoint", []).append(json.loads(response.body))
+            reason = fake.failing_updates.pop(0) if fake.failing_updates else None
+
+            def settle() -> None:
+                if reason is None:  # the new config serves
+                    endpoint.endpoint_config_name = config
+                    endpoint.production_variants = endpoint._process_production_variants(
+                        variants)
+                # a failed update: back InService on the old config, with the reason
+                endpoint.failure_reason = reason
+                endpoint.pending_deployment_summary = None
+                endpoint.endpoint_status = "InService"
+
+            threading.Timer(fake.endpoint_seconds, settle).start()
+            return ActionResult({"EndpointArn": endpoint.arn})
+
+        return update_endpoint
+
+    def _idempotent(self, create: Any) -> Any:
+        def create_model_package(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            token = kwargs.get("client_token")
+            for package in backend.model_packages.values():
+                if token and getattr(package, "client_token", None) == token:
+                    return package.arn
+            arn = create(backend, *args, **kwargs)
+            self.packages_created.append(arn)
+            return arn
+
+        return create_model_package
 
     def flip(self, kind: str, name: str, status: str) -> None:
         job = self.job(kind, name)

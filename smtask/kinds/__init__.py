@@ -12,13 +12,15 @@ configuring itself.
 from __future__ import annotations
 
 from smtask.kind import JobKind
-from smtask.kinds import processing, training, transform, tuning
+from smtask.kinds import endpoint, processing, register, training, transform, tuning
 
 KINDS: tuple[JobKind, ...] = (
     processing.KIND,
     training.KIND,
     tuning.KIND,
     transform.KIND,
+    register.KIND,
+    endpoint.KIND,
 )
 
 

@@ -53,7 +53,7 @@ def _spec(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str,
         model = models[0]
     settings = _settings(ctx, data)
     if model_name is not None:
-        return {**settings, **_existing_model(ctx, settings, model_name)}
+        return {**settings, **existing_model(ctx, model_name)}
     if not is_training_result(model):
         raise TypeError(f"step '{ctx.step}': 'model' must be a training task's result, got {model!r}")
     # the step's own image, else the model's (local mode: the stand-in for AWS's)
@@ -112,7 +112,7 @@ def _settings(ctx: StepContext, data: Any) -> dict[str, Any]:
     }
 
 
-def _existing_model(ctx: StepContext, settings: dict[str, Any], name: Any) -> dict[str, Any]:
+def existing_model(ctx: StepContext, name: Any) -> dict[str, Any]:
     """An existing model: SageMaker's own (sagemaker mode: its image, data and role are the
     model's), or in local mode the entry of ``local.models`` registered under that name."""
     if problem := name_problem("model", name):

@@ -99,46 +99,66 @@ def serving_code(session: Any, environment: dict[str, str], framework: str | Non
     mounts at ``/opt/ml/code``, as SageMaker unpacks it there; its ``requirements.txt`` is
     installable with no index (:func:`install_from_wheels`); ``SMTASK_FRAMEWORK`` names the
     framework image whose serving defaults the local image keeps (``sklearn``, ``xgboost``)."""
-    import tarfile
-
-    environment = dict(environment)
-    if framework:
-        environment["SMTASK_FRAMEWORK"] = framework
+    environment = serving_framework(environment, framework)
     submit = environment.get("SAGEMAKER_SUBMIT_DIRECTORY")
     if not submit:
         return environment
     folder = Path(tempfile.mkdtemp(dir=of(session).read_only)) / "code"
-    uri = urlparse(submit)
-    if uri.scheme == "s3":
-        tarball = folder.parent / "sourcedir.tar.gz"
-        session.s3_client.download_file(uri.netloc, uri.path.lstrip("/"), str(tarball))
-    elif uri.scheme == "file" or not uri.scheme:
-        tarball = Path(uri.path)
-    else:
-        raise SmtaskError(f"SAGEMAKER_SUBMIT_DIRECTORY {submit}: local mode reads a model's code "
-                          "from file:// or s3:// (local.s3_endpoint)")
-    if tarball.is_dir():
-        shutil.copytree(tarball, folder)
-    else:
-        try:
-            with tarfile.open(tarball) as tar:
-                tar.extractall(folder, filter="data")  # nothing outside the folder, no devices
-        except (OSError, tarfile.TarError) as exc:
-            raise SmtaskError(f"the model's code {submit} cannot be unpacked: {exc}") from exc
+    unpack_uri(session, submit, folder, f"the model's code {submit}")
     if (folder / "requirements.txt").is_file():
         environment.update(install_from_wheels(session, folder / "requirements.txt"))
     environment["SAGEMAKER_SUBMIT_DIRECTORY"] = folder.as_uri()
     return environment
 
 
+def serving_framework(environment: dict[str, str], framework: str | None) -> dict[str, str]:
+    """``SMTASK_FRAMEWORK`` names the framework image whose serving defaults the local image
+    keeps (``sklearn``, ``xgboost``)."""
+    return {**environment, **({"SMTASK_FRAMEWORK": framework} if framework else {})}
+
+
+def unpack_uri(session: Any, where: str, folder: Path, what: str) -> None:
+    """An artifact (``file://``, a path, or ``s3://`` through ``local.s3_endpoint``), a
+    tarball or a folder, unpacked into ``folder`` (see :func:`unpack`)."""
+    uri = urlparse(where)
+    if uri.scheme == "s3":
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        source = folder.parent / Path(uri.path).name
+        session.s3_client.download_file(uri.netloc, uri.path.lstrip("/"), str(source))
+    elif uri.scheme == "file" or not uri.scheme:
+        source = Path(uri.path)
+    else:
+        raise SmtaskError(f"{what}: local mode reads file:// or s3:// (local.s3_endpoint)")
+    unpack(source, folder, what)
+
+
+def unpack(source: Path, folder: Path, what: str) -> None:
+    """A folder as it is, or a tarball (a ``model.tar.gz``, a ``sourcedir.tar.gz``) unpacked
+    into ``folder``: nothing outside it, no devices or links out (tarfile's data filter)."""
+    import tarfile
+
+    if source.is_dir():
+        shutil.copytree(source, folder, dirs_exist_ok=True)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(source) as tar:
+            tar.extractall(folder, filter="data")
+    except (OSError, tarfile.TarError) as exc:
+        raise SmtaskError(f"{what} cannot be unpacked: {exc}") from exc
+
+
 def _exited_container(session_id: str) -> tuple[int, list[str]] | None:
     """The exit code and last log lines of a container of the session that has exited."""
     found = docker("ps", "-aq", "--filter", f"label={LABEL}={session_id}",
                    "--filter", "status=exited").split()
-    if not found:
-        return None
-    code = docker("inspect", "-f", "{{.State.ExitCode}}", found[0]).strip()
-    logs = subprocess.run(["docker", "logs", "--tail", "40", found[0]], capture_output=True,
+    return exit_of(found[0]) if found else None
+
+
+def exit_of(container: str) -> tuple[int, list[str]]:
+    """A container's exit code and its last 40 lines of output."""
+    code = docker("inspect", "-f", "{{.State.ExitCode}}", container).strip()
+    logs = subprocess.run(["docker", "logs", "--tail", "40", container], capture_output=True,
                           text=True, check=False)
     return int(code or -1), (logs.stdout + logs.stderr).splitlines()
 
@@ -148,29 +168,38 @@ def wait_for_server(session: Any, output: ContainerOutput) -> Callable[..., None
     failing at once, with the server's own reason, if the serving container exits."""
 
     def wait(serving_port: int, timeout: float = 120) -> None:
-        import urllib3
-
-        http, delay, deadline = urllib3.PoolManager(), 0.1, time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                answer = http.request("GET", f"http://localhost:{serving_port}/ping",
-                                      retries=False, timeout=2)
-                if answer.status == 200:
-                    return
-                last = f"/ping answered {answer.status}: {answer.data.decode(errors='replace')[:200]}"
-            except urllib3.exceptions.HTTPError as exc:
-                last = f"/ping: {exc}"
-            exited = _exited_container(of(session).session_id)
-            if exited is not None:
-                code, lines = exited
-                raise ContainerFailed("the serving container exited before it was healthy: "
-                                      + output.failure(code, lines))
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        raise ContainerFailed(f"the serving container was not healthy after {timeout:g} s ({last})")
+        wait_healthy(serving_port, lambda: _exited_container(of(session).session_id), output,
+                     timeout)
 
     return wait
+
+
+def wait_healthy(port: int, exited: Callable[[], tuple[int, list[str]] | None],
+                 output: ContainerOutput, timeout: float = 120) -> None:
+    """Poll the server's /ping on ``port`` from 0.1 s up to 1 s until it answers 200; fail at
+    once, with the server's own reason, when ``exited()`` says its container exited (its
+    exit code and last lines)."""
+    import urllib3
+
+    http, delay, deadline = urllib3.PoolManager(), 0.1, time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            answer = http.request("GET", f"http://127.0.0.1:{port}/ping", retries=False,
+                                  timeout=2)
+            if answer.status == 200:
+                return
+            last = f"/ping answered {answer.status}: {answer.data.decode(errors='replace')[:200]}"
+        except urllib3.exceptions.HTTPError as exc:
+            last = f"/ping: {exc}"
+        ended = exited()
+        if ended is not None:
+            code, lines = ended
+            raise ContainerFailed("the serving container exited before it was healthy: "
+                                  + output.failure(code, lines))
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    raise ContainerFailed(f"the serving container was not healthy after {timeout:g} s ({last})")
 
 
 def split_recordio(splitter: Any, file: str) -> Iterator[bytes]:
