@@ -91,6 +91,25 @@ def test_a_missing_group_or_endpoint_name_is_refused():
     assert "steps.deploy.endpoint_name: required key is missing" in text
 
 
+@pytest.mark.parametrize("conf", [
+    {"deploy": {"endpoint_name": "someone-elses-endpoint"}},
+    {"deploy": {"allow_unapproved": True}},
+    {"deploy": {"model_package_arn": "arn:aws:sagemaker:us-east-1:1:model-package/g/3"}},
+    {"register": {"approval_status": "Approved"}},
+    {"register": {"group": "another-teams-models"}},
+])
+def test_a_runs_conf_may_not_choose_what_serves_where_or_approve_it(conf):
+    defaults = {"pipeline_name": "p", "mode": "local", "steps": {
+        "register": {"group": "churn-models"}, "deploy": {"endpoint_name": "churn-endpoint"}}}
+    with pytest.raises(ParamsError) as refused:
+        params.resolve(defaults, {"steps": conf}, kinds_of(STEPS))
+    (step, settings), = conf.items()
+    assert f"steps.{step}.{next(iter(settings))}: a run's conf may not change it unless the " \
+           "DAG's author allows it" in str(refused.value)
+    allowed = {**defaults, "conf_may_override": [f"steps.{step}.{next(iter(settings))}"]}
+    params.resolve(allowed, {"steps": conf}, kinds_of(STEPS))
+
+
 UNAPPROVED = '''
 @task
 def version():

@@ -35,7 +35,12 @@ EXEC_ENVIRONMENT = ("BASH_ENV", "ENV", "PS4", "PROMPT_COMMAND", "SHELLOPTS", "BA
 PROTECTED = ("role", "image", "artifacts", "aws_conn_id", "region_name", "local.image",
              "local.artifacts", "local.s3_endpoint", "local.models", "steps.*.image",
              "steps.*.model_name", "steps.*.command",
-             *(f"steps.*.environment.{name}" for name in EXEC_ENVIRONMENT))
+             *(f"steps.*.environment.{name}" for name in EXEC_ENVIRONMENT),
+             # the deploy half: what serves where, and who approves it. A conf must not point
+             # a run at another team's endpoint or group, pick the version an endpoint
+             # serves, approve its own model or skip the approval an endpoint asks for.
+             "steps.*.endpoint_name", "steps.*.model_package_arn", "steps.*.allow_unapproved",
+             "steps.*.group", "steps.*.approval_status")
 # What a run's conf may never change: where the code comes from, and the rule itself.
 NEVER = ("code_root", "conf_may_override")
 
