@@ -323,8 +323,29 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
             **({"region_name": args.region} if args.region else {})}
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+def _emit(args: argparse.Namespace, text: str | bytes) -> None:
+    """A result line on standard output (Airflow's log lines go to standard error meanwhile,
+    see :func:`_results_only`)."""
+    data = text.encode() if isinstance(text, str) else text
+    args.out.write(data if data.endswith(b"\n") else data + b"\n")
+    args.out.flush()
+
+
+@contextlib.contextmanager
+def _results_only() -> Iterator[Any]:
+    """Standard output for the command's results alone: Airflow's loggers (the AWS hook's)
+    print to standard output, which goes to standard error while the command runs."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    out = os.fdopen(os.dup(saved), "wb")
+    try:
+        yield out
+    finally:
+        sys.stdout.flush()
+        out.close()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
@@ -333,18 +354,19 @@ def cmd_registry(args: argparse.Namespace) -> int:
     params = _params(args)
     if args.action == "list" and not args.target:
         for group in registry.groups(params):
-            print("\t".join(str(group.get(k, "")) for k in ("group", "versions", "latest")))
+            _emit(args, "\t".join(str(group.get(k, "")) for k in ("group", "versions", "latest")))
     elif args.action == "list":
         for version in registry.versions(args.target, params):
-            print(f"{version['group']}/{version['version']}\t{version['approval_status']}\t"
+            _emit(args, f"{version['group']}/{version['version']}\t{version['approval_status']}\t"
                   f"{json.dumps(version['metrics'], sort_keys=True)}\t"
                   f"{version['model_package_arn']}")
     elif args.action == "show":
-        _print_json(registry.version(_needs(args.target, "show"), params))
+        _emit(args, json.dumps(registry.version(_needs(args.target, "show"), params), indent=2,
+                               sort_keys=True, default=str))
     else:
         status = "Rejected" if args.reject else "Approved"
         version = registry.set_status(_needs(args.target, "approve"), status, params)
-        print(f"{version['group']}/{version['version']}: {version['approval_status']}")
+        _emit(args, f"{version['group']}/{version['version']}: {version['approval_status']}")
     return 0
 
 
@@ -365,18 +387,18 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         from smtask.local import endpoints as local_endpoints
 
         for entry in local_endpoints.records():
-            print(f"{entry['name']}\t{local_endpoints.state(entry['container'])}\t"
+            _emit(args, f"{entry['name']}\t{local_endpoints.state(entry['container'])}\t"
                   f"http://127.0.0.1:{entry['port']}\t{entry['config_name']}\t"
                   f"{entry.get('model_package_arn') or entry['model_name']}")
         return 0
     name = args.name or _usage_error(f"endpoints {args.action}: name an endpoint")
     if args.action == "delete":
         endpoints.delete(name, params)
-        print(f"endpoint {name} deleted")
+        _emit(args, f"endpoint {name} deleted")
         return 0
     body = sys.stdin.buffer.read() if args.data in (None, "-") else args.data.encode()
     answer = endpoints.invoke(name, body, args.content_type, args.accept, params)
-    sys.stdout.buffer.write(answer if answer.endswith(b"\n") else answer + b"\n")
+    _emit(args, answer)
     return 0
 
 
@@ -417,11 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     from smtask.errors import SmtaskError  # imports Airflow: run and validate configure it first
 
-    try:
-        return int(args.func(args))
-    except SmtaskError as exc:
-        print(f"smtask {args.command}: {exc}", file=sys.stderr)
-        return 1
+    with _results_only() as args.out:
+        try:
+            return int(args.func(args))
+        except SmtaskError as exc:
+            print(f"smtask {args.command}: {exc}", file=sys.stderr)
+            return 1
 
 
 def console() -> NoReturn:

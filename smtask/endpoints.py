@@ -12,11 +12,18 @@ from typing import Any
 from smtask.errors import SmtaskError
 from smtask.registry import mode_of, version
 
+MAX_PAYLOAD = 6 * 1024 * 1024  # InvokeEndpoint's limit on a request's body
+
 
 def invoke(name: str, body: bytes | str, content_type: str = "text/csv",
            accept: str | None = None, params: Mapping[str, Any] | None = None) -> bytes:
-    """The endpoint's answer to ``body``. An error answer raises with the model's words."""
+    """The endpoint's answer to ``body``. An error answer raises with the model's words; a
+    body over SageMaker's 6 MB is refused in both modes before any call."""
     data = body.encode() if isinstance(body, str) else body
+    if len(data) > MAX_PAYLOAD:
+        raise SmtaskError(f"endpoint {name}: a request of {len(data)} bytes; InvokeEndpoint "
+                          f"takes at most {MAX_PAYLOAD} (6 MB): split it, or use a batch "
+                          "transform")
     if mode_of(params) == "local":
         from smtask.local import endpoints
 

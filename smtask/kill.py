@@ -57,10 +57,14 @@ class Kills:
         if session is not None and not session.local_mode:
             if self._user_killed():
                 waiting.stop(session.sagemaker_client, kind, name)
-                done = "was asked to stop" if kind.api.stop else "is left as it is"
-                op.log.info("killed: %s %s %s", kind.name, name, done)
+                if kind.api.stop:
+                    op.log.info("killed: asked SageMaker to stop %s job %s", kind.name, name)
+                    done = f"its job {name} was asked to stop"
+                else:  # an endpoint: a kill never deletes it nor undoes its update
+                    op.log.info("killed: %s %s is left as it is", kind.name, name)
+                    done = f"its {kind.name} {name} is left as it is"
                 raise TaskInterrupted(f"{op.custom_operator_name} task {op.task_id} (step "
-                                      f"'{op.step}') was killed; its {kind.name} {name} {done}")
+                                      f"'{op.step}') was killed; {done}")
             op.log.info("task process stopping: %s job %s is left running; the task's "
                         "retry re-attaches to it", kind.name, name)
             raise TaskShutdown(f"{op.custom_operator_name} task {op.task_id} (step "

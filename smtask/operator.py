@@ -117,7 +117,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         with open_session(run_params, output, self.step) as session:
             self._active = (session, job["job_name"])
             if kind.start is not None:
-                return self._start(job, session, run_params, output)
+                return self._start(job, session, run_params)
             client, base = session.sagemaker_client, job["job_name"]
             name, existing = waiting.claim(client, kind,
                                            lambda n: naming.attempt_name(base, n, kind.max_name),
@@ -167,8 +167,8 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                 self._active = None
         return kind.outputs(job, description)
 
-    def _start(self, job: dict[str, Any], session: Any, run_params: dict[str, Any],
-               output: local.ContainerOutput) -> dict[str, Any]:
+    def _start(self, job: dict[str, Any], session: Any, run_params: dict[str, Any]
+               ) -> dict[str, Any]:
         """A kind that starts its own resource (a model version, an endpoint: ``start``):
         started or found, then waited for (or deferred to a trigger) as a job is."""
         kind, cfg = self.job_kind, run_params["steps"][self.step]

@@ -113,8 +113,8 @@ def test_a_runs_conf_may_not_choose_what_serves_where_or_approve_it(conf):
 UNAPPROVED = '''
 @task
 def version():
-    return {"model_package_arn": "arn:aws:sagemaker:us-east-1:000000000000:model-package/g/1",
-            "group": "g", "version": 1, "approval_status": "PendingManualApproval"}
+    return {"model_package_arn": "ARN", "group": "g", "version": 1,
+            "approval_status": "Approved"}  # as it was: rejected since
 
 @sm_endpoint(step="deploy")
 def deploy(version):
@@ -124,15 +124,25 @@ deploy(version())
 '''
 
 
-def test_deploying_an_unapproved_version_is_refused_before_any_call(tmp_path, home, capfd):
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_deploying_an_unapproved_version_is_refused_before_any_container(tmp_path, home, capfd):
+    from smtask.local import registry
+
+    version = registry.register(
+        group="g", client_token="t", approval_status="Approved", description="",
+        model="file:///m.tar.gz", image=LOCAL_IMAGE, environment={}, framework=None,
+        inference={}, metadata={}, region="us-east-1")
+    registry.set_status("g/1", "Rejected")  # a person rejected it after it was registered
     config = write_config(tmp_path, steps={"deploy": {"endpoint_name": "e1"}})
-    result = run_dag(UNAPPROVED, config=config)
+    body = UNAPPROVED.replace("ARN", version["model_package_arn"])
+    result = run_dag(body, config=config)
     assert result.states["deploy"] == "failed"
     out = capfd.readouterr().out
-    assert "steps.deploy: model version arn:aws:sagemaker:us-east-1:000000000000:model-package/g/1" \
-           " is PendingManualApproval, not Approved" in out
+    assert f"steps.deploy: model version {version['model_package_arn']} is Rejected, not " \
+           "Approved" in out
     assert "allow_unapproved" in out
-    assert not (home / "endpoints").exists()  # nothing started
+    assert endpoint_containers(home, "e1") == [] and not (home / "endpoints" / "e1").exists()
 
 
 # --- the local registry ---------------------------------------------------------------------
@@ -163,6 +173,17 @@ def test_two_runs_registering_at_once_never_lose_or_repeat_a_version(tmp_path):
     for worker in workers:
         worker.join(timeout=60)
     assert sorted(made) == list(range(1, 76))
+
+
+def test_a_body_over_sagemakers_6_mb_is_refused_before_any_call(tmp_path, monkeypatch):
+    from smtask import endpoints
+    from smtask.errors import SmtaskError
+
+    monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
+    with pytest.raises(SmtaskError, match="takes at most 6291456"):
+        endpoints.invoke("nowhere", b"1" * (6 * 1024 * 1024 + 1), params={"mode": "sagemaker"})
+    with pytest.raises(SmtaskError, match="no local endpoint 'nowhere'"):
+        endpoints.invoke("nowhere", b"1,2\n")
 
 
 def test_a_retry_of_a_registration_gets_the_version_its_first_attempt_made(tmp_path, monkeypatch):
@@ -292,6 +313,14 @@ def test_an_endpoint_outlives_its_task_updates_in_place_and_a_failed_update_keep
     assert removed == [f"container {stray[:12]} of endpoint e1, which no record names"]
     assert endpoint_containers(home, "e1") == [v2_container]
 
+    cli = subprocess.run([sys.executable, "-m", "smtask.cli", "endpoints", "invoke", "e1", "-d",
+                          "3,1\n0,2\n", "--accept", "text/csv"], capture_output=True, text=True,
+                         env={**os.environ, "SMTASK_HOME": str(home)}, check=False)
+    assert cli.returncode == 0 and cli.stdout.split() == ["0", "1"], cli.stderr
+    listed = subprocess.run([sys.executable, "-m", "smtask.cli", "endpoints", "list"],
+                            capture_output=True, text=True, check=False,
+                            env={**os.environ, "SMTASK_HOME": str(home)}).stdout
+    assert listed.startswith(f"e1\trunning\thttp://127.0.0.1:{record['port']}\t")
     endpoints.delete("e1")
     assert endpoint_containers(home, "e1") == [] and local.record("e1") is None
     with pytest.raises(local.EndpointNotFound, match="no local endpoint 'e1'"):
@@ -609,3 +638,57 @@ def test_deploy_example_on_sagemaker_deploys_then_updates_to_a_better_model(
     assert second.xcom["smoke-test"] == {"rows": 20, "accuracy": 1.0}
     versions = client().list_model_packages(ModelPackageGroupName="churn-models")
     assert len(versions["ModelPackageSummaryList"]) == 2
+
+
+def test_registry_cli_in_sagemaker_mode_goes_through_the_connection(tmp_path, sagemaker):
+    body = REGISTER.replace('"approval_status": "Approved"',
+                            '"approval_status": "PendingManualApproval"')
+    result = run_dag(body, config=deploy_config(tmp_path))
+    assert result.states["register"] == "success"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "smtask.cli", "registry", *args, "--mode",
+                               "sagemaker"], capture_output=True, text=True, check=False)
+
+    listed = cli("list", "churn-models")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("churn-models/1\tPendingManualApproval\t{\"accuracy\": 0.9}")
+    assert "AWS Connection" in listed.stderr  # Airflow's log lines: not among the results
+    assert cli("approve", "churn-models/1").stdout.strip() == "churn-models/1: Approved"
+    arn = result.xcom["register"]["model_package_arn"]
+    assert client().describe_model_package(ModelPackageName=arn)["ModelApprovalStatus"] == \
+        "Approved"
+    approved = run_dag(BY_ARN, config=deploy_config(tmp_path, model_package_arn=arn))
+    assert approved.ok, approved.states  # approved since it was registered: deployed
+    assert approved.xcom["deploy"]["model_package_arn"] == arn
+
+
+BY_ARN = '''
+@sm_endpoint(step="deploy")
+def deploy():
+    return None
+
+deploy()
+'''
+
+
+def test_a_users_kill_of_an_endpoint_task_deletes_and_stops_nothing():
+    from unittest import mock
+
+    from airflow.sdk import DAG
+
+    from smtask import sm_endpoint
+    from smtask.errors import TaskInterrupted
+
+    def deploy() -> None:
+        return None
+
+    with DAG("kill_endpoint", schedule=None) as dag:
+        sm_endpoint(step="deploy")(deploy)()
+    operator = dag.tasks[0]
+    session = mock.Mock(local_mode=False)
+    operator._active, operator._executing = (session, "churn-endpoint"), True
+    operator._on_kill = "stop"  # the user's kill, without asking Airflow
+    with pytest.raises(TaskInterrupted, match="its endpoint churn-endpoint is left as it is"):
+        operator.on_kill()
+    assert session.sagemaker_client.method_calls == []  # no delete, no update, no describe

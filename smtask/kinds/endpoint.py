@@ -47,14 +47,9 @@ def spec(ctx: StepContext, returned: Any, upstream: Iterable[Any] = ()) -> dict[
         "image": None, "model_data": None, "model_environment": {}, "framework": None,
         "region": ctx.params.get("region_name") or "us-east-1",
     }
-    if "model_package_arn" in source:
-        version = source
-        if version.get("approval_status") not in (None, APPROVED) and not job["allow_unapproved"]:
-            from smtask.errors import ParamsError
-
-            raise ParamsError(_unapproved(ctx.step, version["model_package_arn"],
-                                          version["approval_status"]))
-        return {**job, "model_package_arn": version["model_package_arn"]}
+    if "model_package_arn" in source:  # its approval is read when the task starts it: a
+        # person may have approved it since it was registered (or rejected it)
+        return {**job, "model_package_arn": source["model_package_arn"]}
     if "model_name" in source:
         found = existing_model(ctx, source["model_name"])
         return {**job, **found, "model_environment": {**found["model_environment"],
@@ -73,12 +68,12 @@ def _unapproved(step: str, arn: str, status: str) -> str:
 
 
 def _source(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[str, Any]:
-    """What to serve: ``{"model": training result}``, ``{"model_name": ...}`` or a version
-    (``{"model_package_arn": ..., "approval_status": ...}``)."""
+    """What to serve: ``{"model": training result}``, ``{"model_name": ...}`` or a version,
+    ``{"model_package_arn": ...}``."""
     cfg, step = ctx.cfg, ctx.step
     if returned is None:
         if cfg.get("model_package_arn"):
-            return {"model_package_arn": cfg["model_package_arn"], "approval_status": None}
+            return {"model_package_arn": cfg["model_package_arn"]}
         if cfg.get("model_name"):
             return {"model_name": cfg["model_name"]}
         found = [v for v in upstream if is_training_result(v) or _is_version(v)]
@@ -89,8 +84,7 @@ def _source(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[st
                             f"registration result to the function (found {len(found)})")
         returned = found[0]
     if _is_version(returned):
-        return {"model_package_arn": returned["model_package_arn"],
-                "approval_status": returned.get("approval_status")}
+        return {"model_package_arn": returned["model_package_arn"]}
     if is_training_result(returned):
         return {"model": returned}
     if not isinstance(returned, dict):
@@ -110,8 +104,7 @@ def _source(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[st
         raise TypeError(f"step '{step}': {key} must be a string, got {type(value).__name__}")
     if key == "model_name" and (problem := name_problem("model", value)):
         raise TypeError(f"step '{step}': model_name {problem}")
-    return {"model_name": value} if key == "model_name" else \
-        {"model_package_arn": value, "approval_status": None}
+    return {key: value}
 
 
 def _is_version(value: Any) -> bool:
@@ -129,7 +122,7 @@ def start(job: dict[str, Any], session: Any, log: Any) -> tuple[dict[str, Any], 
     from smtask.errors import JobFailed
 
     client, name = session.sagemaker_client, job["endpoint_name"]
-    if job["model_package_arn"]:
+    if job["model_package_arn"]:  # before any other call
         _check_approved(client, job)
     described = waiting.find(client, KIND, name)
     if described is not None and _serves(described, job["config_name"]):

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -130,9 +131,12 @@ def deploy(session: Any, *, name: str, config_name: str, model_name: str, arn: s
                                     "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
         with reserved_port() as port:
             environment["SAGEMAKER_BIND_TO_PORT"] = str(port)
-            container = _start(name, config_name, image, mounts, environment, folder)
+            # named before it exists: a kill while `docker run` runs still finds it
+            container = f"smtask-endpoint-{name}-{uuid.uuid4().hex[:12]}"
             switched = False
             try:
+                container = _start(container, name, config_name, image, mounts, environment,
+                                   folder)
                 wait_healthy(port, lambda: _exited(container), output, timeout)
                 entry = {"name": name, "arn": arn, "config_name": config_name,
                          "model_name": model_name, "model_package_arn": model_package_arn,
@@ -159,13 +163,14 @@ def deploy(session: Any, *, name: str, config_name: str, model_name: str, arn: s
         return entry
 
 
-def _start(name: str, config_name: str, image: str, mounts: list[tuple[Path, str]],
-           environment: dict[str, str], folder: Path) -> str:
-    """``docker run -d`` of the serving container: host networking (its port is loopback's
-    own choice), read-only model and code, restarted with the engine."""
+def _start(container: str, name: str, config_name: str, image: str,
+           mounts: list[tuple[Path, str]], environment: dict[str, str], folder: Path) -> str:
+    """``docker run -d`` of the serving container ``container``: host networking (its port is
+    loopback's own choice), read-only model and code, restarted with the engine. Its id."""
     from smtask.local.compose import environment_args
 
-    args = ["run", "-d", "--pull", "never", "--network", "host", "--restart", "unless-stopped",
+    args = ["run", "-d", "--pull", "never", "--name", container, "--network", "host",
+            "--restart", "unless-stopped",
             "--log-driver", "local", "--label", f"{ENDPOINT_LABEL}={name}",
             "--label", f"{CONFIG_LABEL}={config_name}", "--label", f"{HOME_LABEL}={smtask_home()}",
             *environment_args(environment, str(folder / ".env"))]
