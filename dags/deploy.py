@@ -3,7 +3,8 @@ deployment): the churn pipeline, whose model is registered in a model package gr
 served by a real-time endpoint only when it beats the version the endpoint serves now.
 
     smtask run dags/deploy.py                 # local mode: the endpoint is a local container
-    smtask endpoints invoke churn-endpoint -d "$(head -3 <batch.csv>)"
+    smtask endpoints invoke churn-endpoint --accept text/csv \
+        -d "$(head -3 ~/.smtask/artifacts/churn-deploy/deploy/*/splitor/batch/batch.csv)"
 
 The candidate's metric is compared with the metric recorded for the version the endpoint
 serves (``smtask.endpoints.serving_version``): a better model is registered ``Approved`` and

@@ -386,10 +386,16 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
                          "`aws sagemaker list-endpoints`)")
         from smtask.local import endpoints as local_endpoints
 
-        for entry in local_endpoints.records():
-            _emit(args, f"{entry['name']}\t{local_endpoints.state(entry['container'])}\t"
-                  f"http://127.0.0.1:{entry['port']}\t{entry['config_name']}\t"
-                  f"{entry.get('model_package_arn') or entry['model_name']}")
+        for name in local_endpoints.names():
+            try:
+                entry = local_endpoints.record(name)
+            except local_endpoints.UnreadableRecord as exc:
+                _emit(args, f"{name}\tunreadable\t{exc}")
+                continue
+            if entry is not None:
+                _emit(args, f"{name}\t{local_endpoints.state(entry['container'])}\t"
+                      f"http://127.0.0.1:{entry['port']}\t{entry['config_name']}\t"
+                      f"{entry.get('model_package_arn') or entry['model_name']}")
         return 0
     name = args.name or _usage_error(f"endpoints {args.action}: name an endpoint")
     if args.action == "delete":

@@ -6,20 +6,35 @@ and the connection; without them, ``$SMTASK_MODE`` (default local)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from smtask.errors import SmtaskError
+from smtask.params.schemas import MIME_TYPE
 from smtask.registry import mode_of, version
 
+MIME = re.compile(MIME_TYPE["pattern"].removeprefix("^").removesuffix("$"))
 MAX_PAYLOAD = 6 * 1024 * 1024  # InvokeEndpoint's limit on a request's body
+
+
+def _named(name: Any) -> str:
+    from smtask.naming import name_problem
+
+    if problem := name_problem("endpoint", name):
+        raise SmtaskError(f"endpoint name {problem}")
+    return str(name)
 
 
 def invoke(name: str, body: bytes | str, content_type: str = "text/csv",
            accept: str | None = None, params: Mapping[str, Any] | None = None) -> bytes:
     """The endpoint's answer to ``body``. An error answer raises with the model's words; a
     body over SageMaker's 6 MB is refused in both modes before any call."""
+    name = _named(name)
     data = body.encode() if isinstance(body, str) else body
+    for header, value in (("content type", content_type), ("accept", accept)):
+        if value is not None and not MIME.fullmatch(value):
+            raise SmtaskError(f"endpoint {name}: {header} {value[:80]!r} is not a MIME type")
     if len(data) > MAX_PAYLOAD:
         raise SmtaskError(f"endpoint {name}: a request of {len(data)} bytes; InvokeEndpoint "
                           f"takes at most {MAX_PAYLOAD} (6 MB): split it, or use a batch "
@@ -43,6 +58,7 @@ def invoke(name: str, body: bytes | str, content_type: str = "text/csv",
 
 def describe(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """DescribeEndpoint's answer (local mode: the same keys), or None when there is none."""
+    name = _named(name)
     if mode_of(params) == "local":
         from smtask.local import endpoints
 
@@ -57,12 +73,20 @@ def describe(name: str, params: Mapping[str, Any] | None = None) -> dict[str, An
 
 def serving_version(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The registered version the endpoint serves now (its ARN, approval status and the
-    metrics it was registered with), or None: no endpoint, or not a registered version's."""
+    metrics it was registered with), or None: no endpoint, not a registered version's, or
+    (local mode) a version the registry no longer has, or holds for another model."""
     described = describe(name, params)
     if described is None:
         return None
     if mode_of(params) == "local":
-        arn = described["record"].get("model_package_arn")
+        entry = described["record"]
+        arn = entry.get("model_package_arn")
+        if arn:  # the registry may have been lost and rebuilt: another model under that ARN
+            try:
+                found = version(arn, params)
+            except SmtaskError:
+                return None
+            return found if found.get("model") == entry.get("model_data") else None
     else:
         from smtask.sessions import sagemaker_client
 
@@ -77,6 +101,7 @@ def serving_version(name: str, params: Mapping[str, Any] | None = None) -> dict[
 def delete(name: str, params: Mapping[str, Any] | None = None) -> None:
     """Delete the endpoint (SageMaker: DeleteEndpoint; its configs and models are left, as
     the console leaves them). Local mode: its container, record and files."""
+    name = _named(name)
     if mode_of(params) == "local":
         from smtask.local import endpoints
 

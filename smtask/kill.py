@@ -26,6 +26,7 @@ class Kills:
         self._ti_key: tuple[str, str, int] = ("", "", -1)
         self._on_kill = "auto"
         self._mode: str | None = None
+        self._pending_kill: BaseException | None = None  # a kill its signal could not raise
 
     def note_task(self, dag_id: str, run_id: str, map_index: int, run_params: dict[str, Any],
                   step: str) -> None:
@@ -35,7 +36,23 @@ class Kills:
         self._on_kill = run_params["steps"][step].get("on_kill", "auto")
 
     def on_kill(self) -> None:
-        """Airflow calls this when the task process gets SIGTERM: a user marked the task
+        """See :meth:`_kill`. The exception it raises ends the task; where Python discards an
+        exception raised in a signal handler (the signal landed in a finaliser or a weakref
+        callback: "Exception ignored in ..."), the task raises it again at its next step
+        (:meth:`raise_pending_kill`), so a kill is never lost."""
+        outcome = self._kill()
+        if outcome is not None:
+            self._pending_kill = outcome
+            raise outcome
+
+    def raise_pending_kill(self) -> None:
+        """Raise a kill's exception that its signal handler could not raise (see on_kill)."""
+        pending = getattr(self, "_pending_kill", None)
+        if pending is not None:
+            raise pending
+
+    def _kill(self) -> BaseException | None:
+        """Airflow calls on_kill when the task process gets SIGTERM: a user marked the task
         failed or cleared it, the run was stopped, or the worker is shutting down.
 
         Local mode: the job's processes and containers are stopped and the task interrupted at
@@ -49,7 +66,7 @@ class Kills:
         """
         op: Any = self
         if not getattr(self, "_executing", False):
-            return  # the task is not running its job (it finished, or never started)
+            return None  # the task is not running its job (it finished, or never started)
         session, name = getattr(self, "_active", None) or (None, "")
         kind = op.job_kind
         # Airflow's task runner lets the task go on after on_kill: ending it is ours to do,
@@ -63,24 +80,24 @@ class Kills:
                 else:  # an endpoint: a kill never deletes it nor undoes its update
                     op.log.info("killed: %s %s is left as it is", kind.name, name)
                     done = f"its {kind.name} {name} is left as it is"
-                raise TaskInterrupted(f"{op.custom_operator_name} task {op.task_id} (step "
+                return TaskInterrupted(f"{op.custom_operator_name} task {op.task_id} (step "
                                       f"'{op.step}') was killed; {done}")
             op.log.info("task process stopping: %s job %s is left running; the task's "
                         "retry re-attaches to it", kind.name, name)
-            raise TaskShutdown(f"{op.custom_operator_name} task {op.task_id} (step "
+            return TaskShutdown(f"{op.custom_operator_name} task {op.task_id} (step "
                                f"'{op.step}') stopped by a shutdown; its {kind.name} job {name} "
                                "is left running for the task's retry to re-attach to")
         if session is None and getattr(self, "_mode", None) == "sagemaker" and \
                 not self._user_killed():
-            raise TaskShutdown(f"{op.custom_operator_name} task {op.task_id} (step "
+            return TaskShutdown(f"{op.custom_operator_name} task {op.task_id} (step "
                                f"'{op.step}') stopped by a shutdown before it started its job")
         if session is not None:
             removed = local.kill(session)
             if removed is None:
-                return  # the session is already removing its containers; let it finish
+                return None  # the session is already removing its containers; let it finish
             op.log.info("killed: removed %d container(s) of %s job %s", len(removed), kind.name,
                         name)
-        raise op.interrupted()
+        return op.interrupted()  # type: ignore[no-any-return]
 
     def _user_killed(self) -> bool:
         """Whether the kill is a user's action (per the step's ``on_kill``, see on_kill)."""

@@ -58,6 +58,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
 
     def execute(self, context: Context) -> Any:
         self._executing = True  # from here on a kill interrupts the task (see on_kill)
+        self._pending_kill = None
         try:
             return self._execute(context)
         finally:
@@ -116,6 +117,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         output = local.ContainerOutput(lambda line: self.log.info("%s", line))
         with open_session(run_params, output, self.step) as session:
             self._active = (session, job["job_name"])
+            self.raise_pending_kill()  # a kill while the session opened: no job starts
             if kind.start is not None:
                 return self._start(job, session, run_params)
             client, base = session.sagemaker_client, job["job_name"]
@@ -176,6 +178,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         try:
             job, description = kind.start(job, session, lambda line: self.log.info("%s", line))
             self._active = (session, job["job_name"])
+            self.raise_pending_kill()
             if session.local_mode and local.killed(session):
                 raise self.interrupted()
             if description is None or waiting.status(kind, description) not in kind.api.done:

@@ -89,10 +89,11 @@ def version(which: str, params: Mapping[str, Any] | None = None) -> dict[str, An
         return _summary(sagemaker_client(params or {}).describe_model_package(
             ModelPackageName=which))
     group, _, number = which.rpartition("/")
-    for found in versions(group, params) if group and number.isdigit() else []:
+    for found in versions(group, params) if group and number.isascii() and number.isdigit() else []:
         if found["version"] == int(number):
             return found
-    raise SmtaskError(f"no model version {which!r} (name one by its ARN or as GROUP/VERSION)")
+    raise SmtaskError(f"no model version {which[:200]!r} (name one by its ARN or as "
+                      "GROUP/VERSION)")
 
 
 def set_status(which: str, status: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from test_cloud import BUCKET, IMAGE, ROLE, client, cloud_config, moto_server, s
 from test_serving import JSON_MODEL_FN, code_tar, model_tar
 
 from smtask import params
-from smtask.errors import ParamsError
+from smtask.errors import ContainerFailed, ParamsError
 
 ENDPOINT_LABEL = "smtask.endpoint"
 
@@ -205,6 +205,33 @@ def test_a_retry_of_a_registration_gets_the_version_its_first_attempt_made(tmp_p
         registry.version("churn-models/9")
 
 
+@pytest.mark.parametrize("which", ["churn-models/99999999999999999999999", "churn-models/\u00b2",
+                                   "x'; DROP TABLE versions;--/1", "churn-models/", "/1"])
+def test_odd_version_names_are_refused_or_not_found_in_one_line(tmp_path, monkeypatch, which):
+    monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
+    from smtask.local import registry
+
+    with pytest.raises(registry.RegistryError) as refused:
+        registry.version(which)
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 400
+    assert not (tmp_path / "registry.sqlite").exists()  # a read creates nothing
+    assert registry.groups() == []
+
+
+def test_group_names_differing_in_case_are_one_group_as_their_arns_are(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
+    from smtask.local import registry
+
+    fields = dict(approval_status="Approved", description="", model="file:///m.tar.gz",
+                  image="i", environment={}, framework=None, inference={}, metadata={},
+                  region="us-east-1")
+    first = registry.register(group="churn-models", client_token="a", **fields)
+    second = registry.register(group="Churn-Models", client_token="b", **fields)
+    assert (first["version"], second["version"]) == (1, 2)
+    assert second["group"] == "churn-models"
+    assert [v["version"] for v in registry.versions("CHURN-MODELS")] == [1, 2]
+
+
 def test_registry_cli_lists_shows_and_approves(tmp_path, monkeypatch):
     monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
     from smtask.local import registry
@@ -327,6 +354,65 @@ def test_an_endpoint_outlives_its_task_updates_in_place_and_a_failed_update_keep
         invoke("e1")
 
 
+def test_endpoint_names_that_would_be_paths_are_refused_touching_nothing(tmp_path, home):
+    from smtask import endpoints
+    from smtask.errors import SmtaskError
+
+    victim = tmp_path / "victim"
+    (victim / "data").mkdir(parents=True)
+    (victim / "data.json").write_text('{"port": 1}')
+    hostile = f"/../../../..{victim}/data"
+    for call in (lambda: endpoints.delete(hostile), lambda: endpoints.invoke(hostile, "1"),
+                 lambda: endpoints.describe("../../etc"), lambda: endpoints.delete("a" * 64)):
+        with pytest.raises(SmtaskError, match="endpoint name .* is not allowed"):
+            call()
+    assert (victim / "data").is_dir() and (victim / "data.json").is_file()
+    assert not (home / "endpoints").exists()
+
+
+def test_a_record_smtask_did_not_write_is_named_and_the_endpoint_can_still_be_deleted(
+        tmp_path, home):
+    from smtask import endpoints
+    from smtask.local import endpoints as local
+
+    (home / "endpoints").mkdir(parents=True)
+    (home / "endpoints" / "e9.json").write_text('{"name": "e9", "port": 1')
+    (home / "endpoints" / "e8.json").write_text('{"name": "e8", "port": "1"}')
+    for name in ("e9", "e8"):
+        with pytest.raises(local.UnreadableRecord,
+                           match=f"`smtask endpoints delete {name}` removes the endpoint"):
+            endpoints.invoke(name, "1,2\n")
+    assert local.records() == [] and local.names() == ["e8", "e9"]
+    listed = subprocess.run([sys.executable, "-m", "smtask.cli", "endpoints", "list"],
+                            capture_output=True, text=True, check=False,
+                            env={**os.environ, "SMTASK_HOME": str(home)})
+    assert listed.returncode == 0 and listed.stdout.startswith("e8\tunreadable\t"), listed
+    endpoints.delete("e9")
+    assert local.names() == ["e8"]
+
+
+def test_a_kill_whose_signal_was_swallowed_is_raised_at_the_tasks_next_step():
+    """Python discards an exception raised by a signal handler inside a finaliser; the task
+    raises it again before it starts anything."""
+    from airflow.sdk import DAG
+
+    from smtask import sm_endpoint
+    from smtask.errors import TaskInterrupted
+
+    def deploy() -> None:
+        return None
+
+    with DAG("kill_swallowed", schedule=None) as dag:
+        sm_endpoint(step="deploy")(deploy)()
+    operator = dag.tasks[0]
+    operator._executing, operator._mode = True, "local"  # the session is still opening
+    with pytest.raises(TaskInterrupted) as first:
+        operator.on_kill()  # ... and say the raise was lost
+    with pytest.raises(TaskInterrupted) as again:
+        operator.raise_pending_kill()
+    assert again.value is first.value
+
+
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker")
 def test_a_deploy_that_is_retried_leaves_the_endpoint_as_it_is(tmp_path, home):
@@ -348,6 +434,31 @@ def test_a_deploy_that_is_retried_leaves_the_endpoint_as_it_is(tmp_path, home):
     again = local.deploy(session, **fields)
     assert again == first and lines[-1] == "endpoint e2 already serves config c1: nothing to change"
     assert endpoint_containers(home, "e2") == [first["container"]]
+    import psutil
+
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == first["port"]}
+    assert listening == {"127.0.0.1"}  # loopback only, though the container has host networking
+
+    # a kill after the new container answered, before the switch: the old one serves on
+    killed = SimpleNamespace(smtask=SimpleNamespace(killed=True))
+    with pytest.raises(ContainerFailed, match="killed before its endpoint switched"):
+        local.deploy(killed, **{**fields, "config_name": "c2"})
+    assert local.record("e2") == first and endpoint_containers(home, "e2") == [first["container"]]
+
+    # an update removes this endpoint's own containers only, whatever the record says
+    dummy = subprocess.run(["docker", "run", "-d", "--network", "host", "--entrypoint", "sleep",
+                            LOCAL_IMAGE, "300"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    try:
+        local._write({**first, "container": dummy})
+        second = local.deploy(session, **{**fields, "config_name": "c3"})
+        assert endpoint_containers(home, "e2") == [second["container"]]
+        assert subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", dummy],
+                              capture_output=True, text=True).stdout.strip() == "true"
+        assert not (local.root() / "e2" / "c1").exists()  # the old config's files went too
+    finally:
+        subprocess.run(["docker", "rm", "-f", dummy], capture_output=True, check=False)
     local.delete("e2")
 
 

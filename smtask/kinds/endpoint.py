@@ -232,7 +232,7 @@ def _create(client: Any, step: str, what: str, create: Any, request: dict[str, A
 
 def _deploy_locally(job: dict[str, Any], session: Any, log: Any) -> dict[str, Any]:
     from smtask.local import endpoints
-    from smtask.local.serving import serving_framework
+    from smtask.local.serving import local_serving_environment
     from smtask.local.state import of
 
     image, model_data, environment = job["image"], job["model_data"], job["model_environment"]
@@ -257,7 +257,7 @@ def _deploy_locally(job: dict[str, Any], session: Any, log: Any) -> dict[str, An
         session, name=job["endpoint_name"], config_name=job["config_name"],
         model_name=job["model_name"], image=image, model_data=model_data,
         arn=f"arn:aws:sagemaker:{job['region']}:000000000000:endpoint/{job['endpoint_name']}",
-        environment=serving_framework(environment, framework), variant=job["variant"],
+        environment=local_serving_environment(environment, framework), variant=job["variant"],
         model_package_arn=job["model_package_arn"], log=log, output=of(session).output)
     return endpoints.description(entry)
 
@@ -282,7 +282,8 @@ def form(step: str, cfg: Mapping[str, Any]) -> Iterable[str]:
         both = [k for k in ("instance_type", "instance_count") if k in cfg]
         if both:
             yield (f"steps.{step}.serverless: not together with {' and '.join(both)} (an "
-                   "endpoint variant is serverless or runs on instances)")
+                   "endpoint variant is serverless or runs on instances; a run's conf drops "
+                   "a key of the config with null)")
     if "model_name" in cfg and "model_package_arn" in cfg:
         yield f"steps.{step}: model_name or model_package_arn, not both"
 

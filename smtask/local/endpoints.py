@@ -29,7 +29,7 @@ from smtask.local.containers import docker, ids, remove
 from smtask.local.output import ContainerOutput
 from smtask.local.serving import exit_of, reserved_port, unpack_uri, wait_healthy
 from smtask.local.wheels import WHEELS_IN_CONTAINER, wheelhouse
-from smtask.naming import smtask_home
+from smtask.naming import name_problem, smtask_home
 
 ENDPOINT_LABEL = "smtask.endpoint"  # the endpoint's name
 CONFIG_LABEL = "smtask.endpoint-config"
@@ -40,12 +40,24 @@ class EndpointNotFound(SmtaskError, LookupError):
     """No local endpoint of that name."""
 
 
+# what a record holds, and each field's type: a record that is not this is unreadable
+_FIELDS = {"name": str, "arn": str, "config_name": str, "model_name": str, "image": str,
+           "model_data": str, "variant": str, "container": str, "port": int}
+
+
 def root() -> Path:
     return smtask_home() / "endpoints"
 
 
+def checked(name: Any) -> str:
+    """``name`` if it is an endpoint's name (SageMaker's rule): it names files here."""
+    if problem := name_problem("endpoint", name):
+        raise SmtaskError(f"endpoint name {problem}")
+    return str(name)
+
+
 def _record_path(name: str) -> Path:
-    return root() / f"{name}.json"
+    return root() / f"{checked(name)}.json"
 
 
 @contextlib.contextmanager
@@ -53,7 +65,7 @@ def locked(name: str, wait: bool = True) -> Iterator[bool]:
     """The endpoint's lock (one deploy or delete at a time); without ``wait``, yields False
     when another process holds it."""
     root().mkdir(parents=True, exist_ok=True)
-    fd = os.open(root() / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(root() / f".{checked(name)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -65,16 +77,44 @@ def locked(name: str, wait: bool = True) -> Iterator[bool]:
         os.close(fd)
 
 
+class UnreadableRecord(SmtaskError):
+    """A record that is not one smtask wrote (edited by hand, cut short)."""
+
+
 def record(name: str) -> dict[str, Any] | None:
+    """The endpoint's record, or None when it has none. A record that cannot be read raises
+    :class:`UnreadableRecord`, naming how to remove the endpoint."""
+    path = _record_path(name)
     try:
-        return json.loads(_record_path(name).read_text())  # type: ignore[no-any-return]
+        entry = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        raise UnreadableRecord(f"local endpoint {name}: its record {path} cannot be read "
+                               f"({exc}); `smtask endpoints delete {name}` removes the "
+                               "endpoint") from exc
+    if not isinstance(entry, dict) or entry.get("name") != name or any(
+            not isinstance(entry.get(k), t) or isinstance(entry.get(k), bool)
+            for k, t in _FIELDS.items()):
+        raise UnreadableRecord(f"local endpoint {name}: its record {path} is not one smtask "
+                               f"wrote; `smtask endpoints delete {name}` removes the endpoint")
+    return entry
+
+
+def names() -> list[str]:
+    """The names of this home's endpoints (their records' files)."""
+    found = sorted(root().glob("*.json")) if root().is_dir() else []
+    return [p.stem for p in found if name_problem("endpoint", p.stem) is None]
 
 
 def records() -> list[dict[str, Any]]:
-    found = sorted(root().glob("*.json")) if root().is_dir() else []
-    return [r for r in (record(p.stem) for p in found) if r is not None]
+    """The readable records (see :func:`names` for all)."""
+    found = []
+    for name in names():
+        with contextlib.suppress(UnreadableRecord):
+            if (entry := record(name)) is not None:
+                found.append(entry)
+    return found
 
 
 def _write(entry: dict[str, Any]) -> None:
@@ -109,7 +149,10 @@ def deploy(session: Any, *, name: str, config_name: str, model_name: str, arn: s
     (start the new container, wait for its /ping, switch the record, remove the old one).
     When the endpoint already serves ``config_name`` (a retry), it is left as it is."""
     with locked(name):
-        current = record(name)
+        try:
+            current = record(name)
+        except UnreadableRecord as exc:
+            raise SmtaskError(f"{exc}; nothing was deployed") from exc
         if current and current["config_name"] == config_name and \
                 state(current["container"]) == "running":
             log(f"endpoint {name} already serves config {config_name}: nothing to change")
@@ -130,7 +173,8 @@ def deploy(session: Any, *, name: str, config_name: str, model_name: str, arn: s
                 environment.update({"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS_IN_CONTAINER,
                                     "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
         with reserved_port() as port:
-            environment["SAGEMAKER_BIND_TO_PORT"] = str(port)
+            # loopback only: the container shares the machine's network
+            environment.update(SAGEMAKER_BIND_TO_PORT=str(port), SMTASK_BIND_ADDRESS="127.0.0.1")
             # named before it exists: a kill while `docker run` runs still finds it
             container = f"smtask-endpoint-{name}-{uuid.uuid4().hex[:12]}"
             switched = False
@@ -138,6 +182,8 @@ def deploy(session: Any, *, name: str, config_name: str, model_name: str, arn: s
                 container = _start(container, name, config_name, image, mounts, environment,
                                    folder)
                 wait_healthy(port, lambda: _exited(container), output, timeout)
+                if getattr(getattr(session, "smtask", None), "killed", False):
+                    raise ContainerFailed("the task was killed before its endpoint switched")
                 entry = {"name": name, "arn": arn, "config_name": config_name,
                          "model_name": model_name, "model_package_arn": model_package_arn,
                          "image": image, "model_data": model_data, "variant": variant,
@@ -154,10 +200,14 @@ def deploy(session: Any, *, name: str, config_name: str, model_name: str, arn: s
                 if not switched:  # a failed start, or a kill: the old one serves on
                     remove([container])
                     shutil.rmtree(folder, ignore_errors=True)
+        # every other container of this endpoint (the old one, a killed update's) goes
+        old = [c for c in ids(f"{ENDPOINT_LABEL}={name}", f"{HOME_LABEL}={smtask_home()}")
+               if not entry["container"].startswith(c)]
+        remove(old)
+        for folder in (root() / name).iterdir():
+            if folder.is_dir() and folder.name != config_name:
+                shutil.rmtree(folder, ignore_errors=True)
         if current:
-            remove([current["container"]])
-            if current["config_name"] != config_name:
-                shutil.rmtree(root() / name / current["config_name"], ignore_errors=True)
             log(f"endpoint {name}: config {config_name} serves now (was "
                 f"{current['config_name']}); its old container is removed")
         return entry
@@ -193,10 +243,13 @@ def _exited(container: str) -> tuple[int, list[str]] | None:
 def delete(name: str) -> dict[str, Any]:
     """Remove the endpoint: its container, its record and its files."""
     with locked(name):
-        entry = record(name)
+        try:
+            entry = record(name)
+        except UnreadableRecord:  # removed all the same: its containers carry its name
+            entry = {"name": name}
         if entry is None:
             raise EndpointNotFound(f"no local endpoint {name!r} (known: "
-                                   f"{', '.join(r['name'] for r in records()) or 'none'})")
+                                   f"{', '.join(names()) or 'none'})")
         remove(ids(f"{ENDPOINT_LABEL}={name}", f"{HOME_LABEL}={smtask_home()}"))
         _record_path(name).unlink(missing_ok=True)
         shutil.rmtree(root() / name, ignore_errors=True)
@@ -211,7 +264,7 @@ def invoke(name: str, body: bytes, content_type: str, accept: str | None) -> tup
     entry = record(name)
     if entry is None:
         raise EndpointNotFound(f"no local endpoint {name!r} (known: "
-                               f"{', '.join(r['name'] for r in records()) or 'none'})")
+                               f"{', '.join(names()) or 'none'})")
     headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
     try:
         answer = urllib3.PoolManager().request(
@@ -238,8 +291,13 @@ def cleanup() -> list[str]:
     for line in described.splitlines():
         cid, _, labels_json = line.partition(" ")
         name = json.loads(labels_json or "{}").get(ENDPOINT_LABEL, "")
+        if name_problem("endpoint", name):
+            continue  # not a container smtask made
         with locked(name, wait=False) as free:
-            entry = record(name)
+            try:
+                entry = record(name)
+            except UnreadableRecord:
+                continue  # which container serves cannot be told: none is removed
             if not free or (entry is not None and entry["container"] == cid):
                 continue
             remove([cid])

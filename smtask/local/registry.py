@@ -4,7 +4,8 @@ SQLite file under ``$SMTASK_HOME`` (``registry.sqlite``).
 Every change is one transaction that takes the write lock first (``BEGIN IMMEDIATE``), so two
 runs registering at once get versions 1 and 2, never one twice or one lost. A version is
 created once per ``client_token`` (the task instance's name, as SageMaker's ``ClientToken``):
-a retry gets the version its first attempt made.
+a retry gets the version its first attempt made. Group names compare without case, as their
+ARNs (lower case) do; reads take no write lock and create nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ ACCOUNT = "000000000000"  # local mode's account in the ARNs it makes
 STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (
-    name TEXT PRIMARY KEY, description TEXT NOT NULL, created REAL NOT NULL);
+    name TEXT PRIMARY KEY COLLATE NOCASE, description TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS versions (
-    arn TEXT PRIMARY KEY, group_name TEXT NOT NULL REFERENCES groups(name),
+    arn TEXT PRIMARY KEY, group_name TEXT NOT NULL COLLATE NOCASE REFERENCES groups(name),
     version INTEGER NOT NULL, client_token TEXT NOT NULL, approval_status TEXT NOT NULL,
     description TEXT NOT NULL, model TEXT NOT NULL, image TEXT NOT NULL,
     environment TEXT NOT NULL, framework TEXT, inference TEXT NOT NULL,
@@ -43,16 +44,26 @@ def path() -> Path:
 
 
 @contextlib.contextmanager
-def _transaction() -> Iterator[sqlite3.Connection]:
-    """One write transaction, the lock taken at its start; waits up to 60 s for another."""
+def _transaction(write: bool = True) -> Iterator[sqlite3.Connection]:
+    """One transaction; a write takes the lock at its start (waiting up to 60 s for another).
+    A read of a registry that does not exist reads an empty one, creating nothing."""
     target = path()
+    if not write and not target.is_file():
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.executescript(_SCHEMA)
+        try:
+            yield db
+        finally:
+            db.close()
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(target, timeout=60, isolation_level=None)
     try:
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
-        db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield db
         except BaseException:
@@ -75,6 +86,7 @@ def register(*, group: str, client_token: str, approval_status: str, description
     now = time.time()
     with _transaction() as db:
         db.execute("INSERT OR IGNORE INTO groups VALUES (?, ?, ?)", (group, "", now))
+        (group,) = db.execute("SELECT name FROM groups WHERE name = ?", (group,)).fetchone()
         row = db.execute("SELECT * FROM versions WHERE group_name = ? AND client_token = ?",
                          (group, client_token)).fetchone()
         if row is None:
@@ -100,7 +112,7 @@ def _version(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def groups() -> list[dict[str, Any]]:
-    with _transaction() as db:
+    with _transaction(write=False) as db:
         return [{"group": r["name"], "versions": r["versions"], "latest": r["latest"]}
                 for r in db.execute(
                     "SELECT g.name, COUNT(v.arn) AS versions, MAX(v.version) AS latest FROM "
@@ -109,7 +121,7 @@ def groups() -> list[dict[str, Any]]:
 
 
 def versions(group: str) -> list[dict[str, Any]]:
-    with _transaction() as db:
+    with _transaction(write=False) as db:
         if db.execute("SELECT 1 FROM groups WHERE name = ?", (group,)).fetchone() is None:
             raise RegistryError(f"no model package group {group!r} in the local registry "
                                 f"({path()})")
@@ -122,17 +134,18 @@ def _where(which: str) -> tuple[str, tuple[Any, ...]]:
     if which.startswith("arn:"):
         return "arn = ?", (which,)
     group, _, number = which.rpartition("/")
-    if not group or not number.isdigit():
-        raise RegistryError(f"{which!r}: name a version by its ARN or as GROUP/VERSION")
+    if not group or not (number.isascii() and number.isdigit()) or len(number) > 9:
+        raise RegistryError(f"{which[:200]!r}: name a version by its ARN or as GROUP/VERSION "
+                            "(a number)")
     return "group_name = ? AND version = ?", (group, int(number))
 
 
 def version(which: str) -> dict[str, Any]:
     clause, args = _where(which)
-    with _transaction() as db:
+    with _transaction(write=False) as db:
         row = db.execute(f"SELECT * FROM versions WHERE {clause}", args).fetchone()
     if row is None:
-        raise RegistryError(f"no model version {which} in the local registry ({path()})")
+        raise RegistryError(f"no model version {which[:200]} in the local registry ({path()})")
     return _version(row)
 
 
@@ -146,5 +159,5 @@ def set_status(which: str, approval_status: str) -> dict[str, Any]:
                              f"{clause}", (approval_status, time.time(), *args)).rowcount
         row = db.execute(f"SELECT * FROM versions WHERE {clause}", args).fetchone()
     if not changed or row is None:
-        raise RegistryError(f"no model version {which} in the local registry ({path()})")
+        raise RegistryError(f"no model version {which[:200]} in the local registry ({path()})")
     return _version(row)

@@ -99,7 +99,7 @@ def serving_code(session: Any, environment: dict[str, str], framework: str | Non
     mounts at ``/opt/ml/code``, as SageMaker unpacks it there; its ``requirements.txt`` is
     installable with no index (:func:`install_from_wheels`); ``SMTASK_FRAMEWORK`` names the
     framework image whose serving defaults the local image keeps (``sklearn``, ``xgboost``)."""
-    environment = serving_framework(environment, framework)
+    environment = local_serving_environment(environment, framework)
     submit = environment.get("SAGEMAKER_SUBMIT_DIRECTORY")
     if not submit:
         return environment
@@ -111,10 +111,14 @@ def serving_code(session: Any, environment: dict[str, str], framework: str | Non
     return environment
 
 
-def serving_framework(environment: dict[str, str], framework: str | None) -> dict[str, str]:
-    """``SMTASK_FRAMEWORK`` names the framework image whose serving defaults the local image
-    keeps (``sklearn``, ``xgboost``)."""
-    return {**environment, **({"SMTASK_FRAMEWORK": framework} if framework else {})}
+def local_serving_environment(environment: dict[str, str],
+                              framework: str | None) -> dict[str, str]:
+    """A local model server's own variables: ``SMTASK_FRAMEWORK`` names the framework image
+    whose serving defaults the local image keeps (``sklearn``, ``xgboost``), and
+    ``SMTASK_BIND_ADDRESS`` keeps it on loopback (its container shares the machine's network:
+    on 0.0.0.0 it would answer every interface)."""
+    return {**environment, "SMTASK_BIND_ADDRESS": "127.0.0.1",
+            **({"SMTASK_FRAMEWORK": framework} if framework else {})}
 
 
 def unpack_uri(session: Any, where: str, folder: Path, what: str) -> None:
