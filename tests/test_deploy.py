@@ -5,6 +5,7 @@ the example train -> evaluate -> register -> deploy if better -> invoke."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -483,20 +484,21 @@ def model_fn(model_dir):
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker")
-def test_a_killed_update_removes_its_new_container_and_the_old_one_serves_on(tmp_path, cli_home):
+def test_a_killed_update_removes_its_new_container_and_the_old_one_serves_on(
+        tmp_path, cli_home, monkeypatch):
     from smtask.local import endpoints as local
 
     home = cli_home.root
     env = cli_home.env()
+    monkeypatch.setenv("SMTASK_HOME", str(home))  # the CLI runs' home: read their endpoint
     config = write_config(tmp_path, steps={"deploy": {"endpoint_name": "e3"}})
     _, good = write_dag(KILLED.replace("RESULT", repr(model_result(tmp_path / "v1"))),
                         config=config)
-    assert cli_home.smtask("run", str(good), env=env).wait(timeout=300) == 0
-    os.environ["SMTASK_HOME"], saved = str(home), os.environ["SMTASK_HOME"]
+    _, slow = write_dag(KILLED.replace("RESULT", repr(model_result(tmp_path / "v2", code=SLOW))),
+                        config=config)
     try:
+        assert cli_home.smtask("run", str(good), env=env).wait(timeout=300) == 0
         live = local.record("e3")
-        _, slow = write_dag(KILLED.replace("RESULT", repr(model_result(tmp_path / "v2", code=SLOW))),
-                            config=config)
         run = cli_home.smtask("run", str(slow), env=env)
         deadline = time.monotonic() + 120
         while len(endpoint_containers(home, "e3")) < 2:  # the update's container started
@@ -507,9 +509,12 @@ def test_a_killed_update_removes_its_new_container_and_the_old_one_serves_on(tmp
         assert endpoint_containers(home, "e3") == [live["container"]]
         assert local.record("e3") == live
         assert invoke("e3") == [1, 0]
-        local.delete("e3")
     finally:
-        os.environ["SMTASK_HOME"] = saved
+        with contextlib.suppress(local.EndpointNotFound):
+            local.delete("e3")  # a failed test's endpoint would outlive it too
+        left = endpoint_containers(home, "e3")
+        if left:
+            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
 
 
 @pytest.mark.docker

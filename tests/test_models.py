@@ -198,7 +198,9 @@ predict(data())
 
     registered = LocalSagemakerClient._models["iris-tree"].primary_container
     assert registered["Image"] == LOCAL_IMAGE
-    assert registered["Environment"] == {"SMTASK_MODEL": "iris-tree"}
+    # the model's own environment, and local mode's: its server listens on loopback only
+    assert registered["Environment"] == {"SMTASK_MODEL": "iris-tree",
+                                         "SMTASK_BIND_ADDRESS": "127.0.0.1"}
     folder = Path(urlparse(out["outputs"]["predictions"]).path)
     predicted = [int(float(p)) for p in "".join(p.read_text() for p in folder.iterdir()).split()]
     assert predicted == list(iris()[1])
