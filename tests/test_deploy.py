@@ -337,8 +337,11 @@ def test_an_endpoint_outlives_its_task_updates_in_place_and_a_failed_update_keep
                            capture_output=True, text=True, check=True).stdout.strip()
     with local.locked("e1"):  # a deploy in progress: its new container is not touched
         assert local.cleanup() == []
+    (local.root() / "e1" / "killed-update-config").mkdir()  # a killed update's files
     removed = local.cleanup()
-    assert removed == [f"container {stray[:12]} of endpoint e1, which no record names"]
+    assert removed == ["files of config killed-update-config of endpoint e1, which no record "
+                       "names", f"container {stray[:12]} of endpoint e1, which no record names"]
+    assert (local.root() / "e1" / record["config_name"]).is_dir()  # the live one's stay
     assert endpoint_containers(home, "e1") == [v2_container]
 
     cli = subprocess.run([sys.executable, "-m", "smtask.cli", "endpoints", "invoke", "e1", "-d",

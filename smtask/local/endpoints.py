@@ -281,10 +281,24 @@ def invoke(name: str, body: bytes, content_type: str, accept: str | None) -> tup
 
 
 def cleanup() -> list[str]:
-    """Remove this home's endpoint containers that no record names (a killed update's),
-    except while their endpoint's deploy runs (it holds the lock)."""
+    """Remove this home's endpoint containers that no record names (a killed update's), and
+    the files of configs no record names, except while their endpoint's deploy runs (it
+    holds the lock)."""
     removed: list[str] = []
     found = ids(ENDPOINT_LABEL, f"{HOME_LABEL}={smtask_home()}")
+    for folder in sorted(p for p in root().iterdir() if p.is_dir()) if root().is_dir() else []:
+        if name_problem("endpoint", folder.name):
+            continue
+        with locked(folder.name, wait=False) as free:
+            try:
+                entry = record(folder.name)
+            except UnreadableRecord:
+                continue
+            for config in sorted(c for c in folder.iterdir() if c.is_dir()) if free else []:
+                if entry is None or config.name != entry["config_name"]:
+                    shutil.rmtree(config, ignore_errors=True)
+                    removed.append(f"files of config {config.name} of endpoint {folder.name}, "
+                                   "which no record names")
     if not found:
         return removed
     described = docker("inspect", "-f", "{{.Id}} {{json .Config.Labels}}", *found)
