@@ -191,6 +191,14 @@ def check_uri(step: str, name: str, value: Any) -> str:
     return value
 
 
+def check_keys(step: str, returned: dict[str, Any], known: tuple[str, ...]) -> None:
+    """The function's returned dict holds only ``known`` keys."""
+    unknown = sorted(str(k) for k in returned if k not in known)
+    if unknown:
+        raise TypeError(f"step '{step}': the function returned unknown key(s) "
+                        f"{', '.join(unknown)} (known: {', '.join(known)})")
+
+
 def check_uri_map(step: str, what: str, value: Any,
                   reserved: tuple[str, ...] = ()) -> dict[str, str]:
     """The function's ``{name: URI}`` return value (processing inputs, training channels);

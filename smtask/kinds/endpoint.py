@@ -14,12 +14,20 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from smtask.kind import Api, JobKind
-from smtask.kinds.common import INSTANCE_TAG, StepContext, aws_tags
-from smtask.kinds.transform import existing_model, is_training_result, serving_environment
+from smtask.kinds.common import StepContext, aws_tags
+from smtask.kinds.transform import (
+    LOCAL_ROLE,
+    create_owned,
+    existing_model,
+    is_training_result,
+    model_request,
+    serving_environment,
+    with_region,
+)
+from smtask.kinds.transform import check as existing_model_check
 from smtask.naming import name_problem
 from smtask.params.schemas import COMMON_STEP_KEYS, NAME, TAGS, environment, string
 
-_LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
 _RETURNED_KEYS = ("model", "model_name", "model_package_arn")
 APPROVED = "Approved"
 
@@ -100,10 +108,8 @@ def _source(ctx: StepContext, returned: Any, upstream: Iterable[Any]) -> dict[st
             raise TypeError(f"step '{step}': 'model' must be a training task's result")
         return {"model": given["model"]}
     key, value = next(iter(given.items()))
-    if not isinstance(value, str):
+    if not isinstance(value, str):  # a model_name's form: existing_model
         raise TypeError(f"step '{step}': {key} must be a string, got {type(value).__name__}")
-    if key == "model_name" and (problem := name_problem("model", value)):
-        raise TypeError(f"step '{step}': model_name {problem}")
     return {key: value}
 
 
@@ -130,9 +136,10 @@ def start(job: dict[str, Any], session: Any, log: Any) -> tuple[dict[str, Any], 
             f"({described['EndpointStatus']}): re-attaching")
         return job, described
     if not job["existing_model"]:
-        _create(client, job["step"], "model", client.create_model, _model_request(job, session))
-    _create(client, job["step"], "endpoint config", client.create_endpoint_config,
-            _config_request(job))
+        create_owned(client, job["step"], "model", client.create_model,
+                     _model_request(job, session))
+    create_owned(client, job["step"], "endpoint config", client.create_endpoint_config,
+                 _config_request(job))
     if described is None:
         waiting.call(client.create_endpoint, {"EndpointName": name,
                                               "EndpointConfigName": job["config_name"],
@@ -172,18 +179,15 @@ def _check_approved(client: Any, job: dict[str, Any]) -> None:
 
 
 def _model_request(job: dict[str, Any], session: Any) -> dict[str, Any]:
-    if job["model_package_arn"]:
-        container: dict[str, Any] = {"ModelPackageName": job["model_package_arn"]}
-        if job["environment"]:
-            container["Environment"] = job["environment"]
-    else:
-        environment = dict(job["model_environment"])
-        if environment.get("SAGEMAKER_PROGRAM"):
-            environment.setdefault("SAGEMAKER_REGION", session.boto_region_name)
-        container = {"Image": job["image"], "ModelDataUrl": job["model_data"],
-                     "Environment": environment}
+    """The model's CreateModel: of a version (its package), else of an image and data."""
+    if not job["model_package_arn"]:
+        return model_request(job, job["model_name"], job["model_data"],
+                             with_region(job["model_environment"], session))
+    container: dict[str, Any] = {"ModelPackageName": job["model_package_arn"]}
+    if job["environment"]:
+        container["Environment"] = job["environment"]
     return {"ModelName": job["model_name"], "PrimaryContainer": container,
-            "ExecutionRoleArn": job["role"] or _LOCAL_ROLE, "Tags": aws_tags(job)}
+            "ExecutionRoleArn": job["role"] or LOCAL_ROLE, "Tags": aws_tags(job)}
 
 
 def _config_request(job: dict[str, Any]) -> dict[str, Any]:
@@ -201,31 +205,6 @@ def _config_request(job: dict[str, Any]) -> dict[str, Any]:
                         "InitialVariantWeight": 1.0})
     return {"EndpointConfigName": job["config_name"], "ProductionVariants": [variant],
             "Tags": aws_tags(job)}
-
-
-def _create(client: Any, step: str, what: str, create: Any, request: dict[str, Any]) -> None:
-    """Create a model or config of this task instance's; one it made before (a retry) is
-    used as it is; one of that name someone else made is refused."""
-    from botocore.exceptions import ClientError
-
-    from smtask import waiting
-
-    try:
-        waiting.call(create, request)
-    except ClientError as exc:
-        if "already exist" not in str(exc) and waiting.error_code(exc) != "ResourceInUse":
-            raise
-        describe = client.describe_model if what == "model" else client.describe_endpoint_config
-        key = "ModelName" if what == "model" else "EndpointConfigName"
-        name = request[key]
-        arn = describe(**{key: name})["ModelArn" if what == "model" else "EndpointConfigArn"]
-        tags = {t["Key"]: t["Value"] for t in client.list_tags(ResourceArn=arn).get("Tags", [])}
-        ours = {t["Key"]: t["Value"] for t in request["Tags"]}[INSTANCE_TAG]
-        if tags.get(INSTANCE_TAG) != ours:
-            from smtask.errors import ParamsError
-
-            raise ParamsError(f"step '{step}': a {what} named {name} exists that this task instance did "
-                              "not create; it is left as it is") from exc
 
 
 # --- local mode -------------------------------------------------------------------------------
@@ -291,9 +270,7 @@ def form(step: str, cfg: Mapping[str, Any]) -> Iterable[str]:
 def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
     if problem := name_problem("endpoint", cfg.get("endpoint_name")):
         yield f"steps.{step}.endpoint_name: {problem}"
-    name = cfg.get("model_name")
-    if isinstance(name, str) and (problem := name_problem("model", name)):
-        yield f"steps.{step}.model_name: {problem}"
+    yield from existing_model_check(step, cfg, params)  # its model_name
 
 
 SCHEMA: dict[str, Any] = {

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from smtask.kind import Api, JobKind
-from smtask.kinds.common import StepContext, aws_tags
-from smtask.kinds.transform import is_training_result, serving_environment
+from smtask.kinds.common import StepContext, aws_tags, check_keys
+from smtask.kinds.transform import is_training_result, serving_environment, with_region
 from smtask.naming import METRIC_PREFIX, name_problem
 from smtask.params.schemas import COMMON_STEP_KEYS, MIME_TYPE, TAGS, environment, string
 
@@ -80,10 +80,7 @@ def _returned(step: str, returned: Any) -> dict[str, Any]:
     if not isinstance(returned, dict):
         raise TypeError(f"step '{step}': return a training result or a dict with 'model', got "
                         f"{type(returned).__name__}")
-    unknown = sorted(str(k) for k in returned if k not in _RETURNED_KEYS)
-    if unknown:
-        raise TypeError(f"step '{step}': the function returned unknown key(s) "
-                        f"{', '.join(unknown)} (known: {', '.join(_RETURNED_KEYS)})")
+    check_keys(step, returned, _RETURNED_KEYS)
     status = returned.get("approval_status")
     if status is not None and status not in STATUSES:
         raise TypeError(f"step '{step}': approval_status {status!r} is not one of "
@@ -105,9 +102,7 @@ def _returned(step: str, returned: Any) -> dict[str, Any]:
 
 def start(job: dict[str, Any], session: Any, log: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Create the group if missing, then the version (once per ClientToken)."""
-    environment = dict(job["environment"])
-    if environment.get("SAGEMAKER_PROGRAM"):
-        environment.setdefault("SAGEMAKER_REGION", session.boto_region_name)
+    environment = with_region(job["environment"], session)
     if session.local_mode:
         from smtask.local import registry
 

@@ -14,6 +14,7 @@ from smtask.kinds.common import (
     StepContext,
     aws_tags,
     check_exists,
+    check_keys,
     check_uri,
     content_prefix,
     model_code,
@@ -23,7 +24,7 @@ from smtask.kinds.common import (
 from smtask.naming import name_problem, quoted
 from smtask.params.schemas import COMMON_STEP_KEYS, MIME_TYPE, PATH, POSITIVE, environment
 
-_LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/smtask-local"
 _RETURNED_KEYS = ("data", "model", "model_name")
 
 
@@ -82,10 +83,7 @@ def serving_environment(code: dict[str, str] | None) -> dict[str, str]:
 def _model_and_data(ctx: StepContext, returned: Any) -> tuple[Any, str | None, Any]:
     if not isinstance(returned, dict):
         return None, ctx.cfg.get("model_name"), returned
-    unknown = sorted(str(k) for k in returned if k not in _RETURNED_KEYS)
-    if unknown:
-        raise TypeError(f"step '{ctx.step}': the function returned unknown key(s) "
-                        f"{', '.join(unknown)} (known: {', '.join(_RETURNED_KEYS)})")
+    check_keys(ctx.step, returned, _RETURNED_KEYS)
     if returned.get("model") is not None and returned.get("model_name") is not None:
         raise TypeError(f"step '{ctx.step}': return either 'model' (a training result) or "
                         "'model_name' (an existing model), not both")
@@ -165,9 +163,7 @@ def submit(job: dict[str, Any], session: Any) -> None:
     from sagemaker.core.transformer import Transformer
 
     model_name = job["model_name"] or job["job_name"]
-    model_data, environment = job["model_data"], dict(job["model_environment"])
-    if environment.get("SAGEMAKER_PROGRAM"):
-        environment.setdefault("SAGEMAKER_REGION", session.boto_region_name)
+    model_data, environment = job["model_data"], with_region(job["model_environment"], session)
     if session.local_mode:
         from smtask.local import scratch_copy, serve_on_own_port, serving_code
 
@@ -178,7 +174,10 @@ def submit(job: dict[str, Any], session: Any) -> None:
         _check_model(session, job["step"], model_name)
     prepare_output(job["output_path"], job["artifacts"])
     if session.local_mode or not job["existing_model"]:
-        _create_model(session, job, model_name, model_data, environment)
+        client = session.sagemaker_client
+        create_owned(client, job["step"], "model", client.create_model,
+                     model_request(job, model_name, model_data, environment),
+                     local=session.local_mode)
     transformer = Transformer(
         model_name=model_name,
         instance_count=job["instance_count"],
@@ -204,31 +203,52 @@ def submit(job: dict[str, Any], session: Any) -> None:
     )
 
 
-def _create_model(session: Any, job: dict[str, Any], name: str, model_data: str,
-                  environment: dict[str, str]) -> None:
-    """CreateModel, named like the job. A model of that name that this task instance made (its
-    tag says so: an earlier attempt's, or a create whose answer was lost) is used as it is."""
+def with_region(environment: dict[str, str], session: Any) -> dict[str, str]:
+    """A model's environment as the SDK's ``Model`` gives one with code: its region too."""
+    environment = dict(environment)
+    if environment.get("SAGEMAKER_PROGRAM"):
+        environment.setdefault("SAGEMAKER_REGION", session.boto_region_name)
+    return environment
+
+
+def model_request(job: dict[str, Any], name: str, model_data: str,
+                  environment: dict[str, str]) -> dict[str, Any]:
+    """CreateModel's request for a model of ``job``'s image, of ``model_data``."""
+    return {"ModelName": name,
+            "PrimaryContainer": {"Image": job["image"], "ModelDataUrl": model_data,
+                                 "Environment": environment},
+            "ExecutionRoleArn": job["role"] or LOCAL_ROLE, "Tags": aws_tags(job)}
+
+
+# what create_owned creates: its describe call, the request's name key, the ARN's key
+_OWNED = {"model": ("describe_model", "ModelName", "ModelArn"),
+          "endpoint config": ("describe_endpoint_config", "EndpointConfigName",
+                              "EndpointConfigArn")}
+
+
+def create_owned(client: Any, step: str, what: str, create: Any, request: dict[str, Any], *,
+                 local: bool = False) -> None:
+    """Create a model or an endpoint config named per task instance. One of that name that
+    this task instance made (its tag says so: an earlier attempt's, or a create whose answer
+    was lost) is used as it is; one someone else made is refused, and left as it is."""
     from botocore.exceptions import ClientError
 
-    client = session.sagemaker_client
+    from smtask import waiting
+
     try:
-        client.create_model(
-            ModelName=name,
-            PrimaryContainer={"Image": job["image"], "ModelDataUrl": model_data,
-                              "Environment": environment},
-            ExecutionRoleArn=job["role"] or _LOCAL_ROLE,
-            Tags=aws_tags(job),
-        )
+        waiting.call(create, request)
     except ClientError as exc:
-        if session.local_mode or "already exist" not in str(exc):
+        if local or ("already exist" not in str(exc)
+                     and waiting.error_code(exc) != "ResourceInUse"):
             raise
-        arn = client.describe_model(ModelName=name)["ModelArn"]
+        describe, key, arn_key = _OWNED[what]
+        arn = getattr(client, describe)(**{key: request[key]})[arn_key]
         tags = {t["Key"]: t["Value"] for t in client.list_tags(ResourceArn=arn).get("Tags", [])}
-        if tags.get(INSTANCE_TAG) != job["tags"][INSTANCE_TAG]:
+        if tags.get(INSTANCE_TAG) != {t["Key"]: t["Value"] for t in request["Tags"]}[INSTANCE_TAG]:
             from smtask.errors import ParamsError
 
-            raise ParamsError(f"step '{job['step']}': a model named {name} exists that this task "
-                              "instance did not create; it is left as it is") from exc
+            raise ParamsError(f"step '{step}': a {what} named {request[key]} exists that this "
+                              "task instance did not create; it is left as it is") from exc
 
 
 def _check_model(session: Any, step: str, name: str) -> None:
