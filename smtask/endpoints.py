@@ -19,11 +19,10 @@ MAX_PAYLOAD = 6 * 1024 * 1024  # InvokeEndpoint's limit on a request's body
 
 
 def _named(name: Any) -> str:
-    from smtask.naming import name_problem
+    """An endpoint's name, in either mode, checked as local mode checks it (it names files)."""
+    from smtask.local.endpoints import checked
 
-    if problem := name_problem("endpoint", name):
-        raise SmtaskError(f"endpoint name {problem}")
-    return str(name)
+    return checked(name)
 
 
 def invoke(name: str, body: bytes | str, content_type: str = "text/csv",

@@ -28,7 +28,7 @@ from smtask.errors import ContainerFailed, SmtaskError
 from smtask.local.containers import docker, ids, remove
 from smtask.local.output import ContainerOutput
 from smtask.local.serving import exit_of, reserved_port, unpack_uri, wait_healthy
-from smtask.local.wheels import WHEELS_IN_CONTAINER, wheelhouse
+from smtask.local.wheels import PIP_ENVIRONMENT, WHEELS_IN_CONTAINER, wheelhouse
 from smtask.naming import name_problem, smtask_home
 
 ENDPOINT_LABEL = "smtask.endpoint"  # the endpoint's name
@@ -38,6 +38,9 @@ HOME_LABEL = "smtask.home"  # the SMTASK_HOME whose record it belongs to
 
 class EndpointNotFound(SmtaskError, LookupError):
     """No local endpoint of that name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no local endpoint {name!r} (known: {', '.join(names()) or 'none'})")
 
 
 # what a record holds, and each field's type: a record that is not this is unreadable
@@ -170,8 +173,7 @@ def deploy(session: Any, *, name: str, config_name: str, model_name: str, arn: s
             if (folder / "code" / "requirements.txt").is_file():
                 mounts.append((wheelhouse(folder / "code" / "requirements.txt"),
                                WHEELS_IN_CONTAINER))
-                environment.update({"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS_IN_CONTAINER,
-                                    "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+                environment.update(PIP_ENVIRONMENT)
         with reserved_port() as port:
             # loopback only: the container shares the machine's network
             environment.update(SAGEMAKER_BIND_TO_PORT=str(port), SMTASK_BIND_ADDRESS="127.0.0.1")
@@ -236,8 +238,7 @@ def _start(container: str, name: str, config_name: str, image: str,
 
 def _exited(container: str) -> tuple[int, list[str]] | None:
     """An exited (or restarting: it exited and the engine starts it again) container's end."""
-    status = docker("inspect", "-f", "{{.State.Status}}", container).strip()
-    return exit_of(container) if status in ("exited", "dead", "restarting") else None
+    return exit_of(container) if state(container) in ("exited", "dead", "restarting") else None
 
 
 def delete(name: str) -> dict[str, Any]:
@@ -248,8 +249,7 @@ def delete(name: str) -> dict[str, Any]:
         except UnreadableRecord:  # removed all the same: its containers carry its name
             entry = {"name": name}
         if entry is None:
-            raise EndpointNotFound(f"no local endpoint {name!r} (known: "
-                                   f"{', '.join(names()) or 'none'})")
+            raise EndpointNotFound(name)
         remove(ids(f"{ENDPOINT_LABEL}={name}", f"{HOME_LABEL}={smtask_home()}"))
         _record_path(name).unlink(missing_ok=True)
         shutil.rmtree(root() / name, ignore_errors=True)
@@ -263,8 +263,7 @@ def invoke(name: str, body: bytes, content_type: str, accept: str | None) -> tup
 
     entry = record(name)
     if entry is None:
-        raise EndpointNotFound(f"no local endpoint {name!r} (known: "
-                               f"{', '.join(names()) or 'none'})")
+        raise EndpointNotFound(name)
     headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
     try:
         answer = urllib3.PoolManager().request(

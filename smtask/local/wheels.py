@@ -16,6 +16,9 @@ from smtask.local.state import of
 from smtask.naming import smtask_home
 
 WHEELS_IN_CONTAINER = "/opt/smtask/wheels"
+# what makes a container's pip install from the mounted wheels alone
+PIP_ENVIRONMENT = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS_IN_CONTAINER,
+                   "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 # The local image's interpreter and platform: the host's pip downloads wheels for it.
 WHEEL_TARGET = ("--only-binary=:all:", "--python-version", "3.11", "--platform",
                 "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
@@ -76,5 +79,4 @@ def install_from_wheels(session: Any, requirements: Path) -> dict[str, str]:
     mount, state = (str(wheelhouse(requirements)), WHEELS_IN_CONTAINER), of(session)
     if mount not in state.mounts:  # e.g. a tuning job's trials: one session, the same wheels
         state.mounts[:] = [m for m in state.mounts if m[1] != WHEELS_IN_CONTAINER] + [mount]
-    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS_IN_CONTAINER,
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    return dict(PIP_ENVIRONMENT)
