@@ -142,20 +142,9 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                 else:
                     self.log.info("re-attaching to %s job %s (%s)", kind.name, name,
                                   waiting.status(kind, existing))
-                if description is None or waiting.status(kind, description) not in kind.api.done:
-                    # local jobs run inside submit(); only SageMaker's can be waited on elsewhere
-                    if (self.deferrable or cfg.get("deferrable")) and not session.local_mode:
-                        # a job that already ended is collected here: deferring costs seconds
-                        description = description or waiting.find(client, kind, name)
-                        if description is None or waiting.status(kind, description) in \
-                                kind.api.running:
-                            self._defer(job, run_params, cfg)
-                    tail = None if session.local_mode else waiting.LogTail(
-                        session.boto_session.client("logs"), kind, name, output)
-                    description = waiting.wait(client, kind, name, tail=tail,
-                                               timeout=cfg.get("wait_timeout_seconds"),
-                                               cap=cfg.get("poll_max_seconds", 30.0),
-                                               known=description)
+                description = self._await(job, run_params, session, description, tail=lambda: (
+                    None if session.local_mode else waiting.LogTail(
+                        session.boto_session.client("logs"), kind, name, output)))
                 description = self._complete(client, description)
             except ContainerFailed as exc:
                 raise JobFailed(kind.name, name, exc.reason) from exc
@@ -173,7 +162,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                ) -> dict[str, Any]:
         """A kind that starts its own resource (a model version, an endpoint: ``start``):
         started or found, then waited for (or deferred to a trigger) as a job is."""
-        kind, cfg = self.job_kind, run_params["steps"][self.step]
+        kind = self.job_kind
         assert kind.start is not None
         try:
             job, description = kind.start(job, session, lambda line: self.log.info("%s", line))
@@ -181,18 +170,30 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
             self.raise_pending_kill()
             if session.local_mode and local.killed(session):
                 raise self.interrupted()
-            if description is None or waiting.status(kind, description) not in kind.api.done:
-                if (self.deferrable or cfg.get("deferrable")) and not session.local_mode:
-                    self._defer(job, run_params, cfg)
-                description = waiting.wait(session.sagemaker_client, kind, job["job_name"],
-                                           timeout=cfg.get("wait_timeout_seconds"),
-                                           cap=cfg.get("poll_max_seconds", 30.0),
-                                           known=description)
+            description = self._await(job, run_params, session, description)
         except ContainerFailed as exc:
             raise JobFailed(kind.name, job["job_name"], exc.reason) from exc
         finally:
             self._active = None
         return kind.outputs(job, description)
+
+    def _await(self, job: dict[str, Any], run_params: dict[str, Any], session: Any,
+               description: dict[str, Any] | None,
+               tail: Callable[[], waiting.LogTail | None] = lambda: None) -> dict[str, Any]:
+        """The job's description once it is done: as it is, or waited for, or (sagemaker
+        mode, ``deferrable``) deferred to a trigger while it runs. Local jobs run inside
+        submit() or start(); only SageMaker's can be waited on elsewhere."""
+        kind, cfg, name = self.job_kind, run_params["steps"][self.step], job["job_name"]
+        if description is not None and waiting.status(kind, description) in kind.api.done:
+            return description
+        client = session.sagemaker_client
+        if (self.deferrable or cfg.get("deferrable")) and not session.local_mode:
+            # a job that already ended is collected here: deferring costs seconds
+            description = description or waiting.find(client, kind, name)
+            if description is None or waiting.status(kind, description) in kind.api.running:
+                self._defer(job, run_params, cfg)
+        return waiting.wait(client, kind, name, tail=tail(), timeout=cfg.get("wait_timeout_seconds"),
+                            cap=cfg.get("poll_max_seconds", 30.0), known=description)
 
     def _submit(self, job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         """Create the job on SageMaker. ``ResourceInUse`` means a job of this name exists: when
