@@ -61,10 +61,7 @@ def versions(group: str, params: Mapping[str, Any] | None = None) -> list[dict[s
     if mode_of(params) == "local":
         from smtask.local import registry
 
-        try:
-            return [_local(v) for v in registry.versions(group)]
-        except registry.RegistryError as exc:
-            raise SmtaskError(str(exc)) from exc
+        return [_local(v) for v in registry.versions(group)]
     from smtask.sessions import sagemaker_client
 
     client = sagemaker_client(params or {})
@@ -79,10 +76,7 @@ def version(which: str, params: Mapping[str, Any] | None = None) -> dict[str, An
     if mode_of(params) == "local":
         from smtask.local import registry
 
-        try:
-            return _local(registry.version(which))
-        except registry.RegistryError as exc:
-            raise SmtaskError(str(exc)) from exc
+        return _local(registry.version(which))
     from smtask.sessions import sagemaker_client
 
     if which.startswith("arn:"):
@@ -101,10 +95,7 @@ def set_status(which: str, status: str, params: Mapping[str, Any] | None = None)
     if mode_of(params) == "local":
         from smtask.local import registry
 
-        try:
-            return _local(registry.set_status(which, status))
-        except registry.RegistryError as exc:
-            raise SmtaskError(str(exc)) from exc
+        return _local(registry.set_status(which, status))
     from smtask.sessions import sagemaker_client
 
     arn = version(which, params)["model_package_arn"]

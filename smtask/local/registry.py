@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from smtask.errors import SmtaskError
 from smtask.naming import smtask_home
 
 ACCOUNT = "000000000000"  # local mode's account in the ARNs it makes
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS versions (
 """
 
 
-class RegistryError(LookupError):
+class RegistryError(SmtaskError, LookupError):
     """No such group or version (the CLI and the tasks name what was asked for)."""
 
 
