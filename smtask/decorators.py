@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from airflow.sdk.bases.decorator import task_decorator_factory
 
+from smtask import params
 from smtask.kinds import KINDS
 from smtask.operator import SageMakerJobOperator, check_step
 
@@ -49,7 +50,12 @@ def _factory(operator: type[SageMakerJobOperator]) -> JobDecorator:
         if "step" not in kwargs:
             raise TypeError(f"{operator.custom_operator_name} needs step=: the key of this "
                             "task's settings under the 'steps' param")
-        check_step(operator.custom_operator_name, kwargs["step"])  # .expand() skips __init__
+        # .expand() skips the operator's __init__: the step is checked and described here too
+        check_step(operator.custom_operator_name, kwargs["step"])
+        from airflow.sdk.definitions._internal.contextmanager import DagContext
+
+        params.describe_step(kwargs.get("dag") or DagContext.get_current(), kwargs["step"],
+                             operator.job_kind)
         return task_decorator_factory(python_callable=python_callable,
                                       decorated_operator_class=operator, **kwargs)
 

@@ -27,7 +27,7 @@ from smtask.naming import key_path, quoted
 
 DIALECT = "https://smtask.readthedocs.io/schemas/params-draft-07"
 # Annotations of smtask's own (JSON Schema ignores unknown keywords):
-KEY = "x-smtask-key"  # at a Param schema's root: the top-level key it checks (``steps``)
+KEY = "x-smtask-key"  # at a Param schema's root: the key path it checks (``steps``, a field's)
 RULE = "x-smtask-rule"  # beside a pattern: the rule in words ("one line", "a variable name")
 WHAT = "x-smtask-what"  # beside propertyNames' enum: what the names are ("step")
 _SIZES = {"maxProperties": ("keys", "at most"), "minProperties": ("keys", "at least"),
@@ -78,15 +78,17 @@ def problem(error: ValidationError, prefix: tuple[str, ...] = ()) -> str:
         return _cut(f"{where}: {len(instance)} {unit}, {bound} {error.validator_value}")
     if rule == "enum" and named and schema.get(WHAT):
         return _cut(f"{where}: unknown {schema[WHAT]} (known: {_listed(error.validator_value, 30)})")
-    if rule == "enum":
-        return _cut(f"{where}: {shown(instance)} is not one of {list(error.validator_value)!r}")
+    if rule == "enum":  # null: "not given", never the point
+        choices = [c for c in error.validator_value if c is not None]
+        return _cut(f"{where}: {shown(instance)} is not one of {choices!r}")
     if rule == "pattern":
         why = schema.get(RULE) or f"does not match {error.validator_value}"
         return _cut(f"{where}: {shown(instance)} {why}")
     if rule == "type":
         kinds = error.validator_value if isinstance(error.validator_value, list) else \
             [error.validator_value]
-        return _cut(f"{where}: {shown(instance)} is not of type {', '.join(map(repr, kinds))}")
+        kinds = [k for k in kinds if k != "null"] or kinds  # null: "not given", never the point
+        return _cut(f"{where}: {shown(instance)} is not of type {' or '.join(map(repr, kinds))}")
     if rule == "const":
         return _cut(f"{where}: may not be changed (it is {shown(error.validator_value)})")
     message = error.message if len(error.message) <= 120 else \
@@ -102,10 +104,10 @@ def _cut(line: str, limit: int = LINE) -> str:
 class OneLineError(ValidationError):
     """A jsonschema error whose text is :func:`problem`'s one line."""
 
-    smtask_key: str | None = None
+    smtask_key: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return problem(self, (self.smtask_key,) if self.smtask_key else ())
+        return problem(self, self.smtask_key)
 
 
 def _one_line(error: ValidationError) -> ValidationError:
@@ -161,12 +163,14 @@ _iter_errors = Validator.iter_errors
 
 
 def _iter_with_key(self: Any, *args: Any, **kwargs: Any) -> Iterator[ValidationError]:
-    """Each error learns the top-level key of the Param schema it came from (the root's
-    :data:`KEY`), so that its line starts from there (``steps.trainr``)."""
+    """Each error learns the key path of the Param schema it came from (the root's
+    :data:`KEY`: a top-level key, or a field's path as a list), so that its line starts from
+    there (``steps.trainr``, ``steps.trainer.hyperparameters.max_depth``)."""
     key = self.schema.get(KEY) if isinstance(self.schema, Mapping) else None
+    path = tuple(map(str, key)) if isinstance(key, list) else (key,) if isinstance(key, str) else ()
     for error in _iter_errors(self, *args, **kwargs):
-        if key and isinstance(error, OneLineError) and error.smtask_key is None:
-            error.smtask_key = key
+        if path and isinstance(error, OneLineError) and not error.smtask_key:
+            error.smtask_key = path
         yield error
 
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from smtask.errors import ParamsError
 from smtask.params.checks import load_config, resolve, step_schema
+from smtask.params.form import fields as form_fields
+from smtask.params.form import form_problems, typed_step
 from smtask.params.merge import NEVER
 from smtask.params.schemas import PLAIN_STEP, TOP_SCHEMA
 from smtask.schema import DIALECT, KEY, WHAT
@@ -20,6 +22,25 @@ if TYPE_CHECKING:
     from smtask.kind import JobKind
 
 
+# The trigger form's words for the top level; its infrastructure keys share a section.
+DESCRIPTIONS = {
+    "pipeline_name": "names the run's folder of artifacts and its jobs",
+    "mode": "local: Docker on the worker via LocalSession; sagemaker: SageMaker jobs",
+    "role": "the IAM role SageMaker's jobs run as",
+    "image": "the jobs' image: a URI, or {\"framework\", \"version\"} for AWS's",
+    "artifacts": "where the run's inputs and outputs go on S3 (sagemaker mode)",
+    "aws_conn_id": "the Airflow connection to AWS",
+    "region_name": "the AWS region of the jobs",
+    "tags": "tags of every job",
+    "local": "local mode's image, artifacts and models",
+    "sdk_telemetry": "let the SageMaker SDK send its telemetry",
+    "validate_role": "check the role before the first job",
+    "steps": "advanced: every step's settings as JSON, deep-merged with the run's conf; a key "
+             "given here wins over its field above",
+}
+INFRASTRUCTURE = "infrastructure"
+
+
 def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
     """DAG params from a config.json: one :class:`~airflow.sdk.Param` per top-level key, each
     with the JSON schema of its key, so the trigger form shows real fields and Airflow refuses
@@ -27,32 +48,50 @@ def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
     task adds its step's schema when the DAG is parsed (:func:`describe_step`). The schemas
     are partial (nothing required, ``null`` allowed) since a run's conf is deep-merged.
 
+    The settings a run usually changes get fields of their own (:mod:`smtask.params.form`),
+    one section per step; the infrastructure keys have a section of theirs, and ``steps``
+    stays the advanced JSON.
+
     ``mode`` defaults to ``$SMTASK_MODE`` (else ``local``) unless the file sets it. Use as
     ``@dag(params=pipeline_params(Path(__file__).parent / "config.json"))``.
     """
     from airflow.sdk import Param
 
     config = load_config(path)
-    descriptions = {
-        "mode": "local: Docker on the worker via LocalSession; sagemaker: SageMaker jobs",
-        "steps": "per-step settings; a run's conf is deep-merged into them",
-        "code_root": "where the steps' code is; a run's conf may never change it",
-    }
-    schemas = {key: trigger_schema(schema) for key, schema in TOP_SCHEMA["properties"].items()}
+    problems = [*form_problems(config)]
+    if problems:
+        raise ParamsError(f"pipeline config {path}: " + "; ".join(problems[:5]))
+    schemas = {key: or_null(trigger_schema(schema))
+               for key, schema in TOP_SCHEMA["properties"].items()}
     steps: dict[str, Any] = config["steps"] if isinstance(config.get("steps"), dict) else {}
     # an unknown step is refused in one line that lists the known ones (propertyNames, not
-    # additionalProperties: jsonschema's own text for that quotes the whole steps schema)
-    schemas["steps"] = {"type": "object", "propertyNames": {"enum": sorted(steps), WHAT: "step"},
-                        "properties": {step: PLAIN_STEP for step in steps}}
+    # additionalProperties: jsonschema's own text for that quotes the whole steps schema);
+    # each step is typed from its defaults until its task, if smtask's, gives its kind's schema
+    schemas["steps"] = {"type": ["object", "null"],
+                        "propertyNames": {"enum": sorted(steps), WHAT: "step"},
+                        "properties": {step: _plain_schema(cfg, config.get("form"), step)
+                                       for step, cfg in steps.items()}}
     for key in NEVER:
         if key in config:
-            schemas[key] = {"const": config[key]}
+            schemas[key] = {"const": config[key]}  # the form hides a const
     # Airflow checks a Param's schema against its metaschema on every dump(), and dumps params
     # to serialize and compare operators (each parse, each task): smtask's dialect is draft 7,
     # whose metaschema check takes a fifth of 2020-12's (the default) for the steps' schemas.
-    return {key: Param(value, description=descriptions.get(key),
-                       schema=_Schema({"$schema": DIALECT, KEY: key, **schemas.get(key, {})}))
-            for key, value in config.items()}
+    made = {key: Param(value, description=DESCRIPTIONS.get(key), schema=_Schema({
+        "$schema": DIALECT, KEY: key, **schemas.get(key, {}),
+        **({} if key == "steps" else {"section": INFRASTRUCTURE})}))
+        for key, value in config.items()}
+    # the fields first, in the order of their steps; the infrastructure; steps last
+    fields = {key: Param(field.default, description=field.description, schema=_Schema({
+        "$schema": DIALECT, KEY: ["steps", field.step, *field.path], **field.schema}))
+        for key, field in form_fields(config).items()}
+    return {**fields, **{k: v for k, v in made.items() if k != "steps"},
+            **({"steps": made["steps"]} if "steps" in made else {})}
+
+
+def _plain_schema(cfg: Any, form: Any, step: str) -> dict[str, Any]:
+    typed = typed_step(cfg, form, step, plain=True) if isinstance(cfg, Mapping) else None
+    return PLAIN_STEP if typed is None else or_null(trigger_schema(typed))
 
 
 class _Schema(dict):  # type: ignore[type-arg]
@@ -98,7 +137,14 @@ def describe_step(dag: Any, step: str, kind: JobKind) -> None:
     schema = getattr(param, "schema", {})
     properties, names = schema.get("properties"), schema.get("propertyNames", {}).get("enum")
     if isinstance(properties, dict):
-        properties[step] = or_null(trigger_schema(step_schema(kind)))
+        kinds = or_null(trigger_schema(step_schema(kind)))
+        defaults = getattr(param, "value", None)
+        cfg = defaults.get(step) if isinstance(defaults, Mapping) else None
+        form = dag.params.get_param("form").value if "form" in dag.params else None
+        typed = typed_step(cfg, form, step, plain=False) if isinstance(cfg, Mapping) else None
+        # the kind's schema, and the types the step's defaults give its hyperparameters
+        properties[step] = kinds if typed is None else \
+            {"allOf": [kinds, or_null(trigger_schema(typed))]}
     if isinstance(names, list) and step not in names:
         names.append(step)
         names.sort()

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from smtask.errors import ParamsError
 from smtask.naming import key_path, name_problem, quoted
+from smtask.params import form
 from smtask.params.merge import NEVER, PROTECTED, deep_merge, override_problems, with_inherited
 from smtask.params.schemas import (
     MODE_ENV,
@@ -48,11 +49,12 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def validate(params: Mapping[str, Any], steps: Mapping[str, JobKind]) -> None:
-    """Check the top level and every ``steps.<step>`` used by the DAG (step -> job kind).
+    """Check the top level and every ``steps.<step>`` used by the DAG (step -> job kind), the
+    steps' keys against the types their values here give them (:mod:`smtask.params.form`).
 
     Raises one :class:`ParamsError` that lists every problem as ``<key path>: <why>``.
     """
-    _raise(_problems(params, steps))
+    _raise(_problems(params, steps, form.typed_steps(params, steps)))
 
 
 MAX_REFUSAL = 500  # characters of a refusal, in at most three lines
@@ -76,8 +78,12 @@ def _raise(problems: list[str]) -> None:
         raise ParamsError(refusal(problems), problems)
 
 
-def _problems(params: Mapping[str, Any], steps: Mapping[str, JobKind]) -> list[str]:
+def _problems(params: Mapping[str, Any], steps: Mapping[str, JobKind],
+              typed: Mapping[str, Any]) -> list[str]:
+    """Every problem of ``params``; ``typed``: step -> the types its defaults give its keys."""
     top = list(_schema_problems(params, TOP_SCHEMA, ()))
+    if not top:
+        top = list(form.form_problems(params))
     problems = [*top]
     pipeline = params.get("pipeline_name")
     if isinstance(pipeline, str) and (problem := name_problem("pipeline", pipeline)):
@@ -87,7 +93,7 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, JobKind]) -> list[s
     problems.extend(_local_model_problems(params))
     bad_names = {s: p for s in sorted({*configured, *steps}) if (p := name_problem("step", s))}
     problems.extend(f"steps: step name {p}" for p in bad_names.values())
-    problems.extend(_plain_step_problems(configured, steps))
+    problems.extend(_plain_step_problems(configured, steps, typed))
     for step, kind in sorted(steps.items()):
         if step in bad_names:
             continue
@@ -97,6 +103,8 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, JobKind]) -> list[s
             continue
         cfg = configured[step]
         shape = list(_schema_problems(cfg, step_schema(kind), ("steps", step)))
+        if not shape and step in typed:
+            shape = list(_schema_problems(cfg, typed[step], ("steps", step)))
         problems.extend(shape)
         if not shape:
             shape = [*(kind.form(step, cfg) if kind.form else ()),
@@ -127,9 +135,12 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     """
     if run_conf is not None and not isinstance(run_conf, Mapping):
         raise ParamsError(f"the run's conf must be a JSON object, got {type(run_conf).__name__}")
+    # the trigger form's fields (smtask.params.form) are the DAG's params beside the config's
+    found = form.fields(defaults)
+    defaults = {key: value for key, value in defaults.items() if key not in found}
     conf = dict(run_conf or {})
     _raise(list(_shape_problems(conf)))
-    problems = []
+    conf, problems = form.fold_fields(conf, defaults, found)
     if isinstance(conf.get("steps"), Mapping):
         default_steps = defaults.get("steps")
         known = {*(default_steps if isinstance(default_steps, Mapping) else ()), *steps}
@@ -144,7 +155,8 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     problems.extend(override_problems(with_inherited(dict(defaults), steps)[0], params))
     problems.extend(inherited)
     own = {key for key in defaults if key not in TOP_SCHEMA["properties"]}
-    _raise(problems + _problems({k: v for k, v in params.items() if k not in own}, steps))
+    _raise(problems + _problems({k: v for k, v in params.items() if k not in own}, steps,
+                                form.typed_steps(defaults, steps)))
     return params
 
 
@@ -241,10 +253,14 @@ def _schema_problems(value: Any, schema: dict[str, Any], prefix: tuple[str, ...]
         yield dialect.problem(error, prefix)
 
 
-def _plain_step_problems(configured: Mapping[str, Any], steps: Mapping[str, Any]) -> Iterable[str]:
-    """A plain task's step (``steps.data-source``): free-form, but small."""
+def _plain_step_problems(configured: Mapping[str, Any], steps: Mapping[str, Any],
+                         typed: Mapping[str, Any]) -> Iterable[str]:
+    """A plain task's step (``steps.data-source``): its keys typed from its defaults, unless
+    the config's form makes it free-form; small either way."""
     for step in sorted(s for s in configured if s not in steps):
         yield from _schema_problems(configured[step], PLAIN_STEP, ("steps", step))
+        if step in typed and isinstance(configured[step], Mapping):
+            yield from _schema_problems(configured[step], typed[step], ("steps", step))
         size = len(json.dumps(configured[step]).encode())
         if size > PLAIN_STEP_MAX_BYTES:
             yield (f"{key_path('steps', step)}: {size} bytes as JSON, at most "

@@ -41,8 +41,8 @@ PROTECTED = ("role", "image", "artifacts", "aws_conn_id", "region_name", "local.
              # serves, approve its own model or skip the approval an endpoint asks for.
              "steps.*.endpoint_name", "steps.*.model_package_arn", "steps.*.allow_unapproved",
              "steps.*.group", "steps.*.approval_status")
-# What a run's conf may never change: where the code comes from, and the rule itself.
-NEVER = ("code_root", "conf_may_override")
+# What a run's conf may never change: where the code comes from, the rule itself, the form.
+NEVER = ("code_root", "conf_may_override", "form")
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """``override`` into ``base``: mappings merge key by key; anything else replaces.

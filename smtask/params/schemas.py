@@ -67,6 +67,27 @@ ENVIRONMENT = environment(1024)
 URI_OR_PATH = string(1024, pattern="^(s3://[^/]|file:///|[^:]*$)")
 POSITIVE = {"type": "integer", "minimum": 1}
 
+# The trigger form's entries (smtask.params.form): "<step>.<key path>" -> false (no field;
+# a whole step: free-form), or the field's words and the type it takes.
+_FORM_TYPES = ["string", "integer", "number", "boolean"]
+FORM_ENTRY = {
+    "type": ["object", "boolean"], "not": {"const": True}, "additionalProperties": False,
+    "properties": {
+        "title": string(200),
+        "description": string(1000),
+        "type": {"anyOf": [{"enum": _FORM_TYPES},
+                           {"type": "array", "items": {"enum": _FORM_TYPES}, "minItems": 1}]},
+        "enum": {"type": "array", "minItems": 1, "maxItems": 100,
+                 "items": {"type": ["string", "number", "boolean"]}},
+        "minimum": {"type": "number"},
+        "maximum": {"type": "number"},
+    },
+}
+FORM = {"type": "object", "maxProperties": 500,
+        "propertyNames": {"maxLength": 512, "pattern": "^[^.]+([.][^.]+)*$",
+                          RULE: "is not <step> or <step>.<key path>"},
+        "additionalProperties": FORM_ENTRY}
+
 # What each top-level key may hold. Unknown keys are rejected: a typo must not pass silently.
 TOP_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -74,7 +95,7 @@ TOP_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "pipeline_name": {"type": "string"},  # its form: NAME_RULES["pipeline"]
-        "mode": {"enum": list(MODES)},
+        "mode": {"type": "string", "enum": list(MODES)},
         "role": string(2048),
         "image": IMAGE,
         "artifacts": URI,
@@ -85,6 +106,7 @@ TOP_SCHEMA: dict[str, Any] = {
         "sdk_telemetry": {"type": "boolean"},
         "validate_role": {"type": "boolean"},
         "conf_may_override": {"type": "array", "maxItems": 100, "items": string(256)},
+        "form": FORM,
         "local": {
             "type": "object",
             "additionalProperties": False,
