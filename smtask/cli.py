@@ -282,15 +282,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         with _signals_stop_the_run(), one_file_bundle(dag_file):
             dag_run = dag.test(run_conf=conf)
     except RunInterrupted as stopped:
+        _stop_listeners()
         name = signal.Signals(stopped.signum).name
         dag_run = _fail_run(dag.dag_id, since - 1)
         if dag_run is not None:
             _print_run(dag, dag_run, f"failed: stopped by {name}")
         print(f"smtask: stopped by {name}; the run is marked failed", file=sys.stderr)
         return 128 + stopped.signum
+    _stop_listeners()
     elapsed = time.monotonic() - started
     _print_run(dag, dag_run, f"{dag_run.state} in {elapsed:.1f} s")
     return 0 if str(dag_run.state) in ("success", "DagRunState.SUCCESS") else 1
+
+
+def _stop_listeners() -> None:
+    """Let Airflow's listeners end what they started, as its components do when they stop:
+    OpenLineage's pool of processes (the DAG run's event) would otherwise keep this process
+    from exiting (console() leaves by os._exit after the atexit handlers)."""
+    from airflow.listeners.listener import get_listener_manager
+
+    get_listener_manager().hook.before_stopping(component=None)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from airflow.sdk.bases.decorator import task_decorator_factory
 
-from smtask import params
+from smtask import lineage, params
 from smtask.kinds import KINDS
 from smtask.operator import SageMakerJobOperator, check_step
 
@@ -41,6 +41,7 @@ def operator_class(kind: JobKind) -> type[SageMakerJobOperator]:
     name = f"_{kind.name.title()}Operator"
     return type(name, (SageMakerJobOperator,), {
         "job_kind": kind, "custom_operator_name": f"@{kind.decorator}",
+        "operator_extra_links": lineage.links(kind),
         "__module__": __name__, "__qualname__": name,
         "__doc__": f"Runs one SageMaker {kind.name} job per task instance."})
 
@@ -54,8 +55,10 @@ def _factory(operator: type[SageMakerJobOperator]) -> JobDecorator:
         check_step(operator.custom_operator_name, kwargs["step"])
         from airflow.sdk.definitions._internal.contextmanager import DagContext
 
-        params.describe_step(kwargs.get("dag") or DagContext.get_current(), kwargs["step"],
-                             operator.job_kind)
+        dag = kwargs.get("dag") or DagContext.get_current()
+        params.describe_step(dag, kwargs["step"], operator.job_kind)
+        assets = lineage.step_assets(dag, kwargs["step"], operator.job_kind).values()
+        kwargs["outlets"] = [*(kwargs.get("outlets") or ()), *assets]
         return task_decorator_factory(python_callable=python_callable,
                                       decorated_operator_class=operator, **kwargs)
 

@@ -90,6 +90,9 @@ class JobKind:
     settings: str = "never"  # takes script settings: "always", "script" (with source_dir)
     runtime_limited: bool = False  # the job has its own max runtime (local mode enforces it)
     inherit: Inherit | None = None
+    # the outputs a step of the kind makes, by name, from its config (each an Airflow Asset,
+    # smtask.lineage); None: it makes none (a model version, an endpoint)
+    assets: Callable[[Mapping[str, Any]], Iterable[str]] | None = None
     # A kind whose resource is not one job named per task instance (a model version, an
     # endpoint) finds or starts it itself: start(job, session, log) -> (job, description),
     # the job's ``job_name`` then being what ``api.describe`` takes; the task waits (or

@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from airflow.sdk import Asset
 from airflow.sdk.bases.decorator import DecoratedOperator
 from airflow.sdk.definitions.context import context_merge
 
-from smtask import local, naming, params, storage, waiting
+from smtask import lineage, local, naming, params, storage, waiting
 from smtask.errors import ContainerFailed, JobFailed, ParamsError, SmtaskError, TaskInterrupted
 from smtask.kill import Kills
 
@@ -53,7 +54,14 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs,
                          **kwargs)
         self.step, self.mode, self.deferrable = step, mode, deferrable
-        params.describe_step(getattr(self, "dag", None), step, self.job_kind)  # the trigger form
+        dag = getattr(self, "dag", None)
+        params.describe_step(dag, step, self.job_kind)  # the trigger form
+        # its outputs as Assets (the decorator adds them for .expand(), which skips __init__)
+        mine = {a.name for a in self.outlets if isinstance(a, Asset)}
+        self.outlets = [*self.outlets, *(a for a in lineage.step_assets(dag, step, self.job_kind)
+                                         .values() if a.name not in mine)]
+        self.link_context: dict[str, Any] | None = None  # the run, for the links (lineage)
+        self._lineage: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {})
         self.init_kills()
 
     def execute(self, context: Context) -> Any:
@@ -73,7 +81,39 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         job = self.job_kind.spec(step_ctx, returned, [*self.op_args, *kwargs.values()])
         self.log.info("%s job %s (%s mode): %s", self.job_kind.name, job["job_name"],
                       run_params["mode"], {k: v for k, v in job.items() if k != "tags"})
-        return self._run(job, run_params)
+        self.link_context = lineage.link_context(run_params, job["job_name"])
+        return self._finished(context, job, self._run(job, run_params), run_params["mode"])
+
+    def _finished(self, context: Context, job: Mapping[str, Any], result: dict[str, Any],
+                  mode: str) -> dict[str, Any]:
+        """The task's result; its outputs' Assets get an event whose extra holds the run's
+        own URIs, and OpenLineage the job's datasets (smtask.lineage)."""
+        self._lineage = (job, result)
+        given = result.get("outputs")
+        outputs: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        events: Any = context.get("outlet_events")
+        for asset in (a for a in self.outlets if isinstance(a, Asset) and events is not None):
+            _, _, step, output = (["", "", "", ""] + asset.name.split("/"))[-4:]  # step_assets'
+            if step == self.step and output in outputs:
+                events[asset].extra.update({"uri": outputs[output], "mode": mode,
+                                            "run_id": context.get("run_id"),
+                                            "job_name": result.get("job_name")})
+        return result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The job's inputs and outputs as OpenLineage datasets (the OpenLineage provider
+        calls this when the task succeeded, as for the Amazon provider's operators)."""
+        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        job, result = self._lineage
+
+        def datasets(uris: list[str]) -> list[Any]:
+            return [Dataset(namespace=namespace, name=name)
+                    for namespace, name in map(lineage.dataset, uris)]
+
+        return OperatorLineage(inputs=datasets(lineage.inputs(job)),
+                               outputs=datasets(lineage.outputs(result)))
 
     def _params(self, context: Context) -> dict[str, Any]:
         """Validated for every smtask step of the DAG, so a typo in a later step fails the
@@ -128,6 +168,8 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                                            rerun_stopped=cfg.get("if_job_stopped") == "rerun")
             job = {**job, "job_name": name}
             self._active = (session, name)
+            if self.link_context is not None:
+                self.link_context["job_name"] = name
             put_model_code(job.get("model_code"), session)  # the code a model of it serves with
             try:
                 description = existing
@@ -265,6 +307,8 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         connection = {key: context["params"].get(key) for key in ("aws_conn_id", "region_name")
                       if context["params"].get(key)}
         kind, job = self.job_kind, event["job"]
+        self.link_context = lineage.link_context({**connection, "mode": "sagemaker"},
+                                                 job["job_name"])
         if event["status"] == "Timeout":
             waiting.stop(sagemaker_client(connection), kind, job["job_name"])
         if event["status"] not in kind.api.done:
@@ -273,7 +317,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         if kind.complete is not None:  # the event holds too little: describe again
             client = sagemaker_client(connection)
             description = self._complete(client, waiting.find(client, kind, job["job_name"]) or {})
-        return kind.outputs(job, description)
+        return self._finished(context, job, kind.outputs(job, description), "sagemaker")
 
     def _complete(self, client: Any, description: dict[str, Any]) -> dict[str, Any]:
         """A kind whose completed job's description lacks its outputs (tuning: the best

@@ -301,4 +301,5 @@ KIND = JobKind(
     schema=SCHEMA, image_scope="processing", form=form, check=check,
     spec=spec, submit=submit, outputs=outputs, shared_outputs=shared_outputs,
     settings="always", runtime_limited=True,
+    assets=lambda cfg: sorted(cfg.get("outputs") or {}),
 )

@@ -326,4 +326,5 @@ KIND = JobKind(
     schema=SCHEMA, image_scope="training", check=check,
     spec=spec, submit=submit, outputs=outputs, event_keys=("ModelArtifacts",),
     algorithm_images=True, settings="script", runtime_limited=True,
+    assets=lambda cfg: ("model",),
 )

@@ -312,4 +312,5 @@ KIND = JobKind(
     api=Api.of_job("TransformJob"),
     schema=SCHEMA, image_scope="inference", check=check,
     spec=spec, submit=submit, outputs=outputs, shared_outputs=shared_outputs,
+    assets=lambda cfg: ("predictions",),
 )

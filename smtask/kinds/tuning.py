@@ -290,4 +290,5 @@ KIND = JobKind(
     algorithm_images=True, settings="script",
     inherit=Inherit(key="training_step", not_in_base=("training_step", "tuning"),
                     base="a training step"),
+    assets=lambda cfg: ("model",),
 )
