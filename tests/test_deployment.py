@@ -367,3 +367,85 @@ def test_airflow_made_only_the_calls_the_documented_permissions_allow(deployment
     assert used <= WORKER_PERMISSIONS, sorted(used - WORKER_PERMISSIONS)
     assert {"sagemaker:CreateTrainingJob", "sagemaker:StopProcessingJob", "sagemaker:CreateModel",
             "s3:PutObject", "s3:GetObject", "logs:GetLogEvents"} <= used, sorted(used)
+
+
+@pytest.fixture(scope="module")
+def ui(deployment: Deployment) -> Iterator[Any]:
+    """Airflow's UI in Chromium (Debian's) driven by Playwright, logged in as admin."""
+    from deployment import browser
+
+    problems = browser.missing()
+    if problems:
+        message = "the browser test needs " + "; ".join(problems)
+        if os.environ.get("SMTASK_REQUIRE_DEPLOYMENT") == "1":
+            pytest.fail(f"{message} (SMTASK_REQUIRE_DEPLOYMENT=1)")
+        pytest.skip(message)
+    with browser.browser(deployment.stack.api) as page:
+        page.log_in()
+        yield page
+
+
+MAX_DEPTH = "steps.trainer.hyperparameters.max_depth"
+
+
+def test_the_trigger_form_has_typed_fields_refuses_a_bad_value_in_one_line_and_runs_an_override(
+        deployment, ui):
+    """In Chromium: the trainer's max_depth is an integer field of its own with the config's
+    default, in the trainer's section, not required; a value the schema refuses is refused by
+    the API server in smtask's one line, shown in the dialog; a valid override triggers a run
+    whose training job takes it. The dialog's picture is README's (SMTASK_SCREENSHOTS=docs)."""
+    dep, dialog = deployment, ui.trigger_form(DAG_ID)
+    ui.section(dialog, "step trainer")
+    depth = ui.field(dialog, MAX_DEPTH)
+    assert depth.get_attribute("role") == "spinbutton" and depth.input_value() == "6"
+    row = ui.row(dialog, MAX_DEPTH)
+    label = row.locator("label[data-part=label]").first
+    assert label.inner_text().strip() == "Maximum depth"
+    assert label.get_attribute("data-required") is None  # nothing is required
+    assert "how deep each tree may grow" in row.inner_text()
+    shots = dep.stack.root / "trigger-form.png"
+    ui.screenshot(dialog, shots)
+    if os.environ.get("SMTASK_SCREENSHOTS"):
+        shutil.copy(shots, Path(os.environ["SMTASK_SCREENSHOTS"]) / "trigger-form.png")
+
+    ui.section(dialog, "infrastructure")
+    ui.choose(dialog, "mode", "sagemaker")  # moto is the deployment's SageMaker
+    ui.section(dialog, "step trainer")
+    depth.fill("2.5")  # a number, not an integer: only the schema knows
+    refused = ui.submit(dialog)
+    assert refused.status == 400
+    alert = dialog.get_by_test_id("error-alert")
+    alert.wait_for()
+    line = f"Invalid input for param {MAX_DEPTH}: {MAX_DEPTH}: 2.5 is not of type 'integer'"
+    assert line in alert.inner_text()
+    assert refused.json()["detail"] == line and len(line.splitlines()) == 1
+
+    depth.fill("3")
+    accepted = ui.submit(dialog)
+    assert accepted.status in (200, 201), accepted.text()
+    run_id = accepted.json()["dag_run_id"]
+    assert accepted.request.post_data_json["conf"][MAX_DEPTH] == 3
+    assert dep.wait_run(run_id) == "success", dep.airflow.states(run_id)
+    (job,) = dep.jobs(run_id, "train")
+    hyperparameters = dep.describe("training", job["name"])["HyperParameters"]
+    assert hyperparameters["max_depth"] == "3" and hyperparameters["n_estimators"] == "100"
+
+
+def test_a_finished_smtask_task_shows_its_extra_links(deployment, ui):
+    dep, run = deployment, "plain"
+    assert dep.wait_run(run) == "success"
+    train = dep.airflow.xcom(run, "train")
+    links = ui.extra_links(DAG_ID, run, "train")
+    assert {"SageMaker console", "CloudWatch logs", "Outputs"} <= set(links), links
+    assert links["SageMaker console"] == ("https://console.aws.amazon.com/sagemaker/home?region="
+                                          f"us-east-1#/jobs/{train['job_name']}")
+    assert f"$3D{train['job_name']}$252F" in links["CloudWatch logs"]
+    assert links["Outputs"].startswith("https://s3.console.aws.amazon.com/s3/buckets/")
+    assert "Best training job" not in links  # a tuning step's only
+    # the links are the XCom the worker stored, which REST serves too
+    served = dep.airflow.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/train/"
+                                     "links")["extra_links"]
+    assert {name: served[name] for name in links} == links
+    # a plain task has none of smtask's links
+    assert "SageMaker console" not in dep.airflow.call(
+        "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/evaluate/links")["extra_links"]

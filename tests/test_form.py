@@ -71,7 +71,7 @@ def test_no_field_is_required_and_the_infrastructure_has_its_own_section():
     assert {sections[k] for k in ("pipeline_name", "mode", "role", "image", "artifacts",
                                   "aws_conn_id", "region_name", "tags", "local")} == \
         {"infrastructure"}
-    assert sections["steps"] is None  # the advanced JSON, in the form's default section
+    assert sections["steps"] == "advanced: every step's settings"  # the JSON, last
     assert all(dag.params.get_param(k).description for k in dag.params
                if "const" not in dag.params.get_param(k).schema)  # shown: described
     assert dag.params.get_param("mode").schema["enum"] == ["local", "sagemaker", None]  # a select

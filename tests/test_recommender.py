@@ -118,3 +118,10 @@ def test_the_tuning_branch_on_sagemaker_tunes_the_same_algorithm(tuning_jobs):  
     model = tuning_jobs.request("create_model")["PrimaryContainer"]["ModelDataUrl"]
     assert model == client().describe_training_job(TrainingJobName=best)["ModelArtifacts"][
         "S3ModelArtifacts"]
+    # the tuning task's links: the tuning job, and its best trial's job and logs
+    from test_lineage import stored
+
+    links = stored(result.dag_id, result.run_id)["tune"]
+    assert links["_link_JobLink"].endswith(f"#/hyper-tuning-jobs/{result.xcom['tune']['job_name']}")
+    assert links["_link_BestTrainingJobLink"].endswith(f"#/jobs/{best}")
+    assert f"TrainingJobs$3FlogStreamNameFilter$3D{best}$252F" in links["_link_LogsLink"]

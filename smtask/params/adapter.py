@@ -39,6 +39,7 @@ DESCRIPTIONS = {
              "given here wins over its field above",
 }
 INFRASTRUCTURE = "infrastructure"
+ADVANCED = "advanced: every step's settings"
 
 
 def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
@@ -79,7 +80,7 @@ def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
     # whose metaschema check takes a fifth of 2020-12's (the default) for the steps' schemas.
     made = {key: Param(value, description=DESCRIPTIONS.get(key), schema=_Schema({
         "$schema": DIALECT, KEY: key, **schemas.get(key, {}),
-        **({} if key == "steps" else {"section": INFRASTRUCTURE})}))
+        "section": ADVANCED if key == "steps" else INFRASTRUCTURE}))
         for key, value in config.items()}
     # the fields first, in the order of their steps; the infrastructure; steps last
     fields = {key: Param(field.default, description=field.description, schema=_Schema({
