@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         sm_tuning,
     )
     from smtask.errors import JobFailed, ParamsError, SmtaskError
+    from smtask.lineage import output_asset
     from smtask.params import load_config, pipeline_params, run_params
 
 _PUBLIC = {
@@ -27,6 +28,7 @@ _PUBLIC = {
     "ParamsError": "smtask.errors",
     "SmtaskError": "smtask.errors",
     "load_config": "smtask.params",
+    "output_asset": "smtask.lineage",
     "pipeline_params": "smtask.params",
     "run_params": "smtask.params",
 }
@@ -36,6 +38,7 @@ __all__ = [
     "ParamsError",
     "SmtaskError",
     "load_config",
+    "output_asset",
     "pipeline_params",
     "run_params",
     "sm_endpoint",

@@ -190,15 +190,27 @@ def step_assets(dag: Any, step: str, kind: JobKind) -> dict[str, Asset]:
     if not isinstance(cfg, Mapping) or not isinstance(pipeline, str):
         return {}
     try:
-        root = artifacts_root(values)
+        return {output: _asset(values, dag.dag_id, step, output) for output in kind.assets(cfg)}
     except Exception:  # sagemaker mode without s3:// artifacts: the params' check names it
         return {}
-    found = {}
-    for output in kind.assets(cfg):
-        uri = f"{root.rstrip('/')}/{pipeline}/{dag.dag_id}/{step}/{output}"
-        found[output] = Asset(uri=uri, name=f"{pipeline}/{dag.dag_id}/{step}/{output}",
-                              group="model" if output == "model" else "asset")
-    return found
+
+
+def _asset(params: Mapping[str, Any], dag_id: str, step: str, output: str) -> Asset:
+    root = artifacts_root(params).rstrip("/")
+    pipeline = params["pipeline_name"]
+    return Asset(uri=f"{root}/{pipeline}/{dag_id}/{step}/{output}",
+                 name=f"{pipeline}/{dag_id}/{step}/{output}",
+                 group="model" if output == "model" else "asset")
+
+
+def output_asset(config: str | os.PathLike[str], dag_id: str, step: str,
+                 output: str = "model") -> Asset:
+    """The Asset of one output of a step of another DAG, as that DAG declares it (from the
+    same config.json): ``schedule=[output_asset(CONFIG, "churn", "trainer")]`` runs a DAG on
+    each new model of the churn DAG's trainer."""
+    from smtask.params import load_config
+
+    return _asset(load_config(config), dag_id, step, output)
 
 
 def inputs(job: Mapping[str, Any]) -> list[str]:

@@ -39,6 +39,7 @@ from deployment.stack import AIRFLOW_KEY, Stack, StackError, missing_parts, wait
 pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("deployment")]
 
 DAG_ID = "churn"
+REPORT_DAG = "churn_model_report"  # dags/churn_model_report.py: scheduled on churn's model
 # task -> (step, job kind) of the example's SageMaker tasks
 SAGEMAKER_TASKS = {"split": ("splitor", "processing"), "train": ("trainer", "training"),
                    "predict": ("transformer", "transform")}
@@ -197,7 +198,11 @@ def _bring_up(stack: Stack) -> Deployment:
     wait_for("the example DAG to be parsed",
              lambda: airflow.call("GET", f"/api/v2/dags/{DAG_ID}", ok=(200, 404)).get("dag_id"),
              60, stack=stack)
-    airflow.call("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
+    wait_for("the DAG scheduled on the example's model to be parsed",
+             lambda: airflow.call("GET", f"/api/v2/dags/{REPORT_DAG}", ok=(200, 404)).get("dag_id"),
+             60, stack=stack)
+    for dag_id in (DAG_ID, REPORT_DAG):
+        airflow.call("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
     return Deployment(stack, airflow, config["artifacts"])
 
 
@@ -449,3 +454,31 @@ def test_a_finished_smtask_task_shows_its_extra_links(deployment, ui):
     # a plain task has none of smtask's links
     assert "SageMaker console" not in dep.airflow.call(
         "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/evaluate/links")["extra_links"]
+
+
+def test_a_dag_scheduled_on_the_model_asset_runs_on_each_new_model(deployment):
+    """Each output of an smtask task is an Asset (smtask.lineage): a run's new model is an
+    event of ``churn/churn/trainer/model`` whose extra holds that run's model URI, and the
+    DAG scheduled on it runs and reads it."""
+    dep = deployment
+    assert dep.wait_run("plain") == "success"
+    model = dep.airflow.xcom("plain", "train")["model"]
+    events = dep.airflow.call("GET", "/api/v2/assets/events", params={
+        "source_dag_id": DAG_ID, "source_run_id": "plain", "source_task_id": "train"})
+    (event,) = events["asset_events"]
+    assert event["extra"]["uri"] == model and event["extra"]["mode"] == "sagemaker"
+    asset = dep.airflow.call("GET", f"/api/v2/assets/{event['asset_id']}")
+    assert asset["name"] == "churn/churn/trainer/model" and asset["group"] == "model"
+
+    def reported() -> list[Any]:
+        runs = dep.airflow.call("GET", f"/api/v2/dags/{REPORT_DAG}/dagRuns")["dag_runs"]
+        done = [r["dag_run_id"] for r in runs if r["state"] == "success"]
+        values = [dep.airflow.call("GET", f"/api/v2/dags/{REPORT_DAG}/dagRuns/{run}/"
+                                   "taskInstances/report/xcomEntries/return_value")["value"]
+                  for run in done]
+        return [m for v in values for m in (json.loads(v) if isinstance(v, str) else v)]
+
+    models = dep.wait("the report DAG to run on the new model",
+                      lambda: [m for m in reported() if m["uri"] == model], 120)
+    assert models[0]["run_id"] == "plain" and models[0]["job_name"] == \
+        dep.airflow.xcom("plain", "train")["job_name"]

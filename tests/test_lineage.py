@@ -132,10 +132,16 @@ def test_the_examples_tasks_link_their_jobs_and_publish_their_outputs_as_assets(
     for name, extra in events.items():
         assert extra["uri"] == outputs[name] and extra["mode"] == "sagemaker"
         assert extra["run_id"] == dag_run.run_id
-    # the declared asset is where the config's mode (local) keeps them, without the run
+    # the declared asset is where the config's mode (local) keeps them, without the run; a
+    # DAG scheduled on the model names it from the same config (dags/churn_model_report.py)
     model = next(a for a in dag.get_task("train").outlets if a.name == "churn/churn/trainer/model")
     assert model.uri.endswith("/artifacts/churn/churn/trainer/model") and \
         model.uri.startswith("file:///")
+    from smtask import output_asset
+
+    assert output_asset(ROOT / "config.json", "churn", "trainer") == model
+    report = runpy.run_path(str(ROOT / "dags" / "churn_model_report.py"))["churn_model_report"]()
+    assert list(report.timetable.asset_condition.objects) == [model]
 
 
 @pytest.mark.docker

@@ -374,11 +374,12 @@ class Stack:
 
     # --- the example project --------------------------------------------------------------------
     def copy_example(self) -> dict[str, Any]:
-        """dags/churn.py, config.json and code/ as the example lays them out (churn.py reads
-        ../config.json); returns the config."""
+        """dags/churn.py (and the DAG scheduled on its model), config.json and code/ as the
+        example lays them out (churn.py reads ../config.json); returns the config."""
         project = self.root / "project"
         self.dags.mkdir(exist_ok=True)
-        shutil.copy(ROOT / "dags" / "churn.py", self.dags / "churn.py")
+        for dag in ("churn.py", "churn_model_report.py"):
+            shutil.copy(ROOT / "dags" / dag, self.dags / dag)
         shutil.copy(ROOT / "config.json", project / "config.json")
         shutil.copytree(ROOT / "code", project / "code", dirs_exist_ok=True)
         return dict(json.loads((project / "config.json").read_text()))
