@@ -197,9 +197,9 @@ def check_authors_params(dag: Any, conf: Mapping[str, Any]) -> None:
     ``smtask validate``)."""
     from airflow.sdk.exceptions import ParamValidationError
 
-    problems = []
+    problems, fields = [], form_fields(dag_defaults(dag))
     for key in dag.params:
-        if key in TOP_SCHEMA["properties"]:
+        if key in TOP_SCHEMA["properties"] or key in fields:  # smtask's: resolve() checks them
             continue
         param = dag.params.get_param(key)
         try:

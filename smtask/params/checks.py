@@ -54,7 +54,7 @@ def validate(params: Mapping[str, Any], steps: Mapping[str, JobKind]) -> None:
 
     Raises one :class:`ParamsError` that lists every problem as ``<key path>: <why>``.
     """
-    _raise(_problems(params, steps, form.typed_steps(params, steps)))
+    _raise([*form.form_problems(params), *_problems(params, steps, form.typed_steps(params, steps))])
 
 
 MAX_REFUSAL = 500  # characters of a refusal, in at most three lines
@@ -82,8 +82,6 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, JobKind],
               typed: Mapping[str, Any]) -> list[str]:
     """Every problem of ``params``; ``typed``: step -> the types its defaults give its keys."""
     top = list(_schema_problems(params, TOP_SCHEMA, ()))
-    if not top:
-        top = list(form.form_problems(params))
     problems = [*top]
     pipeline = params.get("pipeline_name")
     if isinstance(pipeline, str) and (problem := name_problem("pipeline", pipeline)):
@@ -141,6 +139,7 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     conf = dict(run_conf or {})
     _raise(list(_shape_problems(conf)))
     conf, problems = form.fold_fields(conf, defaults, found)
+    problems = [*form.form_problems(defaults), *problems]  # the config's own (the DAG's parse too)
     if isinstance(conf.get("steps"), Mapping):
         default_steps = defaults.get("steps")
         known = {*(default_steps if isinstance(default_steps, Mapping) else ()), *steps}
