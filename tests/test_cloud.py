@@ -828,8 +828,9 @@ def test_a_deferrable_task_whose_job_already_ended_does_not_defer(tmp_path, sage
 
 # --- the example, unchanged ------------------------------------------------------------------
 
-def test_example_dag_runs_unchanged_in_sagemaker_mode(tmp_path, sagemaker, monkeypatch):
-    """moto runs no containers: when a job completes, write what the real one would have."""
+def run_churn_on_moto(sagemaker: FakeSageMaker, conf: dict[str, Any] | None = None) -> Any:
+    """The example DAG, unchanged, in sagemaker mode on moto: (the DAG, its dag run). moto
+    runs no containers: when a job completes, write what the real one would have."""
     import runpy
 
     s3 = client("s3")
@@ -854,13 +855,17 @@ def test_example_dag_runs_unchanged_in_sagemaker_mode(tmp_path, sagemaker, monke
     if not link.exists():
         link.symlink_to(ROOT / "dags" / "churn.py")
     dag = runpy.run_path(str(link))["churn"]()
-    client("s3").create_bucket(Bucket=config["artifacts"].removeprefix("s3://").split("/")[0])
+    s3.create_bucket(Bucket=config["artifacts"].removeprefix("s3://").split("/")[0])
     from smtask.cli import one_file_bundle
 
-    with one_file_bundle(link):
-        dag_run = dag.test(run_conf={"mode": "sagemaker"})  # the conf may not pick the artifacts
+    with one_file_bundle(link):  # the conf may not pick the artifacts
+        return dag, dag.test(run_conf={"mode": "sagemaker", **(conf or {})})
+
+
+def test_example_dag_runs_unchanged_in_sagemaker_mode(tmp_path, sagemaker, monkeypatch):
     from smtask.cli import xcom_results
 
+    dag, dag_run = run_churn_on_moto(sagemaker)
     results = xcom_results(dag.dag_id, dag_run.run_id)
     assert str(getattr(dag_run.state, "value", dag_run.state)) == "success"
     assert results["evaluate"] == {"metric": "accuracy", "value": 0.6667, "rows": 3}

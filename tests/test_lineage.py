@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DAGS
-from test_cloud import client, moto_server, sagemaker  # noqa: F401  (fixtures)
+from test_cloud import moto_server, run_churn_on_moto, sagemaker  # noqa: F401  (fixtures)
 
 from smtask import lineage
 
@@ -53,33 +52,6 @@ def test_datasets_are_named_as_the_providers_are():
     assert lineage.inputs(job) == ["s3://b/in", "s3://b/train", "s3://b/batch", "s3://b/model.tar.gz"]
 
 
-def run_example_on_moto(sagemaker: Any, conf: dict[str, Any] | None = None) -> Any:
-    """The example, unchanged, in sagemaker mode on moto (as test_cloud's example test)."""
-    s3 = client("s3")
-
-    def put(uri: str, body: str) -> None:
-        bucket, key = uri.removeprefix("s3://").split("/", 1)
-        s3.put_object(Bucket=bucket, Key=key, Body=body.encode())
-
-    def processing_outputs(job: Any) -> None:
-        for output in job.processing_output_config["Outputs"]:
-            if output["OutputName"] == "test":
-                put(output["S3Output"]["S3Uri"] + "/test.csv", "label,x\n1,0.5\n0,0.1\n1,0.7\n")
-
-    sagemaker.on_complete.update(processing=processing_outputs, transform=lambda job: put(
-        job.transform_output["S3OutputPath"] + "/batch.csv.out", "1\n0\n0\n"))
-    config = json.loads((ROOT / "config.json").read_text())
-    link = DAGS / "churn_example.py"
-    if not link.exists():
-        link.symlink_to(ROOT / "dags" / "churn.py")
-    dag = runpy.run_path(str(link))["churn"]()
-    s3.create_bucket(Bucket=config["artifacts"].removeprefix("s3://").split("/")[0])
-    from smtask.cli import one_file_bundle
-
-    with one_file_bundle(link):
-        return dag, dag.test(run_conf={"mode": "sagemaker", **(conf or {})})
-
-
 def stored(dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
     """task id -> XCom key -> value, for one run."""
     from airflow.models.xcom import XComModel
@@ -106,7 +78,7 @@ def asset_events(dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_the_examples_tasks_link_their_jobs_and_publish_their_outputs_as_assets(sagemaker):
-    dag, dag_run = run_example_on_moto(sagemaker)
+    dag, dag_run = run_churn_on_moto(sagemaker)
     assert str(getattr(dag_run.state, "value", dag_run.state)) == "success"
     xcom = stored(dag.dag_id, dag_run.run_id)
     console = "https://console.aws.amazon.com/sagemaker/home?region=us-east-1#/"
