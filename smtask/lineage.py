@@ -54,11 +54,11 @@ def job_url(kind: str, name: str, region: str | None) -> str:
 
 
 def logs_url(group: str, stream_prefix: str, region: str | None) -> str:
-    """The CloudWatch console's log group, its streams filtered by ``stream_prefix``."""
-    if not group or not stream_prefix:
+    """The CloudWatch console's log group, its streams filtered by ``stream_prefix`` (if any)."""
+    if not group:
         return ""
-    return (f"{console(region, 'cloudwatch')}#logsV2:log-groups/log-group/{_fragment(group)}"
-            f"$3FlogStreamNameFilter$3D{_fragment(stream_prefix)}")
+    url = f"{console(region, 'cloudwatch')}#logsV2:log-groups/log-group/{_fragment(group)}"
+    return url + (f"$3FlogStreamNameFilter$3D{_fragment(stream_prefix)}" if stream_prefix else "")
 
 
 def outputs_url(outputs: Iterable[str], region: str | None, s3_endpoint: str | None) -> str:
@@ -134,9 +134,11 @@ class LogsLink(_Link):
         if kind.name == "tuning":  # its trials log as training jobs: the best one's
             name = str(result.get("best_training_job") or "")
         group = kind.api.log_group
-        if kind.name == "endpoint":  # one group per endpoint, a stream per variant's instance
-            return logs_url(f"{group}/{name}", "All", context.get("region")) if name else ""
-        return logs_url(group, f"{name}/" if name else "", context.get("region"))
+        if not name:
+            return ""
+        if kind.name == "endpoint":  # a group per endpoint, a stream per variant's instance
+            return logs_url(f"{group}/{name}", "", context.get("region"))
+        return logs_url(group, f"{name}/", context.get("region"))
 
 
 class BestTrainingJobLink(_Link):

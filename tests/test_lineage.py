@@ -30,6 +30,30 @@ def test_console_links_name_the_job_in_its_region_and_partition():
         "log-group/$252Faws$252Fsagemaker$252FTrainingJobs$3FlogStreamNameFilter$3Djob-1$252F")
 
 
+def test_each_kinds_links_or_none_where_a_link_would_be_dead():
+    from smtask.kinds import KINDS
+
+    kinds = {kind.name: kind for kind in KINDS}
+    cloud = {"mode": "sagemaker", "region": "eu-west-1", "s3_endpoint": None, "job_name": "j"}
+    endpoint = lineage.LogsLink().url(kinds["endpoint"], {"endpoint_name": "churn-live"}, cloud)
+    assert endpoint.endswith("log-group/$252Faws$252Fsagemaker$252FEndpoints$252Fchurn-live")
+    assert lineage.JobLink().url(kinds["endpoint"], {"endpoint_name": "churn-live"}, cloud) \
+        .endswith("#/endpoints/churn-live")
+    # a failed job has no result: its links name the job the task created
+    assert lineage.JobLink().url(kinds["training"], {}, cloud).endswith("#/jobs/j")
+    assert lineage.LogsLink().url(kinds["tuning"], {}, cloud) == ""  # no best trial yet
+    local = {**cloud, "mode": "local"}
+    outputs = {"outputs": {"model": "file:///tmp/a/model.tar.gz"}, "job_name": "j"}
+    assert [link.url(kinds["training"], outputs, local) for link in lineage.links(
+        kinds["training"])] == ["", "", ""]
+    s3_local = {**local, "s3_endpoint": "http://127.0.0.1:5000"}
+    assert lineage.OutputsLink().url(kinds["training"], {"outputs": {
+        "model": "s3://b/p/model.tar.gz"}}, s3_local) == "http://127.0.0.1:5000/b?list-type=2&prefix=p%2F"
+    assert [type(link).__name__ for link in lineage.links(kinds["register"])] == \
+        ["JobLink", "LogsLink"]  # both empty: no console page, no log group
+    assert lineage.JobLink().url(kinds["register"], {"job_name": "arn:x"}, cloud) == ""
+
+
 def test_the_outputs_link_is_their_common_folder_or_none_for_local_files():
     uris = ["s3://b/pipelines/churn/churn/run-1/splitor/train",
             "s3://b/pipelines/churn/churn/run-1/splitor/test/"]
