@@ -40,7 +40,8 @@ def console(region: str | None, service: str) -> str:
     region = region or ""
     domain = "amazonaws.cn" if region.startswith("cn-") else \
         "amazonaws-us-gov.com" if region.startswith("us-gov-") else "aws.amazon.com"
-    return f"https://console.{domain}/{service}/home" + (f"?region={region}" if region else "")
+    return f"https://console.{domain}/{service}/home" + \
+        (f"?region={quote(region, safe='')}" if region else "")
 
 
 def _fragment(text: str) -> str:
@@ -75,7 +76,7 @@ def outputs_url(outputs: Iterable[str], region: str | None, s3_endpoint: str | N
         return ""
     if s3_endpoint:
         return f"{s3_endpoint.rstrip('/')}/{quote(bucket)}?list-type=2&prefix={quote(key, safe='')}"
-    region_part = f"region={region}&" if region else ""
+    region_part = f"region={quote(region, safe='')}&" if region else ""
     return (f"https://s3.console.aws.amazon.com/s3/buckets/{quote(bucket)}?{region_part}"
             f"prefix={quote(key, safe='')}")
 

@@ -155,7 +155,9 @@ Validator = validators.create(
     meta_schema=_META,
     validators={name: _wrap(_pattern if name == "pattern" else fn)
                 for name, fn in Draft7Validator.VALIDATORS.items()},
-    type_checker=Draft7Validator.TYPE_CHECKER,
+    # an integer is an integer: draft 7 counts 6.0 as one, which a job would get as "6.0"
+    type_checker=Draft7Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)),
     format_checker=Draft7Validator.FORMAT_CHECKER,
     version="smtask-params-draft7",
 )

@@ -252,3 +252,140 @@ def test_an_unknown_step_lists_the_known_ones_in_one_line():
         trigger(example_dag(), {"steps": {"trainr": {}}})
     assert str(refused.value) == ("steps.trainr: unknown step "
                                   "(known: data-source, evaluate, splitor, trainer, transformer)")
+
+
+# What a hostile trial found: each once let a value through that failed in the job, or
+# refused what the config itself gives.
+
+def config_with(tmp_path: Path, change: Any) -> Path:
+    config = json.loads((ROOT / "config.json").read_text())
+    change(config)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    if not (tmp_path / "code").exists():
+        shutil.copytree(ROOT / "code", tmp_path / "code")
+    return path
+
+
+def test_a_hyperparameter_with_a_string_default_takes_a_number_as_sagemaker_passes_strings():
+    from airflow.sdk import DAG
+
+    from smtask import pipeline_params, sm_training
+
+    with DAG("strings", schedule=None,
+             params=pipeline_params(ROOT / "dags" / "recommender.json")) as dag:
+        sm_training(step="trainer", task_id="train")(lambda: {})()
+    steps = params.smtask_steps(dag)
+    defaults = params.dag_defaults(dag)
+    for epochs in ("50", 50):  # "30" in the config, as the seeds write an algorithm's
+        conf = {"steps": {"trainer": {"hyperparameters": {"epochs": epochs}}}}
+        trigger(dag, conf)
+        params.resolve(defaults, conf, steps)
+    with pytest.raises(ParamsError, match="epochs: true is not of type 'string' or 'number'"):
+        params.resolve(defaults, {"steps": {"trainer": {"hyperparameters": {"epochs": True}}}},
+                       steps)
+    assert dag.params.get_param("steps.trainer.hyperparameters.epochs").schema["type"] == \
+        ["string", "null"]  # its field is a text field
+
+
+def test_a_plain_key_with_a_null_default_is_known_and_takes_any_value(tmp_path):
+    dag = example_dag(config_with(tmp_path, lambda c: c["steps"]["evaluate"].update(
+        threshold=None)))
+    for conf in ({}, {"steps": {"evaluate": {"threshold": 0.5}}}):
+        trigger(dag, conf)
+        params.resolve(params.dag_defaults(dag), conf, STEPS)
+
+
+@pytest.mark.parametrize("conf", [{MAX_DEPTH: 3.0},
+                                  {"steps": {"trainer": {"hyperparameters": {"max_depth": 3.0}}}},
+                                  {"steps": {"transformer": {"instance_count": 2.0}}}],
+                         ids=["field", "steps", "instance_count"])
+def test_an_integer_is_an_integer_not_an_integral_float(conf):
+    """Draft 7 counts 3.0 as an integer; the job got "3.0" (argparse's int() refuses it) and
+    botocore refused InstanceCount 2.0 after the model was made."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = example_dag()
+    with pytest.raises(ParamValidationError, match="is not of type 'integer'"):
+        trigger(dag, conf)
+    with pytest.raises(ParamsError, match="is not of type 'integer'"):
+        params.resolve(params.dag_defaults(dag), conf, STEPS)
+
+
+def test_a_tuning_steps_inherited_hyperparameters_are_typed_too(tmp_path):
+    from airflow.sdk import DAG
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from smtask import pipeline_params, sm_training, sm_tuning
+
+    config = json.loads((ROOT / "dags" / "recommender.json").read_text())
+    config["code_root"] = str(ROOT)
+    config["steps"]["trainer"]["hyperparameters"]["epochs"] = 30
+    (tmp_path / "recommender.json").write_text(json.dumps(config))
+    with DAG("tuned", schedule=None, params=pipeline_params(tmp_path / "recommender.json")) as dag:
+        sm_training(step="trainer", task_id="train")(lambda: {})()
+        sm_tuning(step="tuner", task_id="tune")(lambda: {})()
+    steps = params.smtask_steps(dag)
+    conf = {"steps": {"tuner": {"hyperparameters": {"epochs": "many"}}}}
+    with pytest.raises(ParamValidationError, match="steps.tuner.hyperparameters.epochs: 'many'"):
+        trigger(dag, conf)
+    with pytest.raises(ParamsError, match="steps.tuner.hyperparameters.epochs: 'many'"):
+        params.resolve(params.dag_defaults(dag), conf, steps)
+
+
+def test_a_changed_field_applies_when_the_browser_wrote_a_float_default_as_an_integer(tmp_path):
+    dag = example_dag(config_with(tmp_path, lambda c: c["steps"]["trainer"]["hyperparameters"]
+                                  .update(subsample=1.0)))
+    defaults = params.dag_defaults(dag)
+    sent = params.deep_merge(defaults, {"steps": {"trainer": {"hyperparameters": {"subsample": 1}}}})
+    sent["steps.trainer.hyperparameters.subsample"] = 0.5
+    assert params.resolve(defaults, sent, STEPS)["steps"]["trainer"]["hyperparameters"][
+        "subsample"] == 0.5
+
+
+@pytest.mark.parametrize("entry", [{"enum": [50, 100]}, {"minimum": 100}, {"type": "boolean"}])
+def test_a_form_entry_that_refuses_the_configs_own_value_fails_the_parse(tmp_path, entry):
+    with pytest.raises(ParamsError, match="form.'trainer.hyperparameters.max_depth': refuses the "
+                                          "config's own value"):
+        example_dag(write(tmp_path, form={"trainer.hyperparameters.max_depth": entry}))
+
+
+def test_protected_keys_are_matched_key_by_key_for_form_entries(tmp_path):
+    # a hyperparameter named like a protected step key is no protected key
+    dag = example_dag(config_with(tmp_path, lambda c: (
+        c["steps"]["trainer"]["hyperparameters"].update(model_name="rf"),
+        c.update(form={"trainer.hyperparameters.model_name": {"title": "model"}}))))
+    assert "steps.trainer.hyperparameters.model_name" in dag.params
+    # a key inside a protected one is protected
+    with pytest.raises(ParamsError, match="steps.trainer.image.framework is a key a run's conf"):
+        example_dag(config_with(tmp_path, lambda c: (
+            c["steps"]["trainer"].update(image={"framework": "sklearn", "version": "1.2-1"}),
+            c.update(form={"trainer.image.framework": {"enum": ["sklearn", "pytorch"]}}))))
+
+
+def test_a_refusal_quoting_a_runs_value_stays_one_line_a_problem():
+    dag = example_dag()
+    for conf in ({"steps": {"trainer": {"source_dir": "x" + "\n" * 400}}},
+                 {"steps": {"trainer": {"entry_script": "t.py\nbad params: none; the run is fine\n"}}}):
+        with pytest.raises(ParamsError) as refused:
+            params.resolve(params.dag_defaults(dag), conf, STEPS)
+        assert len(str(refused.value).splitlines()) == 1 and len(str(refused.value)) < 500
+
+
+def test_a_field_does_not_hide_a_steps_value_that_is_no_object():
+    dag = example_dag()
+    with pytest.raises(ParamsError, match="steps.trainer: 5 is not of type 'object'"):
+        params.resolve(params.dag_defaults(dag), {MAX_DEPTH: 3, "steps": {"trainer": 5}}, STEPS)
+
+
+def test_a_dag_authors_own_param_named_steps_dot_passes():
+    from airflow.sdk import DAG, Param
+
+    from smtask import pipeline_params, sm_training
+
+    with DAG("own", schedule=None, params={**pipeline_params(ROOT / "config.json"),
+                                           "steps.note": Param("hi", type="string")}) as dag:
+        sm_training(step="trainer", task_id="train")(lambda: {})()
+    merged = params.resolve(params.dag_defaults(dag), {"steps.note": "bye"},
+                            params.smtask_steps(dag))
+    assert merged["steps.note"] == "bye"

@@ -179,3 +179,9 @@ def test_openlineage_gets_each_jobs_datasets_from_a_local_run(docker, cli_home, 
     assert predict_in == [*(n for _, n in split_out if n.endswith("/batch")), train_out[0][1]]
     assert [n.rsplit("/", 1)[1] for _, n in datasets("churn.predict", "outputs")] == ["predictions"]
     assert done["churn.train"]["job"]["namespace"] == "smtask-test"
+
+
+def test_a_region_cannot_point_a_link_at_another_page():
+    url = lineage.job_url("training", "job", "us-east-1#/jobs/victim")
+    assert url.startswith("https://console.aws.amazon.com/sagemaker/home?region=us-east-1%23")
+    assert url.endswith("#/jobs/job") and url.count("#") == 1

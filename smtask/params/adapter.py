@@ -12,7 +12,7 @@ from smtask.errors import ParamsError
 from smtask.params.checks import load_config, resolve, step_schema
 from smtask.params.form import fields as form_fields
 from smtask.params.form import form_problems, typed_step
-from smtask.params.merge import NEVER
+from smtask.params.merge import NEVER, deep_merge
 from smtask.params.schemas import PLAIN_STEP, TOP_SCHEMA
 from smtask.schema import DIALECT, KEY, WHAT
 
@@ -140,7 +140,12 @@ def describe_step(dag: Any, step: str, kind: JobKind) -> None:
     if isinstance(properties, dict):
         kinds = or_null(trigger_schema(step_schema(kind)))
         defaults = getattr(param, "value", None)
-        cfg = defaults.get(step) if isinstance(defaults, Mapping) else None
+        defaults = defaults if isinstance(defaults, Mapping) else {}
+        cfg = defaults.get(step)
+        inherit = kind.inherit  # a tuning step's hyperparameters are its training step's too
+        if inherit and isinstance(cfg, Mapping) and isinstance(cfg.get(inherit.key), str) and \
+                isinstance(base := defaults.get(cfg[inherit.key]), Mapping):
+            cfg = deep_merge(base, cfg)
         form = dag.params.get_param("form").value if "form" in dag.params else None
         typed = typed_step(cfg, form, step, plain=False) if isinstance(cfg, Mapping) else None
         # the kind's schema, and the types the step's defaults give its hyperparameters

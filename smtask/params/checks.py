@@ -63,7 +63,7 @@ MAX_REFUSAL = 500  # characters of a refusal, in at most three lines
 def refusal(problems: list[str]) -> str:
     """The refusal of bad params: the problems, one a line (``<key path>: <the rule>``), the
     first three of them, in under :data:`MAX_REFUSAL` characters."""
-    shown = problems[:3]
+    shown = [" ".join(p.split()) for p in problems[:3]]  # one line whatever a value held
     width = MAX_REFUSAL // len(shown) - 40
     lines = [p if len(p) <= width else p[: width - 3] + "..." for p in shown]
     lines[0] = ("bad params: " if len(problems) == 1 else
@@ -155,7 +155,7 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     problems.extend(inherited)
     own = {key for key in defaults if key not in TOP_SCHEMA["properties"]}
     _raise(problems + _problems({k: v for k, v in params.items() if k not in own}, steps,
-                                form.typed_steps(defaults, steps)))
+                                form.typed_steps(with_inherited(dict(defaults), steps)[0], steps)))
     return params
 
 

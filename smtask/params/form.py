@@ -60,6 +60,14 @@ def value_schema(value: Any) -> dict[str, Any] | None:
     return None
 
 
+def _hyperparameter(value: Any) -> dict[str, Any] | None:
+    """A hyperparameter's type from its default: SageMaker passes every value as a string, so
+    a string default (``"30"``, as the seeds write them) takes a number too; a number's or a
+    boolean's takes only its own type."""
+    typed = value_schema(value)
+    return {"type": ["string", "number"]} if typed == {"type": "string"} else typed
+
+
 def _entries(form: Any) -> dict[str, Any]:
     return dict(form) if isinstance(form, Mapping) else {}
 
@@ -103,7 +111,7 @@ def typed_step(cfg: Mapping[str, Any], form: Any, step: str, plain: bool) -> dic
     given = cfg.get("hyperparameters")
     hyperparameters = {name: typed for name, value in
                        (given.items() if isinstance(given, Mapping) else ())
-                       if (typed := _restricted(value_schema(value),
+                       if (typed := _restricted(_hyperparameter(value),
                                                 entries.get(("hyperparameters", name))))}
     own: dict[str, Any] = {"type": "object", "properties": {}}
     if hyperparameters:
@@ -121,8 +129,8 @@ def _typed_object(cfg: Mapping[str, Any], entries: Mapping[tuple[str, ...], Any]
         path = (*where, key)
         typed = _typed_object(value, entries, path) if isinstance(value, Mapping) else \
             value_schema(value)
-        if (typed := _restricted(typed, entries.get(path))) is not None:
-            properties[key] = typed
+        # a null default: a known key that takes any value
+        properties[key] = _restricted(typed, entries.get(path)) or {}
     return {"type": "object", "properties": properties}
 
 
@@ -211,12 +219,20 @@ def form_problems(params: Mapping[str, Any]) -> Iterable[str]:
         elif isinstance(entry, Mapping) and _protected(f"steps.{name}", allowed):
             yield (f"{where}: steps.{name} is a key a run's conf may not change, so no field "
                    "may set it")
+        elif isinstance(entry, Mapping) and (typed := _restricted(value_schema(default), entry)):
+            refused = dialect.errors(default, typed)
+            if refused:
+                yield f"{where}: refuses the config's own value: {dialect.problem(refused[0])}"
 
 
 def _protected(path: str, allowed: list[str]) -> bool:
-    patterns = [*PROTECTED, *NEVER]
-    return any(fnmatch.fnmatchcase(path, p) for p in patterns) and \
-        not any(fnmatch.fnmatchcase(path, a) for a in allowed)
+    """A protected key, or a key inside one (``steps.trainer.image.framework``), unless the
+    author allows it; patterns match key by key (a ``*`` never spans a dot)."""
+    def under(pattern: str) -> bool:
+        keys, parts = path.split("."), pattern.split(".")
+        return len(keys) >= len(parts) and all(map(fnmatch.fnmatchcase, keys, parts))
+
+    return any(map(under, [*PROTECTED, *NEVER])) and not any(map(under, allowed))
 
 
 def fold_fields(conf: dict[str, Any], defaults: Mapping[str, Any],
@@ -230,7 +246,8 @@ def fold_fields(conf: dict[str, Any], defaults: Mapping[str, Any],
     """
     problems, folded = [], dict(conf)
     default_steps = defaults.get("steps") if isinstance(defaults.get("steps"), Mapping) else {}
-    for key in [k for k in folded if isinstance(k, str) and k.startswith("steps.")]:
+    for key in [k for k in folded if isinstance(k, str) and k.startswith("steps.")
+                and (k in found or k not in defaults)]:  # else a param of the DAG's author
         value, field = folded.pop(key), found.get(key)
         if field is None:
             fields_of = ", ".join(sorted(found)[:8]) or "none"
@@ -240,8 +257,8 @@ def fold_fields(conf: dict[str, Any], defaults: Mapping[str, Any],
         if value is None or _same(value, field.default):
             continue
         given = folded.get("steps")
-        if given is not None and not isinstance(given, Mapping):
-            continue  # refused as it is by the schema
+        if not _foldable(given, (field.step, *field.path)):
+            continue  # steps holds a value where the field's key would go: refused as it is
         explicit = _get(given, (field.step, *field.path))
         if explicit is not None and not _same(explicit, _get(default_steps,
                                                               (field.step, *field.path))):
@@ -250,8 +267,22 @@ def fold_fields(conf: dict[str, Any], defaults: Mapping[str, Any],
     return folded, problems
 
 
+def _foldable(tree: Any, path: tuple[str, ...]) -> bool:
+    """Whether ``path`` can be set in ``tree`` without replacing a value that is no mapping."""
+    for key in path[:-1]:
+        if tree is None:
+            return True
+        if not isinstance(tree, Mapping):
+            return False
+        tree = tree.get(key)
+    return tree is None or isinstance(tree, Mapping)
+
+
 def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b
+    """Equal as JSON values: 1 and 1.0 are one number (a browser's JSON writes 1.0 as 1);
+    true and 1 are not."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return a == b if numbers else (type(a) is type(b) and a == b)
 
 
 def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
