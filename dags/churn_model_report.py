@@ -1,5 +1,6 @@
 """Scheduled on a new model: each successful run of the churn example's trainer is an event
-of the Asset ``churn/churn/trainer/model`` (smtask declares each step's outputs as Assets),
+of the Asset ``<artifacts>/churn/churn/trainer/model`` (smtask declares each step's outputs
+as Assets),
 whose extra says where that run's model is. This DAG runs on it and reports the model.
 """
 

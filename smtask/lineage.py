@@ -8,9 +8,9 @@ datasets it read and wrote for OpenLineage.
   Each is built from the task's result (its XCom) and the run's region, when the task ends;
   a link that would be dead is left out.
 - **Assets**: each output a step makes (a processing output, a model, the predictions) is
-  an Asset named by its pipeline, DAG, step and output, whose URI is that folder in the
-  artifacts of the config's mode, without the run (``s3://b/pipelines/churn/churn/trainer/
-  model``). A task's success is an asset event whose ``extra`` holds the run's own URI, so a
+  an Asset whose URI (and name) is that output's folder in the artifacts of the config's
+  mode, by pipeline, DAG, step and output, without the run (``s3://b/pipelines/churn/churn/
+  trainer/model``). A task's success is an asset event whose ``extra`` holds the run's own URI, so a
   DAG scheduled on the model asset reads where the new model is.
 - **OpenLineage** (``get_openlineage_facets_on_complete``): the job's inputs and outputs as
   datasets, ``s3://bucket`` + key, or ``file`` + path.
@@ -199,11 +199,18 @@ def step_assets(dag: Any, step: str, kind: JobKind) -> dict[str, Asset]:
 
 
 def _asset(params: Mapping[str, Any], dag_id: str, step: str, output: str) -> Asset:
+    """Named by its URI: Airflow makes an asset inactive, and fails every task that names it
+    as an outlet, when two DAGs give one name two URIs (two artifacts roots, in tests)."""
     root = artifacts_root(params).rstrip("/")
-    pipeline = params["pipeline_name"]
-    return Asset(uri=f"{root}/{pipeline}/{dag_id}/{step}/{output}",
-                 name=f"{pipeline}/{dag_id}/{step}/{output}",
+    return Asset(uri=f"{root}/{params['pipeline_name']}/{dag_id}/{step}/{output}",
                  group="model" if output == "model" else "asset")
+
+
+def asset_output(asset: Any, step: str) -> str | None:
+    """The output of ``step`` an Asset of :func:`step_assets` stands for, or None."""
+    uri = getattr(asset, "uri", None)
+    parts = uri.rsplit("/", 2) if isinstance(uri, str) else []
+    return parts[2] if len(parts) == 3 and parts[1] == step else None
 
 
 def output_asset(config: str | os.PathLike[str], dag_id: str, step: str,

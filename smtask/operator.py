@@ -57,9 +57,9 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         dag = getattr(self, "dag", None)
         params.describe_step(dag, step, self.job_kind)  # the trigger form
         # its outputs as Assets (the decorator adds them for .expand(), which skips __init__)
-        mine = {a.name for a in self.outlets if isinstance(a, Asset)}
+        mine = {a.uri for a in self.outlets if isinstance(a, Asset)}
         self.outlets = [*self.outlets, *(a for a in lineage.step_assets(dag, step, self.job_kind)
-                                         .values() if a.name not in mine)]
+                                         .values() if a.uri not in mine)]
         self.link_context: dict[str, Any] | None = None  # the run, for the links (lineage)
         self._lineage: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {})
         self.init_kills()
@@ -93,8 +93,8 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         outputs: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
         events: Any = context.get("outlet_events")
         for asset in (a for a in self.outlets if isinstance(a, Asset) and events is not None):
-            _, _, step, output = (["", "", "", ""] + asset.name.split("/"))[-4:]  # step_assets'
-            if step == self.step and output in outputs:
+            output = lineage.asset_output(asset, self.step)
+            if output is not None and output in outputs:
                 events[asset].extra.update({"uri": outputs[output], "mode": mode,
                                             "run_id": context.get("run_id"),
                                             "job_name": result.get("job_name")})

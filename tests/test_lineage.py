@@ -90,7 +90,7 @@ def stored(dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def asset_events(dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
-    """asset name -> the extra of its event from this run."""
+    """asset URI's last three parts (dag/step/output) -> the extra of its event from this run."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
@@ -98,7 +98,8 @@ def asset_events(dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         rows = session.query(AssetEvent, AssetModel).join(
             AssetModel, AssetEvent.asset_id == AssetModel.id).filter(
             AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id).all()
-        return {model.name: dict(event.extra or {}) for event, model in rows}
+        return {"/".join(model.uri.rsplit("/", 3)[-3:]): dict(event.extra or {})
+                for event, model in rows}
 
 
 def test_the_examples_tasks_link_their_jobs_and_publish_their_outputs_as_assets(sagemaker):
@@ -116,23 +117,23 @@ def test_the_examples_tasks_link_their_jobs_and_publish_their_outputs_as_assets(
             "https://s3.console.aws.amazon.com/s3/buckets/smtask-example-artifacts?region="
             "us-east-1&prefix=pipelines%2Fchurn%2Fchurn%2F")
     assert "_link_JobLink" not in xcom["evaluate"]  # a plain task has none of smtask's links
-    # each output an asset named by pipeline, DAG, step and output; its event: the run's URI
+    # each output an asset, its URI by pipeline, DAG, step and output; its event: the run's URI
     events = asset_events(dag.dag_id, dag_run.run_id)
-    outputs = {f"churn/churn/{step}/{name}": uri
+    outputs = {f"churn/{step}/{name}": uri
                for task, step in (("split", "splitor"), ("train", "trainer"),
                                   ("predict", "transformer"))
                for name, uri in xcom[task]["return_value"]["outputs"].items()}
     assert sorted(events) == sorted(outputs) == [
-        "churn/churn/splitor/batch", "churn/churn/splitor/test", "churn/churn/splitor/train",
-        "churn/churn/trainer/model", "churn/churn/transformer/predictions"]
+        "churn/splitor/batch", "churn/splitor/test", "churn/splitor/train",
+        "churn/trainer/model", "churn/transformer/predictions"]
     for name, extra in events.items():
         assert extra["uri"] == outputs[name] and extra["mode"] == "sagemaker"
         assert extra["run_id"] == dag_run.run_id
     # the declared asset is where the config's mode (local) keeps them, without the run; a
     # DAG scheduled on the model names it from the same config (dags/churn_model_report.py)
-    model = next(a for a in dag.get_task("train").outlets if a.name == "churn/churn/trainer/model")
+    (model,) = dag.get_task("train").outlets
     assert model.uri.endswith("/artifacts/churn/churn/trainer/model") and \
-        model.uri.startswith("file:///")
+        model.uri.startswith("file:///") and model.name == model.uri and model.group == "model"
     from smtask import output_asset
 
     assert output_asset(ROOT / "config.json", "churn", "trainer") == model
