@@ -155,12 +155,11 @@ class OutputsLink(_Link):
     name = "Outputs"
 
     def url(self, kind: JobKind, result: Mapping[str, Any], context: Mapping[str, Any]) -> str:
-        outputs = result.get("outputs")
-        uris = outputs.values() if isinstance(outputs, Mapping) else ()
         local = context.get("mode") == "local"
         if local and not context.get("s3_endpoint"):
             return ""
-        return outputs_url(uris, context.get("region"), context.get("s3_endpoint") if local else None)
+        return outputs_url(outputs(result), context.get("region"),
+                           context.get("s3_endpoint") if local else None)
 
 
 def links(kind: JobKind) -> tuple[BaseOperatorLink, ...]:
@@ -235,9 +234,15 @@ def inputs(job: Mapping[str, Any]) -> list[str]:
     return [u for u in dict.fromkeys(found) if isinstance(u, str) and u]
 
 
-def outputs(result: Mapping[str, Any]) -> list[str]:
+def result_outputs(result: Mapping[str, Any]) -> dict[str, str]:
+    """A task result's outputs, name -> URI (a processing job's, a model, the predictions)."""
     given = result.get("outputs")
-    return [u for u in (given.values() if isinstance(given, Mapping) else ()) if isinstance(u, str)]
+    return {name: uri for name, uri in (given.items() if isinstance(given, Mapping) else ())
+            if isinstance(uri, str)}
+
+
+def outputs(result: Mapping[str, Any]) -> list[str]:
+    return list(result_outputs(result).values())
 
 
 def dataset(uri: str) -> tuple[str, str]:

@@ -89,8 +89,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         """The task's result; its outputs' Assets get an event whose extra holds the run's
         own URIs, and OpenLineage the job's datasets (smtask.lineage)."""
         self._lineage = (job, result)
-        given = result.get("outputs")
-        outputs: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        outputs = lineage.result_outputs(result)
         events: Any = context.get("outlet_events")
         for asset in (a for a in self.outlets if isinstance(a, Asset) and events is not None):
             output = lineage.asset_output(asset, self.step)

@@ -151,11 +151,12 @@ def resolve(defaults: Mapping[str, Any], run_conf: Mapping[str, Any] | None,
     params, inherited = with_inherited(deep_merge(defaults, conf), steps)
     # compared as the steps will run: a conf must not pick up a protected key (an image)
     # by pointing a tuning step at another training step
-    problems.extend(override_problems(with_inherited(dict(defaults), steps)[0], params))
+    inherited_defaults = with_inherited(dict(defaults), steps)[0]
+    problems.extend(override_problems(inherited_defaults, params))
     problems.extend(inherited)
     own = {key for key in defaults if key not in TOP_SCHEMA["properties"]}
     _raise(problems + _problems({k: v for k, v in params.items() if k not in own}, steps,
-                                form.typed_steps(with_inherited(dict(defaults), steps)[0], steps)))
+                                form.typed_steps(inherited_defaults, steps)))
     return params
 
 

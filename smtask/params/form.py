@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtask.naming import key_path
-from smtask.params.merge import NEVER, PROTECTED
+from smtask.params.merge import NEVER, PROTECTED, allowed_overrides, deep_merge
 
 # what gets a field without a form entry: each hyperparameter, and these keys of a step
 FIELD_KEYS = ("instance_type", "instance_count")
@@ -198,9 +198,8 @@ def form_problems(params: Mapping[str, Any]) -> Iterable[str]:
     if shape:
         yield from shape
         return
-    steps, allowed = params.get("steps"), params.get("conf_may_override")
+    steps, allowed = params.get("steps"), allowed_overrides(params)
     steps = steps if isinstance(steps, Mapping) else {}
-    allowed = [a for a in allowed if isinstance(a, str)] if isinstance(allowed, list) else []
     for name, entry in sorted(_entries(params.get("form")).items()):
         step, *path = name.split(".")
         where = key_path("form", name)
@@ -256,14 +255,15 @@ def fold_fields(conf: dict[str, Any], defaults: Mapping[str, Any],
             continue
         if value is None or _same(value, field.default):
             continue
-        given = folded.get("steps")
-        if not _foldable(given, (field.step, *field.path)):
+        given, path = folded.get("steps"), (field.step, *field.path)
+        if not _foldable(given, path):
             continue  # steps holds a value where the field's key would go: refused as it is
-        explicit = _get(given, (field.step, *field.path))
-        if explicit is not None and not _same(explicit, _get(default_steps,
-                                                              (field.step, *field.path))):
+        explicit = _get(given, path)
+        if explicit is not None and not _same(explicit, _get(default_steps, path)):
             continue
-        folded["steps"] = _set(dict(given or {}), (field.step, *field.path), value)
+        for key in reversed(path):
+            value = {key: value}
+        folded["steps"] = deep_merge(given or {}, value)
     return folded, problems
 
 
@@ -283,12 +283,3 @@ def _same(a: Any, b: Any) -> bool:
     true and 1 are not."""
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
     return a == b if numbers else (type(a) is type(b) and a == b)
-
-
-def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    """``tree`` with ``path`` set, copying each mapping on the way (the conf is the caller's)."""
-    if len(path) == 1:
-        return {**tree, path[0]: value}
-    below = tree.get(path[0])
-    return {**tree, path[0]: _set(dict(below) if isinstance(below, Mapping) else {}, path[1:],
-                                  value)}

@@ -89,10 +89,15 @@ def with_inherited(params: dict[str, Any], steps: Mapping[str, JobKind]
     return {**params, "steps": merged}, problems
 
 
+def allowed_overrides(params: Mapping[str, Any]) -> list[str]:
+    """The author's ``conf_may_override`` patterns (what else it holds is the schema's)."""
+    allowed = params.get("conf_may_override")
+    return [a for a in allowed if isinstance(a, str)] if isinstance(allowed, list) else []
+
+
 def override_problems(defaults: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
     """Each protected key whose value the run's conf changed."""
-    allowed = defaults.get("conf_may_override")
-    allowed = [a for a in allowed if isinstance(a, str)] if isinstance(allowed, list) else []
+    allowed = allowed_overrides(defaults)
     for pattern, never in [*((p, False) for p in PROTECTED), *((p, True) for p in NEVER)]:
         for path in sorted(_paths(pattern, defaults) | _paths(pattern, params)):
             if _get(params, path) == _get(defaults, path):
