@@ -93,6 +93,10 @@ class JobKind:
     # the outputs a step of the kind makes, by name, from its config (each an Airflow Asset,
     # smtask.lineage); None: it makes none (a model version, an endpoint)
     assets: Callable[[Mapping[str, Any]], Iterable[str]] | None = None
+    # what a finished SageMaker job used, read from its description (``seconds``,
+    # ``instances``, ``billable_seconds``: see smtask.kinds.common.job_usage); None: nothing
+    # a job bills by its run time (a model version, an endpoint)
+    usage: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     # A kind whose resource is not one job named per task instance (a model version, an
     # endpoint) finds or starts it itself: start(job, session, log) -> (job, description),
     # the job's ``job_name`` then being what ``api.describe`` takes; the task waits (or

@@ -4,6 +4,7 @@ from the task's :class:`~smtask.kind.JobKind` (``job_kind``): see ``smtask.decor
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -89,6 +90,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         """The task's result; its outputs' Assets get an event whose extra holds the run's
         own URIs, and OpenLineage the job's datasets (smtask.lineage)."""
         self._lineage = (job, result)
+        self._log_usage(result.get("usage"), mode)
         outputs = lineage.result_outputs(result)
         events: Any = context.get("outlet_events")
         for asset in (a for a in self.outlets if isinstance(a, Asset) and events is not None):
@@ -98,6 +100,21 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                                             "run_id": context.get("run_id"),
                                             "job_name": result.get("job_name")})
         return result
+
+    def _log_usage(self, used: Mapping[str, Any] | None, mode: str) -> None:
+        """A finished job's seconds in the task log, as the SDK and the Amazon provider log
+        them ("Training seconds", "Billable seconds")."""
+        if not used:
+            return
+        self.log.info("%s seconds: %d%s", self.job_kind.name.capitalize(), used["seconds"],
+                      f" on {used['instances']} instance(s)" if "instances" in used else "")
+        if "billable_seconds" not in used:
+            self.log.info("Billable seconds: those of its training jobs (each its own)")
+            return
+        note = (" (local mode: nothing is billed)" if mode == "local" else
+                f" (managed spot training savings: {used['spot_savings_percent']}%)"
+                if "spot_savings_percent" in used else "")
+        self.log.info("Billable seconds: %d%s", used["billable_seconds"], note)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The job's inputs and outputs as OpenLineage datasets (the OpenLineage provider
@@ -170,12 +187,15 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
             if self.link_context is not None:
                 self.link_context["job_name"] = name
             put_model_code(job.get("model_code"), session)  # the code a model of it serves with
+            ran = None  # a local job's run time (it ends inside submit())
             try:
                 description = existing
                 if existing is None and name != base and not session.local_mode:
                     clear_leftovers(session, kind.shared_outputs(job), self.log.info)
                 if existing is None and session.local_mode:  # the job runs inside submit()
+                    started = time.monotonic()
                     description = self._run_locally(job, session, cfg)
+                    ran = time.monotonic() - started
                 elif existing is None:
                     description = self._submit(job, session)
                 elif waiting.status(kind, existing) in kind.api.done:
@@ -197,7 +217,19 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                 raise JobFailed(kind.name, name, f"{exc} ({output.failure(None)})") from exc
             finally:
                 self._active = None
-        return kind.outputs(job, description)
+        return {**kind.outputs(job, description), **self._usage(job, description, ran)}
+
+    def _usage(self, job: Mapping[str, Any], description: Mapping[str, Any],
+               ran: float | None) -> dict[str, Any]:
+        """``{"usage": ...}``: what the job used (:attr:`JobKind.usage`); a local job's own
+        run time, on the instances it stood for, billed nothing. ``{}`` when unknown."""
+        kind = self.job_kind
+        if ran is not None:
+            used = {"seconds": round(ran), "instances": job.get("instance_count", 1),
+                    "billable_seconds": 0}
+        else:
+            used = kind.usage(description) if kind.usage is not None else {}
+        return {"usage": used} if used else {}
 
     def _start(self, job: dict[str, Any], session: Any, run_params: dict[str, Any]
                ) -> dict[str, Any]:
@@ -316,7 +348,10 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         if kind.complete is not None:  # the event holds too little: describe again
             client = sagemaker_client(connection)
             description = self._complete(client, waiting.find(client, kind, job["job_name"]) or {})
-        return self._finished(context, job, kind.outputs(job, description), "sagemaker")
+        result = kind.outputs(job, description)
+        if event.get("usage"):
+            result["usage"] = event["usage"]
+        return self._finished(context, job, result, "sagemaker")
 
     def _complete(self, client: Any, description: dict[str, Any]) -> dict[str, Any]:
         """A kind whose completed job's description lacks its outputs (tuning: the best

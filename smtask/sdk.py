@@ -44,6 +44,9 @@ CORRECTIONS: dict[str, Correction] = {c.target: c for c in (
     Correction("sagemaker.train.model_trainer:ModelTrainer.create_input_data_channel",
                "uploads the source dir and its drivers again for every job, and cannot set a "
                "channel's content type, input mode or distribution"),
+    Correction("sagemaker.train.tuner:HyperparameterTuner._build_training_job_definition",
+               "builds its trials' ResourceConfig anew, without the trainer's "
+               "keep_alive_period_in_seconds (a warm pool)"),
     Correction("sagemaker.core.local.image:_SageMakerContainer._generate_compose_file",
                "a bridge network, published ports, writable mounts of the user's files, and "
                "compose interpolation of the worker's environment into the job"),

@@ -146,7 +146,8 @@ class SageMakerJobTrigger(BaseTrigger):
                     "status": status, "job": self.job,
                     "reason": waiting.ended(kind, description),
                     "description": {k: description[k] for k in kind.event_keys
-                                    if k in description}})
+                                    if k in description},
+                    "usage": kind.usage(description) if kind.usage is not None else {}})
                 return
             if self.timeout is not None and time.time() - self.started >= self.timeout:
                 yield TriggerEvent({"status": "Timeout", "description": {}, "job": self.job,

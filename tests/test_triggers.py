@@ -218,7 +218,8 @@ def test_the_event_carries_the_status_the_job_spec_and_json_only(built):
     assert event == {"status": "Completed", "reason": "the job ended Completed",
                      "job": {"job_name": "job-1", "spec": 1},
                      "description": {"ModelArtifacts": {
-                         "S3ModelArtifacts": "s3://b/job-1/model.tar.gz"}}}
+                         "S3ModelArtifacts": "s3://b/job-1/model.tar.gz"}},
+                     "usage": {}}  # the fake's description has no times
 
 
 def test_a_failed_job_fires_its_failure_reason(built):

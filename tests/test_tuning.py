@@ -510,7 +510,8 @@ def test_sagemaker_tuning_job_is_created_from_the_steps_settings(tmp_path, tunin
                    "trials": {"completed": 3, "failed": 1, "stopped": 0},
                    # its models serve with the code its trials ran: the same tarball
                    "framework": None, "code": {"program": "train.py", "submit_directory":
-                                               static["sagemaker_submit_directory"]}}
+                                               static["sagemaker_submit_directory"]},
+                   "usage": {"seconds": 123}}  # moto's ConsumedResources.RuntimeInSeconds
     # a transform takes it as it takes a training result
     assert tuning_jobs.request("create_model")["PrimaryContainer"]["ModelDataUrl"] == model
 

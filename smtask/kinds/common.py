@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -171,6 +173,26 @@ def put_model_code(code: dict[str, str] | None, session: Any) -> None:
     data = io.BytesIO()
     pack(Path(code["source_dir"]), data)
     s3.put_object(Bucket=uri.netloc, Key=key, Body=data.getvalue())
+
+
+def elapsed(description: Mapping[str, Any], start: str, end: str) -> float | None:
+    """Seconds between two times of a job's description, if it has both."""
+    began, ended = description.get(start), description.get(end)
+    if isinstance(began, datetime) and isinstance(ended, datetime):
+        return max(0.0, (ended - began).total_seconds())
+    return None
+
+
+def job_usage(seconds: float | None, instances: int, billable: float | None = None
+              ) -> dict[str, Any]:
+    """What a finished job used: ``seconds`` it ran, on ``instances``, and the instance-seconds
+    SageMaker bills: ``billable`` (SageMaker's own per-instance figure, which a spot job's
+    interruptions and discount make smaller) or the run time, times the instances (as the
+    Amazon provider counts them). ``{}`` when the run time is unknown."""
+    if seconds is None:
+        return {}
+    return {"seconds": round(seconds), "instances": instances,
+            "billable_seconds": round((seconds if billable is None else billable) * instances)}
 
 
 def aws_tags(job: dict[str, Any]) -> list[dict[str, str]]:

@@ -20,6 +20,8 @@ from smtask.kinds.common import (
     aws_tags,
     check_uri_map,
     content_prefix,
+    elapsed,
+    job_usage,
     pack,
     prepare_output,
     remote,
@@ -295,11 +297,18 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
+def usage(description: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's run time, its instances and their billable seconds."""
+    cluster = (description.get("ProcessingResources") or {}).get("ClusterConfig") or {}
+    return job_usage(elapsed(description, "ProcessingStartTime", "ProcessingEndTime"),
+                     cluster.get("InstanceCount", 1))
+
+
 KIND = JobKind(
     name="processing", decorator="sm_processing",
     api=Api.of_job("ProcessingJob"),
     schema=SCHEMA, image_scope="processing", form=form, check=check,
     spec=spec, submit=submit, outputs=outputs, shared_outputs=shared_outputs,
-    settings="always", runtime_limited=True,
+    settings="always", runtime_limited=True, usage=usage,
     assets=lambda cfg: sorted(cfg.get("outputs") or {}),
 )

@@ -21,6 +21,8 @@ from smtask.kinds.common import (
     StepContext,
     check_uri_map,
     content_prefix,
+    elapsed,
+    job_usage,
     model_code,
     prepare_output,
     remote,
@@ -30,10 +32,12 @@ from smtask.kinds.common import (
 from smtask.naming import key_path
 from smtask.params.schemas import (
     COMMON_STEP_KEYS,
+    CONTAINER_PATH,
     MIME_TYPE,
     ONE_LINE,
     ONE_LINE_RULE,
     PATH,
+    POSITIVE,
     SETTINGS,
     SETTINGS_ENV,
     environment,
@@ -73,7 +77,27 @@ def spec(ctx: StepContext, returned: Any, upstream: Any = ()) -> dict[str, Any]:
         "model_code": model_code(job, ctx.path(cfg["source_dir"]), cfg["entry_script"])
         if scripted else None,
         "framework": framework_of(ctx.given_image()[1]),
+        # SageMaker's cost levers (README: "Cost"): spot capacity, its checkpoints, a warm pool
+        "spot": bool(cfg.get("use_spot_instances")),
+        "max_wait_seconds": cfg.get("max_wait_seconds"),
+        "checkpoints": checkpoints(ctx),
+        "keep_alive_seconds": cfg.get("keep_alive_period_seconds"),
     }
+
+
+CHECKPOINT_PATH = "/opt/ml/checkpoints"  # SageMaker's default CheckpointConfig.LocalPath
+
+
+def checkpoints(ctx: StepContext) -> dict[str, str] | None:
+    """Where the job's checkpoints go, ``<the step's prefix>/checkpoints`` (one folder for the
+    task instance: every attempt, a retry's or a spot restart's, resumes from it), and the
+    container folder they are written in. On by default for a spot job."""
+    setting = ctx.cfg.get("checkpoints", bool(ctx.cfg.get("use_spot_instances")))
+    if not setting:
+        return None
+    local = setting.get("local_path", CHECKPOINT_PATH) if isinstance(setting, dict) \
+        else CHECKPOINT_PATH
+    return {"uri": f"{ctx.prefix}/checkpoints", "local_path": local}
 
 
 def hyperparameter_strings(hyperparameters: dict[str, Any]) -> dict[str, str]:
@@ -103,7 +127,24 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
             from smtask.sessions import described
 
             return described(session, job["job_name"])
+        say_what_local_mode_skips(job, session)
         return train_locally(job, session)
+
+
+def say_what_local_mode_skips(job: dict[str, Any], session: Any) -> None:
+    """The cost levers local mode cannot honour, said before any container starts: its
+    containers run on this machine (no spot capacity to wait for or lose, no warm pool)."""
+    from smtask.local.state import of
+
+    skipped = [key for key, on in (("use_spot_instances", job.get("spot")),
+                                   ("max_wait_seconds", job.get("max_wait_seconds")),
+                                   ("keep_alive_period_seconds", job.get("keep_alive_seconds")))
+               if on]
+    if skipped:
+        of(session).log(f"smtask: local mode runs the job on this machine: {', '.join(skipped)} "
+                        "take effect on SageMaker only (no spot capacity, no warm pool here)"
+                        + ("; its checkpoints are kept as SageMaker keeps them"
+                           if job.get("checkpoints") else ""))
 
 
 @contextlib.contextmanager
@@ -152,7 +193,7 @@ def channels(job: dict[str, Any], session: Any) -> list[Any]:
 def trainer(job: dict[str, Any], session: Any) -> Any:
     """The job's ``ModelTrainer`` (inside :func:`trainer_patches`), named ``job["job_name"]``;
     in local mode it runs in ``<session scratch>/<job name>``."""
-    from sagemaker.core.shapes import OutputDataConfig
+    from sagemaker.core.shapes import CheckpointConfig, OutputDataConfig
     from sagemaker.core.training.configs import Compute, SourceCode, StoppingCondition
     from sagemaker.train.model_trainer import Mode, ModelTrainer
 
@@ -168,6 +209,15 @@ def trainer(job: dict[str, Any], session: Any) -> Any:
         "output_data_config": OutputDataConfig(s3_output_path=job["output_path"]),
         "input_s3_key_prefix": urlparse(job["output_path"]).path.strip("/"),
     })
+    if job.get("checkpoints") and not local:  # local mode mounts the folder (train_locally)
+        where["checkpoint_config"] = CheckpointConfig(s3_uri=job["checkpoints"]["uri"],
+                                                      local_path=job["checkpoints"]["local_path"])
+    # the cost levers, only when set: the SDK would send an explicit null
+    compute = {key: value for key, value in (
+        ("enable_managed_spot_training", job.get("spot") or None),
+        ("keep_alive_period_in_seconds", job.get("keep_alive_seconds"))) if value is not None}
+    waits = {"max_wait_time_in_seconds": job["max_wait_seconds"]} \
+        if job.get("max_wait_seconds") else {}
     return ModelTrainer(
         training_mode=Mode.LOCAL_CONTAINER if local else Mode.SAGEMAKER_TRAINING_JOB,
         sagemaker_session=session,
@@ -178,8 +228,9 @@ def trainer(job: dict[str, Any], session: Any) -> Any:
         source_code=SourceCode(source_dir=job["source_dir"], entry_script=job["entry_script"],
                                requirements=job["requirements"]) if job["source_dir"] else None,
         compute=Compute(instance_type=job["instance_type"], instance_count=job["instance_count"],
-                        volume_size_in_gb=job["volume_size_gb"]),
-        stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_runtime_seconds"]),
+                        volume_size_in_gb=job["volume_size_gb"], **compute),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_runtime_seconds"],
+                                             **waits),
         hyperparameters=job["hyperparameters"],
         environment=environment,
         tags=[{"key": k, "value": v} for k, v in job["tags"].items()],
@@ -197,12 +248,44 @@ def train_locally(job: dict[str, Any], session: Any) -> dict[str, Any]:
     root = local_root(job, session)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        trainer(job, session).train(input_data_config=channels(job, session), wait=True,
-                                    logs=False)
+        with _checkpoints_mounted(job, session, root):
+            trainer(job, session).train(input_data_config=channels(job, session), wait=True,
+                                        logs=False)
         model_uri = _keep_artifacts(root, job, session)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {"TrainingJobStatus": "Completed", "ModelArtifacts": {"S3ModelArtifacts": model_uri}}
+
+
+@contextlib.contextmanager
+def _checkpoints_mounted(job: dict[str, Any], session: Any, root: Path) -> Iterator[None]:
+    """Local mode: the job's checkpoint folder (under the artifacts root) mounted writable at
+    its ``local_path``, as SageMaker syncs that folder with the checkpoint URI while the job
+    runs: what an attempt wrote is there for the next one, however this one ended. Only
+    regular files and folders are left in it afterwards."""
+    if not job.get("checkpoints"):
+        yield
+        return
+    from smtask.local.output import keep_only_files
+    from smtask.local.state import of
+
+    uri, state = job["checkpoints"]["uri"], of(session)
+    if urlparse(uri).scheme != "file":
+        from smtask.errors import SmtaskError
+
+        raise SmtaskError(f"step '{state.step}': checkpoints: local mode keeps them under a "
+                          f"file:// artifacts root, not {uri}")
+    folder = local_path(uri, job["artifacts"])
+    folder.mkdir(parents=True, exist_ok=True)
+    found = sum(1 for p in folder.rglob("*") if p.is_file())
+    state.log(f"smtask: checkpoints in {folder} (mounted at {job['checkpoints']['local_path']}"
+              + (f"; {found} file(s) from an earlier attempt)" if found else ")"))
+    state.job_mounts[str(root)] = [(str(folder), job["checkpoints"]["local_path"])]
+    try:
+        yield
+    finally:
+        state.job_mounts.pop(str(root), None)
+        keep_only_files(folder, state.log)
 
 
 def _channel(create: Any, session: Any, settings: dict[str, dict[str, str]],
@@ -269,7 +352,9 @@ DRIVER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Iterable[str]:
-    """Hyperparameters (and tuned ones) that the SDK's training driver cannot pass on safely."""
+    """The cost levers' rules, and hyperparameters (and tuned ones) that the SDK's training
+    driver cannot pass on safely."""
+    yield from _cost_problems(step, cfg)
     if "source_dir" not in cfg:
         return  # a built-in algorithm reads hyperparameters.json: no shell on the way
     ranges = (cfg.get("tuning") or {}).get("ranges") or {}
@@ -284,6 +369,30 @@ def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Itera
             yield (f"steps.{step}.{where}: a script's hyperparameter may not contain ' (the "
                    "SDK's training driver writes it between single quotes into a shell file)")
 
+
+def _cost_problems(step: str, cfg: Mapping[str, Any]) -> Iterable[str]:
+    """SageMaker's rules for spot training (CreateTrainingJob's), named before any job."""
+    where, spot = f"steps.{step}", cfg.get("use_spot_instances")
+    runtime = cfg.get("max_runtime_seconds", 86400)  # smtask's (and SageMaker's) default
+    if spot and "max_wait_seconds" not in cfg:
+        yield (f"{where}.use_spot_instances: needs max_wait_seconds (how long the job may wait "
+               f"for spot capacity and run, at least max_runtime_seconds: {runtime})")
+    elif "max_wait_seconds" in cfg and not spot:
+        yield (f"{where}.max_wait_seconds: only with use_spot_instances (SageMaker takes "
+               "MaxWaitTimeInSeconds for managed spot training only)")
+    elif spot and cfg["max_wait_seconds"] < runtime:
+        yield (f"{where}.max_wait_seconds: {cfg['max_wait_seconds']} is less than "
+               f"max_runtime_seconds {runtime} (SageMaker's rule: the wait includes the run)")
+    local_path = (cfg.get("checkpoints") or {}).get("local_path", "") \
+        if isinstance(cfg.get("checkpoints"), dict) else ""
+    taken = next((f for f in _SDK_FOLDERS if f"{local_path.rstrip('/')}/".startswith(f + "/")
+                  or f.startswith(local_path.rstrip("/") + "/")), None) if local_path else None
+    if taken:
+        yield (f"{where}.checkpoints.local_path: {local_path} overlaps {taken}, where the job "
+               "reads its inputs or writes its model")
+
+
+_SDK_FOLDERS = ("/opt/ml/input", "/opt/ml/model", "/opt/ml/output", "/opt/ml/code")
 
 SCHEMA: dict[str, Any] = {
     # without source_dir and entry_script the image is a built-in algorithm's
@@ -310,6 +419,12 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "settings": SETTINGS,
+        # the cost levers (README: "Cost"): spot capacity, its checkpoints, a warm pool
+        "use_spot_instances": {"type": "boolean"},
+        "max_wait_seconds": POSITIVE,
+        "checkpoints": {"type": ["boolean", "object"], "additionalProperties": False,
+                        "properties": {"local_path": CONTAINER_PATH}},
+        "keep_alive_period_seconds": {"type": "integer", "minimum": 0, "maximum": 3600},
         "hyperparameters": {
             "type": "object",
             "maxProperties": 100,
@@ -320,11 +435,28 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
+def usage(description: Mapping[str, Any]) -> dict[str, Any]:
+    """SageMaker's own figures: ``TrainingTimeInSeconds`` and ``BillableTimeInSeconds`` (per
+    instance; a spot job's are fewer: its savings, as the SDK prints them), else the job's
+    start to its end."""
+    seconds = description.get("TrainingTimeInSeconds")
+    if seconds is None:
+        seconds = elapsed(description, "TrainingStartTime", "TrainingEndTime")
+    billable = description.get("BillableTimeInSeconds")
+    used = job_usage(seconds, (description.get("ResourceConfig") or {}).get("InstanceCount", 1),
+                     billable)
+    if used and description.get("EnableManagedSpotTraining"):
+        used["spot"] = True
+        if billable is not None and seconds:
+            used["spot_savings_percent"] = round(100 * (1 - billable / seconds), 1)
+    return used
+
+
 KIND = JobKind(
     name="training", decorator="sm_training",
     api=Api.of_job("TrainingJob", deleting=("Deleting",)),
     schema=SCHEMA, image_scope="training", check=check,
     spec=spec, submit=submit, outputs=outputs, event_keys=("ModelArtifacts",),
-    algorithm_images=True, settings="script", runtime_limited=True,
+    algorithm_images=True, settings="script", runtime_limited=True, usage=usage,
     assets=lambda cfg: ("model",),
 )

@@ -17,6 +17,8 @@ from smtask.kinds.common import (
     check_keys,
     check_uri,
     content_prefix,
+    elapsed,
+    job_usage,
     model_code,
     prepare_output,
     remote,
@@ -307,10 +309,16 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
+def usage(description: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's run time, its instances and their billable seconds."""
+    return job_usage(elapsed(description, "TransformStartTime", "TransformEndTime"),
+                     (description.get("TransformResources") or {}).get("InstanceCount", 1))
+
+
 KIND = JobKind(
     name="transform", decorator="sm_transform",
     api=Api.of_job("TransformJob"),
     schema=SCHEMA, image_scope="inference", check=check,
-    spec=spec, submit=submit, outputs=outputs, shared_outputs=shared_outputs,
+    spec=spec, submit=submit, outputs=outputs, shared_outputs=shared_outputs, usage=usage,
     assets=lambda cfg: ("predictions",),
 )

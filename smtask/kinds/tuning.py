@@ -7,6 +7,7 @@ sagemaker mode SageMaker runs the search; in local mode smtask runs it
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from smtask.kind import Api, Inherit, JobKind
 from smtask.kinds import training
-from smtask.kinds.common import StepContext, aws_tags, put_model_code
+from smtask.kinds.common import StepContext, aws_tags, elapsed, put_model_code
 from smtask.naming import key_path, quoted
 from smtask.params.schemas import string
 
@@ -42,6 +43,7 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
     if session.local_mode:
         from smtask import local
 
+        training.say_what_local_mode_skips(job, session)
         with training.trainer_patches(job, session):
             return local.run_trials(job, session, _LocalTrial(session), KIND.name)
     from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
@@ -57,7 +59,7 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
             klass = IntegerParameter if spec_["type"] == "integer" else ContinuousParameter
             ranges[name] = klass(spec_["min_value"], spec_["max_value"],
                                  spec_.get("scaling_type", "Auto"))
-    with training.trainer_patches(job, session):
+    with training.trainer_patches(job, session), _keep_alive(job):
         trainer = training.trainer(job, session)
         if job.get("model_code"):
             # A tuning job's trials find their code through sagemaker_submit_directory, a
@@ -81,6 +83,26 @@ def submit(job: dict[str, Any], session: Any) -> dict[str, Any] | None:
         )
         tuner.tune(inputs=training.channels(job, session), job_name=job["job_name"], wait=False)
     return None
+
+
+def _keep_alive(job: dict[str, Any]) -> Any:
+    """The SDK's tuner builds its trials' ResourceConfig anew and drops the trainer's
+    ``keep_alive_period_in_seconds``: a tuning job's warm pool is set back on it."""
+    from smtask import sdk
+
+    if not job.get("keep_alive_seconds"):
+        return contextlib.nullcontext()
+    from sagemaker.train.tuner import HyperparameterTuner
+
+    build = HyperparameterTuner._build_training_job_definition
+
+    def with_keep_alive(self: Any, inputs: Any) -> Any:
+        definition = build(self, inputs)
+        definition.resource_config.keep_alive_period_in_seconds = job["keep_alive_seconds"]
+        return definition
+
+    return sdk.corrected({"sagemaker.train.tuner:HyperparameterTuner."
+                          "_build_training_job_definition": with_keep_alive})
 
 
 def complete(client: Any, description: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +136,20 @@ def complete(client: Any, description: dict[str, Any]) -> dict[str, Any]:
                 k: metric[k] for k in ("MetricName", "Type", "Value") if k in metric}},
         "ModelArtifacts": {"S3ModelArtifacts": trial["ModelArtifacts"]["S3ModelArtifacts"]},
         "TrainingJobStatusCounters": dict(description.get("TrainingJobStatusCounters") or {}),
+        **{key: description[key] for key in USAGE_KEYS if key in description},
     }
+
+
+USAGE_KEYS = ("ConsumedResources", "CreationTime", "HyperParameterTuningEndTime")
+
+
+def usage(description: Mapping[str, Any]) -> dict[str, Any]:
+    """The tuning job's run time (SageMaker's ``ConsumedResources``, else its start to its end).
+    What it bills are its trials' instance-seconds, each a training job's own."""
+    seconds = (description.get("ConsumedResources") or {}).get("RuntimeInSeconds")
+    if seconds is None:
+        seconds = elapsed(description, "CreationTime", "HyperParameterTuningEndTime")
+    return {} if seconds is None else {"seconds": round(seconds)}
 
 
 def outputs(job: dict[str, Any], description: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +320,7 @@ KIND = JobKind(
     api=Api.of_job("HyperParameterTuningJob", log_group="/aws/sagemaker/TrainingJobs",
                     deleting=("Deleting", "DeleteFailed")),
     schema=SCHEMA, image_scope="training", check=check,
-    spec=spec, submit=submit, complete=complete, outputs=outputs,
+    spec=spec, submit=submit, complete=complete, outputs=outputs, usage=usage,
     max_name=32,  # HyperParameterTuningJobName
     algorithm_images=True, settings="script",
     inherit=Inherit(key="training_step", not_in_base=("training_step", "tuning"),

@@ -4,9 +4,10 @@
 
 Hardened (:func:`harden`): host networking only (no bridge network, no published ports),
 the user's inputs and code mounted read-only (a single file as that one file), the SDK's own
-scratch folders the only writable mounts, smtask's labels on every container, the session's
-own serving port, and every value literal (compose would substitute ``${VAR}`` from the
-worker's environment into a job's arguments and environment).
+scratch folders and a training job's checkpoint folder the only writable mounts, smtask's
+labels on every container, the session's own serving port, and every value literal (compose
+would substitute ``${VAR}`` from the worker's environment into a job's arguments and
+environment).
 
 Run (:func:`main`): the SDK runs every local job as ``docker-compose up`` over the file.
 docker-compose 1.29 takes 0.5-0.9 s to start, and while it attaches to a job's output it
@@ -98,6 +99,8 @@ def harden(content: dict[str, Any], session: Any, root: str = "") -> dict[str, A
             # an image without user code (a built-in algorithm): SageMaker runs `<image> train`
             service["command"] = "train"
         service["volumes"] += [f"{host}:{container}:ro" for host, container in state.mounts]
+        service["volumes"] += [f"{host}:{container}" for host, container in
+                               state.job_mounts.get(str(root), [])]
         if service.get("command") == "serve" and state.serving_port:
             service.setdefault("environment", []).append(
                 f"SAGEMAKER_BIND_TO_PORT={state.serving_port}")

@@ -77,6 +77,8 @@ class LocalState:
     exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     serving_port: int | None = None  # held for the session's life (see serving)
     mounts: list[tuple[str, str]] = field(default_factory=list)  # extra read-only mounts
+    # a job's own writable mounts (a training job's checkpoints), by its compose file's folder
+    job_mounts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     staged: list[tuple[Path, Path]] = field(default_factory=list)  # (staging, final) outputs
     closing: bool = False  # the session is removing its containers
     killed: bool = False  # the task was killed: no result, whatever the SDK returns

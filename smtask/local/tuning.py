@@ -212,6 +212,9 @@ def _trial(job: dict[str, Any], session: Any, train: Train, number: int, values:
     trial_job = {**job, "job_name": name, "hyperparameters": {**job["hyperparameters"], **values},
                  # as on SageMaker: <output path>/<training job>/...
                  "output_path": f"{job['output_path'].rstrip('/')}/{name}"}
+    if job.get("checkpoints"):  # each trial its own, kept by its number for a retry
+        trial_job["checkpoints"] = {**job["checkpoints"],
+                                    "uri": f"{job['checkpoints']['uri']}/trial-{number:03d}"}
     # each trial is a training job with its own max_runtime_seconds, as on SageMaker
     limit = TimeLimit(session, job["max_runtime_seconds"], max_runtime(job["max_runtime_seconds"]),
                       root=str(train.root(trial_job)))

@@ -1,0 +1,26 @@
+"""A training script that resumes from its checkpoints, as a spot job's script does: it counts
+its attempts in /opt/ml/checkpoints (SM_CHECKPOINTS, else SageMaker's default folder), fails
+on the first (an interruption) and, on a later one, writes what it resumed from into its
+model. It also leaves a link to a host file among its checkpoints (none may stay there)."""
+
+import json
+import os
+
+folder = os.environ.get("CHECKPOINT_DIR", "/opt/ml/checkpoints")
+state_file = os.path.join(folder, "state.json")
+state = {"attempts": 0}
+if os.path.exists(state_file):
+    with open(state_file) as f:
+        state = json.load(f)
+resumed_from = state["attempts"]
+state["attempts"] += 1
+with open(state_file, "w") as f:
+    json.dump(state, f)
+link = os.path.join(folder, "passwd-link")
+if not os.path.lexists(link):
+    os.symlink("/etc/passwd", link)
+print(f"attempt {state['attempts']}, resumed from {resumed_from}", flush=True)
+if state["attempts"] == 1:
+    raise SystemExit("InterruptedError: the spot instance was reclaimed (simulated)")
+with open(os.path.join(os.environ.get("SM_MODEL_DIR", "/opt/ml/model"), "resumed.json"), "w") as f:
+    json.dump({"resumed_from": resumed_from, "listing": sorted(os.listdir(folder))}, f)

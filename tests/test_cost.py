@@ -1,0 +1,254 @@
+"""SageMaker's cost levers: managed spot training (its wait, its checkpoints under the run's
+prefix, a retry resuming from them, in both modes), warm pools, and what every finished job
+used (its seconds, its instances, its billable seconds) in the task's result and its log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from conftest import containers_with_label, kinds_of, run_dag, write_config
+from test_cloud import (  # noqa: F401
+    BUCKET,
+    TRAIN,
+    client,
+    cloud_config,
+    moto_server,
+    sagemaker,
+)
+from test_tuning import tuner, tuning_jobs  # noqa: F401
+
+from smtask.errors import ParamsError
+
+SPOT = {"use_spot_instances": True, "max_runtime_seconds": 600, "max_wait_seconds": 1200}
+SPLIT = '''
+@sm_processing(step="splitor")
+def split():
+    return {"data-source": "s3://smtask-cloud-tests/data/"}
+split()
+'''
+TUNE = '''
+from smtask import sm_tuning
+
+@sm_tuning(step="tuner")
+def tune():
+    return {"train": "s3://smtask-cloud-tests/splits/train/"}
+tune()
+'''
+
+
+def resolve(tmp_path: Path, trainer: dict[str, Any], mode: str = "local") -> dict[str, Any]:
+    from smtask.params import load_config, resolve
+
+    defaults = load_config(write_config(tmp_path, mode=mode, steps={"trainer": trainer}))
+    return resolve(defaults, None, kinds_of({"trainer": "training"}))
+
+
+# --- the settings: SageMaker's rules, named before any job -------------------------------------
+
+@pytest.mark.parametrize(("trainer", "expected"), [
+    ({"use_spot_instances": True},
+     "steps.trainer.use_spot_instances: needs max_wait_seconds (how long the job may wait for "
+     "spot capacity and run, at least max_runtime_seconds: 1800)"),
+    ({"max_wait_seconds": 3600},
+     "steps.trainer.max_wait_seconds: only with use_spot_instances"),
+    ({"use_spot_instances": True, "max_wait_seconds": 900},
+     "steps.trainer.max_wait_seconds: 900 is less than max_runtime_seconds 1800"),
+    ({"use_spot_instances": True, "max_wait_seconds": 3600, "max_runtime_seconds": 7200},
+     "steps.trainer.max_wait_seconds: 3600 is less than max_runtime_seconds 7200"),
+    ({"use_spot_instances": "yes"}, "steps.trainer.use_spot_instances: 'yes' is not of type"),
+    ({"keep_alive_period_seconds": 3601},
+     "steps.trainer.keep_alive_period_seconds: 3601 is greater than the maximum of 3600"),
+    ({"keep_alive_period_seconds": -1}, "steps.trainer.keep_alive_period_seconds: -1 is less"),
+    ({"checkpoints": {"local_path": "/opt/ml/model"}},
+     "steps.trainer.checkpoints.local_path: /opt/ml/model overlaps /opt/ml/model"),
+    ({"checkpoints": {"local_path": "/opt/ml/input/data/ck"}},
+     "steps.trainer.checkpoints.local_path: /opt/ml/input/data/ck overlaps /opt/ml/input"),
+    ({"checkpoints": {"local_path": "/opt/ml"}},
+     "steps.trainer.checkpoints.local_path: '/opt/ml' is not a path under /opt/ml/"),
+    ({"checkpoints": {"local_path": "/opt/ml/ck/../model"}},
+     "steps.trainer.checkpoints.local_path: '/opt/ml/ck/../model' is not a path under /opt/ml/"),
+    ({"checkpoints": {"s3_uri": "s3://elsewhere/ck"}}, "steps.trainer.checkpoints.s3_uri: "),
+])
+def test_bad_cost_settings_are_refused_naming_the_step_and_key(tmp_path, trainer, expected):
+    from smtask.params import deep_merge
+
+    cfg = deep_merge(json.loads((Path(__file__).parents[1] / "config.json").read_text())
+                     ["steps"]["trainer"], trainer)
+    with pytest.raises(ParamsError) as refused:
+        resolve(tmp_path, {k: v for k, v in cfg.items() if v is not None})
+    assert expected in str(refused.value), str(refused.value)
+
+
+def test_the_wait_is_checked_against_the_default_max_runtime():
+    from smtask.kinds.training import check
+
+    assert list(check("trainer", {"use_spot_instances": True, "max_wait_seconds": 3600}, {})) == [
+        "steps.trainer.max_wait_seconds: 3600 is less than max_runtime_seconds 86400 "
+        "(SageMaker's rule: the wait includes the run)"]
+
+
+def test_good_cost_settings_pass_and_checkpoints_default_on_for_spot(tmp_path):
+    from smtask.kinds.common import StepContext
+    from smtask.kinds.training import checkpoints
+
+    params = resolve(tmp_path, {**SPOT, "keep_alive_period_seconds": 0}, mode="sagemaker")
+    ctx = StepContext("trainer", params, "churn-trainer-x", "s3://b/p/churn/d/r/trainer")
+    assert checkpoints(ctx) == {"uri": "s3://b/p/churn/d/r/trainer/checkpoints",
+                                "local_path": "/opt/ml/checkpoints"}
+    params["steps"]["trainer"]["checkpoints"] = False
+    assert checkpoints(ctx) is None
+    params["steps"]["trainer"] = {"checkpoints": {"local_path": "/opt/ml/ck"}}
+    assert checkpoints(ctx) == {"uri": "s3://b/p/churn/d/r/trainer/checkpoints",
+                                "local_path": "/opt/ml/ck"}
+
+
+# --- sagemaker mode, on moto --------------------------------------------------------------------
+
+def _ran(seconds: float, **fields: Any) -> Any:
+    """What a job's description says once it ran ``seconds`` (moto's start and end are equal)."""
+    def complete(job: Any) -> None:
+        end = dt.datetime.now(dt.UTC)
+        for prefix in ("training", "processing", "transform"):
+            setattr(job, f"{prefix}_start_time", end - dt.timedelta(seconds=seconds))
+            setattr(job, f"{prefix}_end_time", end)
+        for name, value in fields.items():
+            setattr(job, name, value)
+    return complete
+
+
+def test_a_spot_job_asks_for_spot_its_wait_checkpoints_and_warm_pool_and_reports_its_bill(
+        tmp_path, sagemaker, capfd):
+    sagemaker.on_complete["training"] = _ran(100, training_time_in_seconds=100,
+                                             billable_time_in_seconds=30)
+    config = cloud_config(tmp_path, trainer={**SPOT, "instance_count": 2,
+                                             "keep_alive_period_seconds": 600})
+    result = run_dag(TRAIN, config=config)
+    assert result.ok, result.states
+    request = sagemaker.request("create_training_job")
+    model = result.xcom["train"]["model"]
+    prefix = model.rsplit("/", 3)[0]  # <prefix>/<job>/output/model.tar.gz
+    assert prefix.endswith("/trainer"), model
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 600,
+                                            "MaxWaitTimeInSeconds": 1200}
+    assert request["CheckpointConfig"] == {"S3Uri": f"{prefix}/checkpoints",
+                                           "LocalPath": "/opt/ml/checkpoints"}
+    assert request["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 600
+    # SageMaker's own per-instance figures, times the instances
+    assert result.xcom["train"]["usage"] == {"seconds": 100, "instances": 2,
+                                             "billable_seconds": 60, "spot": True,
+                                             "spot_savings_percent": 70.0}
+    out = capfd.readouterr().out
+    assert "Training seconds: 100 on 2 instance(s)" in out
+    assert "Billable seconds: 60 (managed spot training savings: 70.0%)" in out
+
+
+def test_a_job_without_the_levers_sends_none_of_them(tmp_path, sagemaker):
+    sagemaker.on_complete["training"] = _ran(42)
+    result = run_dag(TRAIN, config=cloud_config(tmp_path))
+    assert result.ok, result.states
+    request = sagemaker.request("create_training_job")
+    assert not request.get("EnableManagedSpotTraining")
+    assert "CheckpointConfig" not in request
+    assert "MaxWaitTimeInSeconds" not in request["StoppingCondition"]
+    assert "KeepAlivePeriodInSeconds" not in request["ResourceConfig"]
+    # no SageMaker figures: its start to its end, as the Amazon provider counts them
+    assert result.xcom["train"]["usage"] == {"seconds": 42, "instances": 1, "billable_seconds": 42}
+
+
+def test_a_retry_of_a_failed_spot_job_resumes_from_the_same_checkpoints(tmp_path, sagemaker):
+    sagemaker.initial["training"] = [("Failed", "CapacityError: spot capacity lost"),
+                                     ("Completed", "")]
+    config = cloud_config(tmp_path, trainer=SPOT)
+    result = run_dag(TRAIN.replace("@sm_training(", "@sm_training(retries=1, retry_delay=0, "),
+                     config=config)
+    assert result.ok, result.states
+    first, second = sagemaker.requests["create_training_job"]
+    assert first["TrainingJobName"] != second["TrainingJobName"]  # a new attempt's job
+    assert first["CheckpointConfig"] == second["CheckpointConfig"]  # the same checkpoints
+    assert first["CheckpointConfig"]["S3Uri"].endswith("/trainer/checkpoints")
+
+
+def test_processing_reports_its_instances_seconds(tmp_path, sagemaker, capfd):
+    # SageMaker describes the job's resources as they were asked for (moto keeps none)
+    sagemaker.on_complete["processing"] = lambda job: _ran(10, processing_resources=(
+        sagemaker.request("create_processing_job")["ProcessingResources"]))(job)
+    result = run_dag(SPLIT, config=cloud_config(tmp_path, splitor={"instance_count": 3}))
+    assert result.ok, result.states
+    assert result.xcom["split"]["usage"] == {"seconds": 10, "instances": 3, "billable_seconds": 30}
+    out = capfd.readouterr().out
+    assert "Processing seconds: 10 on 3 instance(s)" in out and "Billable seconds: 30" in out
+
+
+def test_a_deferred_job_reports_its_bill_through_the_trigger(tmp_path, sagemaker):
+    sagemaker.initial["training"] = ("InProgress", "")
+    sagemaker.after["training"] = (1.0, "Completed")
+    sagemaker.on_complete["training"] = _ran(7)
+    result = run_dag(TRAIN, config=cloud_config(tmp_path, trainer={"deferrable": True}))
+    assert result.ok, result.states
+    assert result.xcom["train"]["usage"] == {"seconds": 7, "instances": 1, "billable_seconds": 7}
+
+
+def test_a_tuning_jobs_trials_get_spot_checkpoints_and_the_warm_pool(tmp_path, tuning_jobs):  # noqa: F811
+    config = cloud_config(tmp_path, tuner={
+        **tuner(max_jobs=2, ranges={"x": {"type": "integer", "min_value": 0, "max_value": 3}}),
+        **SPOT, "keep_alive_period_seconds": 300})
+    result = run_dag(TUNE, config=config)
+    assert result.ok, result.states
+    definition = tuning_jobs.request("create_hyper_parameter_tuning_job")["TrainingJobDefinition"]
+    assert definition["EnableManagedSpotTraining"] is True
+    assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 600,
+                                               "MaxWaitTimeInSeconds": 1200}
+    assert definition["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 300
+    assert definition["CheckpointConfig"]["S3Uri"].endswith("/tuner/checkpoints")
+    assert result.xcom["tune"]["usage"] == {"seconds": 123}  # moto's ConsumedResources
+
+
+# --- local mode, in real containers -----------------------------------------------------------
+
+def _path(uri: str) -> Path:
+    assert uri.startswith("file://"), uri
+    return Path(urlparse(uri).path)
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
+def test_a_local_retry_resumes_from_the_checkpoints_its_first_attempt_left(
+        tmp_path, loopback_guard, capfd):
+    config = write_config(tmp_path, local={"artifacts": (tmp_path / "artifacts").as_uri()},
+                          steps={"trainer": {"source_dir": "tests/scripts",
+                                             "entry_script": "train_checkpoints.py",
+                                             "hyperparameters": {}, **SPOT,
+                                             "keep_alive_period_seconds": 60}})
+    result = run_dag('''
+@sm_training(step="trainer", retries=1, retry_delay=0)
+def train():
+    return {}
+train()
+''', config=config)
+    assert result.ok, result.states
+    out = capfd.readouterr().out
+    # said before the first container started
+    said = out.index("use_spot_instances, max_wait_seconds, keep_alive_period_seconds take "
+                     "effect on SageMaker only")
+    assert said < out.index("attempt 1, resumed from 0")
+    assert "attempt 2, resumed from 1" in out and "1 file(s) from an earlier attempt" in out
+    model = _path(result.xcom["train"]["model"])
+    with tarfile.open(model) as tar:
+        resumed = json.load(tar.extractfile("resumed.json"))  # type: ignore[arg-type]
+    assert resumed["resumed_from"] == 1
+    # the checkpoints stay under the run's prefix, the job's link to a host file removed
+    folder = model.parent / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json"]
+    assert json.loads((folder / "state.json").read_text()) == {"attempts": 2}
+    assert "removed passwd-link" in out
+    usage = result.xcom["train"]["usage"]
+    assert usage["billable_seconds"] == 0 and usage["instances"] == 1 and usage["seconds"] >= 0
+    assert "(local mode: nothing is billed)" in out
+    assert containers_with_label() == []
