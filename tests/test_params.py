@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import kinds_of
@@ -285,6 +286,34 @@ def test_tasks_share_the_params_schemas_and_an_authors_own_param_is_still_checke
     check_authors_params(dag, {"threshold": 0.7})
     with pytest.raises(ParamsError, match="param threshold: .*'high' is not of type 'number'"):
         check_authors_params(dag, {"threshold": "high"})
+
+
+def test_a_schema_is_checked_against_the_metaschema_once_per_content(monkeypatch):
+    """Airflow checks a Param's schema each time it resolves it (about ten dumps of the DAG's
+    params per serialization, 95% of it): smtask's dialect checks each content once, and a
+    schema the metaschema refuses is refused every time."""
+    import copy
+
+    from airflow.sdk import Param
+    from jsonschema import SchemaError
+
+    from smtask import schema
+
+    checked: list[Any] = []
+    real = schema._check_schema
+    monkeypatch.setattr(schema, "_check_schema", lambda s, *a, **k: (checked.append(s), real(s)))
+    schema._checked_schema.cache_clear()
+    good = {"$schema": schema.DIALECT, "type": "object", "properties": {"a": {"type": "integer"}}}
+    for _ in range(3):
+        Param({"a": 1}, **copy.deepcopy(good)).resolve()
+    assert len(checked) == 1
+    with pytest.raises(ValueError, match="is not of type 'integer'"):
+        Param({"a": 1.5}, **good).resolve()  # the value is still checked, every time
+    bad = {"$schema": schema.DIALECT, "type": "objekt"}
+    for _ in range(2):
+        with pytest.raises(SchemaError):
+            schema.Validator.check_schema(bad)
+    assert len(checked) == 3
 
 
 def test_an_authors_param_without_default_given_by_the_run_conf_passes(tmp_path):
