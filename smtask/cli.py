@@ -51,6 +51,9 @@ def _prepare_airflow(dag_file: Path) -> None:
     home = Path(os.environ.setdefault("AIRFLOW_HOME", str(smtask_home() / "airflow")))
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dag_file.parent)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "false")
+    # every task runs in this process: local mode's artifacts are this machine's, whatever
+    # executor the Airflow config names (smtask.sessions.spread_problem)
+    os.environ["SMTASK_IN_PROCESS"] = "1"
     home.mkdir(parents=True, exist_ok=True)
 
 

@@ -144,6 +144,11 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         conf = getattr(context.get("dag_run"), "conf", None) or {}
         if self.mode and "mode" not in conf:
             run_params["mode"] = self.mode
+        from smtask.sessions import spread_problem
+
+        if spread := spread_problem(run_params):
+            self.log.error("bad params: %s", spread)
+            raise ParamsError(f"bad params: {spread}", [spread])
         return run_params
 
     def _step_context(self, context: Context, run_params: dict[str, Any]) -> StepContext:

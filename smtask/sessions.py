@@ -4,6 +4,7 @@ over the Airflow AWS connection. The SDK's telemetry is off in both unless asked
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +120,35 @@ def cloud_session(params: Mapping[str, Any]) -> Iterator[Any]:
         # An explicit bucket: the SDK's default-bucket lookup would call STS.
         yield Session(boto_session=connection_session(hook, params.get("region_name")),
                       default_bucket=bucket)
+
+
+IN_PROCESS_ENV = "SMTASK_IN_PROCESS"  # set by `smtask run`: every task runs in its one process
+ONE_MACHINE_EXECUTORS = ("LocalExecutor", "SequentialExecutor", "DebugExecutor")
+
+
+def spread_problem(params: Mapping[str, Any]) -> str | None:
+    """Local mode runs its containers on the worker and keeps its artifacts where the params
+    say: on the worker's disk (``file://``), a downstream task that another worker runs (the
+    CeleryExecutor's, Kubernetes') would not find its inputs. Refused, before any job, unless
+    the artifacts are on storage every worker reaches (``s3://`` through
+    ``local.s3_endpoint``), the executor runs every task on one machine, or ``smtask run``
+    runs them all in its own process."""
+    if params["mode"] != "local" or os.environ.get(IN_PROCESS_ENV):
+        return None
+    from airflow.configuration import conf
+
+    from smtask.paths import artifacts_root
+
+    names = [entry.split(":")[-1].strip().rsplit(".", 1)[-1]
+             for entry in str(conf.get("core", "executor", fallback="")).split(",")]
+    spread = [name for name in names if name and name not in ONE_MACHINE_EXECUTORS]
+    root = artifacts_root(params)
+    if not spread or (root.startswith("s3://") and (params.get("local") or {}).get("s3_endpoint")):
+        return None
+    return (f"local.artifacts: local mode under the {spread[0]}, whose tasks run on several "
+            f"workers, needs artifacts every worker reaches, not this worker's {root}: set "
+            "local.artifacts to an s3:// URI with local.s3_endpoint, or run local mode with the "
+            "LocalExecutor (or smtask run)")
 
 
 def open_session(params: Mapping[str, Any], output: Any,

@@ -410,3 +410,28 @@ def test_a_cloud_session_makes_one_client_per_service_and_only_when_used(monkeyp
     assert first.meta.endpoint_url == "http://127.0.0.1:9"  # the connection's endpoint
     assert made == ["sagemaker"]
     assert session.client("s3") is not first
+
+
+@pytest.mark.parametrize(("executor", "local", "refused"), [
+    ("LocalExecutor", {}, False),
+    ("CeleryExecutor", {}, True),
+    ("airflow.providers.celery.executors.celery_executor.CeleryExecutor", {}, True),
+    ("LocalExecutor,KubernetesExecutor", {}, True),
+    ("CeleryExecutor", {"artifacts": "s3://shared/artifacts",
+                        "s3_endpoint": "http://127.0.0.1:9000"}, False),
+    ("CeleryExecutor", {"artifacts": "s3://shared/artifacts"}, True),  # no endpoint: unreachable
+])
+def test_local_mode_on_several_workers_needs_artifacts_they_all_reach(monkeypatch, executor,
+                                                                    local, refused):
+    from smtask.sessions import spread_problem
+
+    monkeypatch.delenv("SMTASK_IN_PROCESS", raising=False)
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executor)
+    problem = spread_problem({"mode": "local", "local": local})
+    assert (problem is not None) == refused, problem
+    if refused:
+        assert problem.startswith("local.artifacts: local mode under the ")
+        assert "set local.artifacts to an s3:// URI with local.s3_endpoint" in problem
+    assert spread_problem({"mode": "sagemaker", "artifacts": "s3://b/p"}) is None
+    monkeypatch.setenv("SMTASK_IN_PROCESS", "1")  # smtask run: every task in its one process
+    assert spread_problem({"mode": "local", "local": local}) is None

@@ -1,6 +1,8 @@
 """A real Airflow deployment on this machine, for tests/test_deployment.py: PostgreSQL, the
 api-server, scheduler (LocalExecutor), dag-processor and triggerer, and a moto server acting
-as SageMaker (tests/deployment/moto_server.py), each its own process and process group.
+as SageMaker (tests/deployment/moto_server.py), each its own process and process group. With
+``executor="CeleryExecutor"`` (tests/test_celery.py) it adds Redis (Debian's) as the broker and
+Celery workers, each with an Airflow hostname, an SMTASK_HOME and a TMPDIR of its own.
 
 Every process is started by this module, in a new session, its PID recorded; :meth:`Stack.stop`
 ends each by its process group, never by name. All of it listens on 127.0.0.1 only, on ports
@@ -129,6 +131,8 @@ class Stack:
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     _moto_endpoint: Callable[[], str | None] | None = None
     log_ports: tuple[int, int] = (0, 0)
+    executor: str = "LocalExecutor"
+    redis_port: int = 0
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -243,7 +247,7 @@ class Stack:
     def pythonpath(self) -> str:
         """The worktree's smtask first, whatever the venv has installed; then the loopback
         guard (a sitecustomize)."""
-        return os.pathsep.join([str(ROOT), str(HERE / "guard"),
+        return os.pathsep.join([str(ROOT), str(HERE / "guard"), str(HERE),
                                 *filter(None, [os.environ.get("PYTHONPATH")])])
 
     @property
@@ -321,7 +325,7 @@ class Stack:
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__PARALLELISM": "8",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
                 f"postgresql+psycopg2://postgres@127.0.0.1:{self.pg_port}/airflow",
@@ -345,6 +349,14 @@ class Stack:
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
             "SMTASK_HOME": str(self.root / "smtask"),
         })
+        if self.executor == "CeleryExecutor":
+            env.update({
+                "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+                "AIRFLOW__CELERY__RESULT_BACKEND":
+                    f"db+postgresql+psycopg2://postgres@127.0.0.1:{self.pg_port}/airflow",
+                # a worker's hostname is its own name (two workers share this machine)
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "worker.hostname",
+            })
         if aws:  # the one place that names moto
             env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({
                 "conn_type": "aws", "login": AIRFLOW_KEY, "password": "testing",
@@ -367,6 +379,37 @@ class Stack:
         "dag-processor": ("dag-processor",),
         "triggerer": ("triggerer", "--skip-serve-logs"),
     }
+
+    def start_redis(self) -> None:
+        """Redis (Debian's redis-server) as Celery's broker: 127.0.0.1, a free port, no disk."""
+        server = shutil.which("redis-server")
+        if server is None:
+            raise StackError("redis-server is not installed (./run's set-up installs it)")
+        self.redis_port = free_port()
+        self.start("redis", [server, "--bind", "127.0.0.1", "--port", str(self.redis_port),
+                             "--save", "", "--appendonly", "no", "--dir", str(self.root)])
+
+        def answers() -> bool:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.redis_port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+            return False
+
+        wait_for("Redis to answer", answers, 30, stack=self)
+
+    def start_worker(self, name: str, concurrency: int = 4) -> Process:
+        """A Celery worker whose tasks report ``name`` as their hostname, with an SMTASK_HOME
+        and a TMPDIR of its own: what one worker keeps, the other cannot see."""
+        env = self.airflow_env()
+        for key, folder in (("SMTASK_HOME", f"smtask-{name}"), ("TMPDIR", f"tmp-{name}")):
+            (self.root / folder).mkdir(exist_ok=True)
+            env[key] = str(self.root / folder)
+        env["SMTASK_TEST_WORKER"] = name
+        return self.start(name, self.airflow(
+            "celery", "worker", "--celery-hostname", f"{name}@127.0.0.1",
+            "--concurrency", str(concurrency), "--skip-serve-logs", "--without-mingle",
+            "--without-gossip"), env=env)
 
     def start_airflow(self, component: str, name: str | None = None) -> Process:
         argv = [arg.format(api_port=self.api_port) for arg in self.COMMANDS[component]]
