@@ -19,14 +19,20 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import test_deployment as td
-from deployment.stack import Stack, StackError, _descendants, _kill, missing_parts, wait_for
+from deployment.stack import (
+    Stack,
+    _descendants,
+    _kill,
+    deployed,
+    missing_parts,
+    require,
+    wait_for,
+)
 
 # one Airflow deployment at a time on this machine: the deployment module's group
 pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("deployment")]
@@ -99,29 +105,9 @@ def celery() -> Iterator[td.Deployment]:
         import airflow.providers.celery  # noqa: F401
     except ImportError:
         problems.append("the Celery provider (pip install -e '.[test]')")
-    if problems:
-        message = "the Celery deployment test needs " + "; ".join(problems)
-        if os.environ.get("SMTASK_REQUIRE_DEPLOYMENT") == "1":
-            pytest.fail(f"{message} (SMTASK_REQUIRE_DEPLOYMENT=1)")
-        pytest.skip(message)
-    root = Path(tempfile.mkdtemp(prefix="smtask-celery-"))
-    stack = Stack(root, executor="CeleryExecutor")
-    previous = signal.signal(signal.SIGTERM, td._interrupt)
-    try:
-        try:
-            deployment = _bring_up(stack)
-        except StackError:
-            raise
-        except Exception as exc:
-            raise StackError(f"bringing the Celery deployment up: {exc!r}" + stack.tails()) from exc
+    require(problems, "the Celery deployment test")
+    with deployed("smtask-celery-", _bring_up, executor="CeleryExecutor") as deployment:
         yield deployment
-        guarded = stack.loopback_log.read_text() if stack.loopback_log.exists() else ""
-        assert not guarded, f"connections outside loopback:\n{guarded}"
-    finally:
-        stack.stop()
-        signal.signal(signal.SIGTERM, previous)
-        if not os.environ.get("SMTASK_KEEP_DEPLOYMENT"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def _fanout_tasks(dep: td.Deployment, run_id: str) -> list[dict[str, Any]]:

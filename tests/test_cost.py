@@ -15,6 +15,7 @@ import pytest
 from conftest import containers_with_label, kinds_of, run_dag, write_config
 from test_cloud import (  # noqa: F401
     BUCKET,
+    SPLIT,
     TRAIN,
     client,
     cloud_config,
@@ -26,12 +27,6 @@ from test_tuning import tuner, tuning_jobs  # noqa: F401
 from smtask.errors import ParamsError
 
 SPOT = {"use_spot_instances": True, "max_runtime_seconds": 600, "max_wait_seconds": 1200}
-SPLIT = '''
-@sm_processing(step="splitor")
-def split():
-    return {"data-source": "s3://smtask-cloud-tests/data/"}
-split()
-'''
 TUNE = '''
 from smtask import sm_tuning
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deployment.stack import AIRFLOW_KEY, Stack, StackError, missing_parts, wait_for
+from deployment.stack import (
+    AIRFLOW_KEY,
+    Stack,
+    StackError,
+    deployed,
+    missing_parts,
+    require,
+    wait_for,
+)
 
 # one deployment for the module: under xdist its tests stay on one worker (--dist loadgroup)
 pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("deployment")]
@@ -209,39 +215,18 @@ def _bring_up(stack: Stack) -> Deployment:
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
     """The running deployment with the four runs triggered; everything is stopped after."""
-    problems = missing_parts()
-    if problems:
-        message = "the deployment test needs " + "; ".join(problems)
-        if os.environ.get("SMTASK_REQUIRE_DEPLOYMENT") == "1":
-            pytest.fail(f"{message} (SMTASK_REQUIRE_DEPLOYMENT=1)")
-        pytest.skip(message)
-    root = Path(tempfile.mkdtemp(prefix="smtask-deploy-"))
-    stack = Stack(root)
-    # a CI timeout's SIGTERM unwinds like Ctrl-C, so that everything below is still stopped
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        try:
-            deployment = _bring_up(stack)
-            for run_id, (conf, held) in RUNS.items():
-                if held:
-                    deployment.hold(run_id, held)
-                deployment.airflow.trigger(run_id, conf)
-        except StackError:
-            raise
-        except Exception as exc:
-            raise StackError(f"bringing the deployment up: {exc!r}" + stack.tails()) from exc
+    require(missing_parts(), "the deployment test")
+
+    def bring_up(stack: Stack) -> Deployment:
+        deployment = _bring_up(stack)
+        for run_id, (conf, held) in RUNS.items():
+            if held:
+                deployment.hold(run_id, held)
+            deployment.airflow.trigger(run_id, conf)
+        return deployment
+
+    with deployed("smtask-deploy-", bring_up) as deployment:
         yield deployment
-        guarded = stack.loopback_log.read_text() if stack.loopback_log.exists() else ""
-        assert not guarded, f"connections outside loopback:\n{guarded}"
-    finally:
-        stack.stop()
-        signal.signal(signal.SIGTERM, previous)
-        if not os.environ.get("SMTASK_KEEP_DEPLOYMENT"):
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def test_marking_a_running_task_failed_stops_its_job(deployment):
@@ -379,12 +364,7 @@ def ui(deployment: Deployment) -> Iterator[Any]:
     """Airflow's UI in Chromium (Debian's) driven by Playwright, logged in as admin."""
     from deployment import browser
 
-    problems = browser.missing()
-    if problems:
-        message = "the browser test needs " + "; ".join(problems)
-        if os.environ.get("SMTASK_REQUIRE_DEPLOYMENT") == "1":
-            pytest.fail(f"{message} (SMTASK_REQUIRE_DEPLOYMENT=1)")
-        pytest.skip(message)
+    require(browser.missing(), "the browser test")
     with browser.browser(deployment.stack.api) as page:
         page.log_in()
         yield page

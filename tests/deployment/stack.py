@@ -22,8 +22,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,48 @@ def missing_parts() -> list[str]:
     if not (Path(sys.executable).parent / "airflow").exists():
         problems.append(f"the airflow command beside {sys.executable}")
     return problems
+
+
+def require(problems: list[str], what: str) -> None:
+    """Skip the module for what this machine lacks, unless SMTASK_REQUIRE_DEPLOYMENT=1 (CI),
+    which fails it."""
+    import pytest
+
+    if problems:
+        message = f"{what} needs " + "; ".join(problems)
+        if os.environ.get("SMTASK_REQUIRE_DEPLOYMENT") == "1":
+            pytest.fail(f"{message} (SMTASK_REQUIRE_DEPLOYMENT=1)")
+        pytest.skip(message)
+
+
+@contextlib.contextmanager
+def deployed(prefix: str, bring_up: Callable[[Stack], Any], **settings: Any) -> Iterator[Any]:
+    """A Stack (``settings``) in a new temp folder, brought up by ``bring_up(stack)``, whose
+    value is yielded; everything is stopped however the test ends (a CI timeout's SIGTERM
+    unwinds like Ctrl-C), the folder removed unless SMTASK_KEEP_DEPLOYMENT, and a connection
+    outside loopback fails the test."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    stack = Stack(root, **settings)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        try:
+            value = bring_up(stack)
+        except StackError:
+            raise
+        except Exception as exc:
+            raise StackError(f"bringing the deployment up: {exc!r}" + stack.tails()) from exc
+        yield value
+        guarded = stack.loopback_log.read_text() if stack.loopback_log.exists() else ""
+        assert not guarded, f"connections outside loopback:\n{guarded}"
+    finally:
+        stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+        if not os.environ.get("SMTASK_KEEP_DEPLOYMENT"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def free_port() -> int:
