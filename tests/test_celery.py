@@ -7,7 +7,8 @@ hostname, and keeps an SMTASK_HOME and a TMPDIR, of its own.
 - a worker killed with SIGKILL (with every process it started) mid-job: the task's retry, on
   the other worker, re-attaches to the same job;
 - local mode, whose artifacts here are the worker's disk, is refused before any job, naming
-  the executor and what to set.
+  the executor and what to set; with its artifacts on S3 (moto, through local.s3_endpoint)
+  the example runs in containers on the workers.
 
 Needs what the deployment test needs, and redis-server (./run's set-up installs both). Skipped
 without them unless SMTASK_REQUIRE_DEPLOYMENT=1 (CI), which fails it.
@@ -38,6 +39,7 @@ from deployment.stack import (
 pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("deployment")]
 
 WORKERS = ("worker-a", "worker-b")
+SHARED = "churn_shared"  # the example, its local mode's artifacts on S3
 FANOUT, FANOUT_TASK, PARTS = "fanout", "train", 50
 FANOUT_DAG = '''
 from pathlib import Path
@@ -73,6 +75,15 @@ def _bring_up(stack: Stack) -> td.Deployment:
     bucket = config["artifacts"].removeprefix("s3://").split("/")[0]
     (stack.dags / "fanout.py").write_text(
         FANOUT_DAG.replace("BUCKET", bucket).replace("PARTS", str(PARTS)))
+    # the example again, its local mode's artifacts on S3 (moto) through local.s3_endpoint
+    shared = {**config, "local": {**config["local"], "s3_endpoint": stack.wait_moto(),
+                                  "artifacts": f"s3://{bucket}/shared"}}
+    (stack.root / "project" / "shared.json").write_text(json.dumps(shared))
+    example = (stack.dags / "churn.py").read_text()
+    shared_dag = example.replace('dag_id="churn"', f'dag_id="{SHARED}"').replace(
+        '"config.json"', '"shared.json"')
+    assert shared_dag.count(SHARED) == 1 and '"shared.json"' in shared_dag
+    (stack.dags / f"{SHARED}.py").write_text(shared_dag)
     stack.migrate()
     s3 = stack.aws("s3")
     s3.create_bucket(Bucket=bucket)
@@ -90,7 +101,7 @@ def _bring_up(stack: Stack) -> td.Deployment:
 
     wait_for("the Airflow components to report healthy", healthy, 150, stack=stack)
     airflow = td.Airflow(stack)
-    for dag_id in (td.DAG_ID, FANOUT):
+    for dag_id in (td.DAG_ID, FANOUT, SHARED):
         wait_for(f"the {dag_id} DAG to be parsed", lambda dag_id=dag_id: airflow.call(
             "GET", f"/api/v2/dags/{dag_id}", ok=(200, 404)).get("dag_id"), 90, stack=stack)
         airflow.call("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
@@ -151,6 +162,33 @@ def test_fifty_sagemaker_tasks_spread_over_both_workers_one_job_each(celery):
         value = entry["value"] if isinstance(entry["value"], dict) else json.loads(entry["value"])
         assert value["job_name"] in names and value["model"].endswith("/model.tar.gz")
         assert value["usage"]["instances"] == 1
+
+
+def test_local_mode_with_shared_artifacts_runs_on_the_workers(celery):
+    """Local mode's containers run on whichever worker takes each task; the artifacts they
+    pass on are S3 objects (moto) that every worker reaches."""
+    dep, run = celery, "shared-local"
+    dep.airflow.call("POST", f"/api/v2/dags/{SHARED}/dagRuns",
+                     json={"dag_run_id": run, "logical_date": None, "conf": {}})
+    path = f"/api/v2/dags/{SHARED}/dagRuns/{run}"
+    state = dep.wait(f"run {run} to end", lambda: (s := dep.airflow.call("GET", path)["state"])
+                     in ("success", "failed") and s, 300)
+    tis = dep.airflow.call("GET", f"{path}/taskInstances")["task_instances"]
+    hosts = {ti["task_id"]: ti["hostname"] for ti in tis}
+    assert state == "success", ({ti["task_id"]: ti["state"] for ti in tis}, dep.stack.tails(30))
+    assert set(hosts.values()) <= set(WORKERS), hosts
+
+    def result(task: str) -> Any:
+        value = dep.airflow.call("GET", f"{path}/taskInstances/{task}/xcomEntries/return_value")[
+            "value"]
+        return value if isinstance(value, dict) else json.loads(value)
+
+    shared = f"{dep.artifacts.split('/pipelines')[0]}/shared/churn/{SHARED}/{run}"
+    train = result("train")
+    assert train["model"].startswith(f"{shared}/trainer/") and dep.s3_keys(train["model"])
+    assert train["usage"]["billable_seconds"] == 0  # a local job
+    assert result("predict")["outputs"]["predictions"] == f"{shared}/transformer/predictions"
+    assert result("evaluate")["metric"] == "accuracy" and result("evaluate")["value"] > 0.9
 
 
 def _kill_worker(stack: Stack, name: str) -> None:

@@ -88,6 +88,17 @@ def test_the_wait_is_checked_against_the_default_max_runtime():
         "(SageMaker's rule: the wait includes the run)"]
 
 
+def test_local_checkpoints_need_file_artifacts():
+    from smtask.kinds.training import check
+
+    shared = {"mode": "local", "local": {"artifacts": "s3://b/a", "s3_endpoint": "http://x"}}
+    assert list(check("trainer", {**SPOT}, shared)) == [
+        "steps.trainer.checkpoints: local mode keeps checkpoints under file:// artifacts only "
+        "(local.artifacts is s3://); set checkpoints to false"]
+    assert list(check("trainer", {**SPOT, "checkpoints": False}, shared)) == []
+    assert list(check("trainer", {**SPOT}, {**shared, "mode": "sagemaker"})) == []
+
+
 def test_good_cost_settings_pass_and_checkpoints_default_on_for_spot(tmp_path):
     from smtask.kinds.common import StepContext
     from smtask.kinds.training import checkpoints

@@ -3,6 +3,7 @@ a run-conf override reaching the job, a failing script, clean-up, and loopback o
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from urllib.parse import urlparse
 
 import pytest
 from conftest import ROOT, containers_with_label, local_state, run_dag, write_config
+from test_cloud import moto_server, sagemaker  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker")]
 
@@ -163,3 +165,51 @@ def test_deferrable_steps_run_in_place_in_local_mode(tmp_path, loopback_guard, c
     assert result.ok, result.states
     captured = capfd.readouterr()
     assert "new_state=deferred" not in captured.out + captured.err
+
+
+# --- artifacts on shared storage: s3:// through local.s3_endpoint (moto here) ---------------
+
+SPLIT_TRAIN_PREDICT = SPLIT_AND_TRAIN.replace("train(split(source()))", '''
+@sm_transform(step="transformer")
+def predict(model, splits):
+    return splits["outputs"]["batch"]
+
+splits = split(source())
+predict(train(splits), splits)
+''')
+
+
+def test_local_mode_keeps_its_artifacts_on_s3_through_its_endpoint(tmp_path, sagemaker):
+    """What several workers share (README "More than one worker"): every output, a model
+    included, is an s3:// object, put there only once its job completed."""
+    from test_cloud import BUCKET, client
+
+    s3 = client("s3")
+    shared = {"artifacts": f"s3://{BUCKET}/shared", "s3_endpoint": client.endpoint}
+    result = run_dag(SPLIT_TRAIN_PREDICT, config=write_config(tmp_path, local=shared))
+    assert result.ok, result.states
+
+    def keys(uri: str) -> list[str]:
+        bucket, prefix = uri.removeprefix("s3://").split("/", 1)
+        assert bucket == BUCKET, uri
+        return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get(
+            "Contents", [])]
+
+    splits, model = result.xcom["split"]["outputs"], result.xcom["train"]["model"]
+    assert all(uri.startswith(f"s3://{BUCKET}/shared/") and keys(uri) for uri in splits.values())
+    assert keys(model) == [model.removeprefix(f"s3://{BUCKET}/")]
+    with tarfile.open(fileobj=io.BytesIO(s3.get_object(
+            Bucket=BUCKET, Key=model.removeprefix(f"s3://{BUCKET}/"))["Body"].read())) as tar:
+        assert "model.joblib" in tar.getnames()
+    predictions = result.xcom["predict"]["outputs"]["predictions"]
+    assert keys(predictions)  # the transform read the model and the batch from S3
+    # a failed training publishes no model
+    (tmp_path / "failing").mkdir()
+    failing = write_config(tmp_path / "failing", local=shared, steps={"trainer": {
+        "source_dir": "tests/scripts", "entry_script": "train_fails.py", "hyperparameters": {}}})
+    failed = run_dag(SPLIT_AND_TRAIN, config=failing)
+    assert failed.states == {"source": "success", "split": "success", "train": "failed"}
+    written = keys(f"s3://{BUCKET}/shared/churn/{failed.dag_id}/")
+    assert any("/splitor/" in k for k in written)
+    assert not [k for k in written if "/trainer/" in k], written
+    assert containers_with_label() == []

@@ -181,8 +181,10 @@ def channels(job: dict[str, Any], session: Any) -> list[Any]:
     from sagemaker.core.training.configs import InputData
 
     local = session.local_mode
-    found = [InputData(channel_name=name, data_source=str(local_path(uri)) if local
-                       else remote(session, uri, content_prefix(job, "data")))
+    # local mode reads an s3:// channel through local.s3_endpoint, as the SDK downloads it
+    found = [InputData(channel_name=name, data_source=(
+                 str(local_path(uri)) if urlparse(uri).scheme == "file" else uri) if local
+             else remote(session, uri, content_prefix(job, "data")))
              for name, uri in job["channels"].items()]
     if job.get("settings") is not None:
         found.append(InputData(channel_name=SETTINGS_CHANNEL,
@@ -355,6 +357,11 @@ def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Itera
     """The cost levers' rules, and hyperparameters (and tuned ones) that the SDK's training
     driver cannot pass on safely."""
     yield from _cost_problems(step, cfg)
+    checkpointed = cfg.get("checkpoints", bool(cfg.get("use_spot_instances")))
+    if checkpointed and params.get("mode") == "local" and str(
+            (params.get("local") or {}).get("artifacts", "")).startswith("s3://"):
+        yield (f"steps.{step}.checkpoints: local mode keeps checkpoints under file:// artifacts "
+               "only (local.artifacts is s3://); set checkpoints to false")
     if "source_dir" not in cfg:
         return  # a built-in algorithm reads hyperparameters.json: no shell on the way
     ranges = (cfg.get("tuning") or {}).get("ranges") or {}

@@ -40,6 +40,12 @@ def stage(session: Any, source: Path, destination: str, output: str) -> None:
     it into place once the job completed. A full disk fails with one line naming the step, the
     output and the free space, and leaves nothing behind."""
     state = of(session)
+    if urlparse(destination).scheme == "s3":  # shared artifacts: uploaded once published
+        copy = state.scratch / f"_upload-{uuid.uuid4().hex[:8]}" / Path(source).name
+        state.uploads.append((copy, destination))
+        copy.parent.mkdir(parents=True)
+        _copy_tree(source, copy) if source.is_dir() else shutil.copyfile(source, copy)
+        return
     final = local_path(destination, state.artifacts)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -65,8 +71,18 @@ def stage(session: Any, source: Path, destination: str, output: str) -> None:
 
 def publish(session: Any) -> None:
     """Put every staged output in place, each by one rename (an earlier attempt's outputs of
-    the same step, a completed job's, are replaced only now)."""
+    the same step, a completed job's, are replaced only now); an ``s3://`` one (shared
+    artifacts, through ``local.s3_endpoint``) is uploaded now, each file one PUT."""
     state = of(session)
+    for copy, uri in state.uploads:
+        target = urlparse(uri)
+        files = sorted(p for p in copy.rglob("*") if p.is_file()) if copy.is_dir() else [copy]
+        for file in files:
+            key = target.path.strip("/") + ("/" + file.relative_to(copy).as_posix()
+                                            if copy.is_dir() else "")
+            session.s3_client.upload_file(str(file), target.netloc, key)
+        _remove(copy.parent)
+    state.uploads.clear()
     for staging, final in state.staged:
         if final.exists():
             log_replaced = final.is_dir() and any(final.iterdir())
@@ -88,6 +104,9 @@ def discard(session: Any) -> None:
     for staging, _ in state.staged:
         _remove(staging)
     state.staged.clear()
+    for copy, _ in state.uploads:
+        _remove(copy.parent)
+    state.uploads.clear()
 
 
 def discard_under(session: Any, uri: str) -> None:
@@ -95,6 +114,12 @@ def discard_under(session: Any, uri: str) -> None:
     ``file://`` URI), and the folder made for it if nothing else is there: a trial stopped at
     its max runtime ends as a stopped container, which the SDK takes for done and copies."""
     state = of(session)
+    for copy, target in list(state.uploads):
+        if target.startswith(uri.rstrip("/") + "/"):
+            _remove(copy.parent)
+            state.uploads.remove((copy, target))
+    if urlparse(uri).scheme != "file":
+        return
     root = local_path(uri, state.artifacts)
     for staging, final in list(state.staged):
         if final.is_relative_to(root):

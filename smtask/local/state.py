@@ -80,6 +80,8 @@ class LocalState:
     # a job's own writable mounts (a training job's checkpoints), by its compose file's folder
     job_mounts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     staged: list[tuple[Path, Path]] = field(default_factory=list)  # (staging, final) outputs
+    # outputs for s3:// artifacts (local.s3_endpoint): (a copy in the scratch folder, its URI)
+    uploads: list[tuple[Path, str]] = field(default_factory=list)
     closing: bool = False  # the session is removing its containers
     killed: bool = False  # the task was killed: no result, whatever the SDK returns
     job_failed: bool = False  # a container failed (or a limit passed): no outputs published

@@ -230,8 +230,7 @@ def _trial(job: dict[str, Any], session: Any, train: Train, number: int, values:
     if trial.error is not None:
         # a trial stopped at its max runtime ends as a stopped container, which the SDK takes
         # for done: what it copied of the trial is no result
-        if trial_job["output_path"].startswith("file://"):
-            discard_under(session, trial_job["output_path"])
+        discard_under(session, trial_job["output_path"])
         return trial
     trial.metrics = dict(output.metrics)
     model = description["ModelArtifacts"]["S3ModelArtifacts"]
