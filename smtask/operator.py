@@ -15,6 +15,7 @@ from airflow.sdk.definitions.context import context_merge
 from smtask import lineage, local, naming, params, storage, waiting
 from smtask.errors import ContainerFailed, JobFailed, ParamsError, SmtaskError, TaskInterrupted
 from smtask.kill import Kills
+from smtask.waiting import usage_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -233,7 +234,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
             used = {"seconds": round(ran), "instances": job.get("instance_count", 1),
                     "billable_seconds": 0}
         else:
-            used = kind.usage(description) if kind.usage is not None else {}
+            used = usage_of(kind, description, self.log.warning)
         return {"usage": used} if used else {}
 
     def _start(self, job: dict[str, Any], session: Any, run_params: dict[str, Any]
@@ -354,7 +355,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
             client = sagemaker_client(connection)
             description = self._complete(client, waiting.find(client, kind, job["job_name"]) or {})
         result = kind.outputs(job, description)
-        if event.get("usage"):
+        if isinstance(event.get("usage"), dict) and event["usage"]:
             result["usage"] = event["usage"]
         return self._finished(context, job, result, "sagemaker")
 

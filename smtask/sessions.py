@@ -133,7 +133,7 @@ def spread_problem(params: Mapping[str, Any]) -> str | None:
     the artifacts are on storage every worker reaches (``s3://`` through
     ``local.s3_endpoint``), the executor runs every task on one machine, or ``smtask run``
     runs them all in its own process."""
-    if params["mode"] != "local" or os.environ.get(IN_PROCESS_ENV):
+    if params["mode"] != "local" or os.environ.get(IN_PROCESS_ENV) == "1":
         return None
     from airflow.configuration import conf
 

@@ -147,7 +147,7 @@ class SageMakerJobTrigger(BaseTrigger):
                     "reason": waiting.ended(kind, description),
                     "description": {k: description[k] for k in kind.event_keys
                                     if k in description},
-                    "usage": kind.usage(description) if kind.usage is not None else {}})
+                    "usage": waiting.usage_of(kind, description, self.log.warning)})
                 return
             if self.timeout is not None and time.time() - self.started >= self.timeout:
                 yield TriggerEvent({"status": "Timeout", "description": {}, "job": self.job,

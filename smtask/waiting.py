@@ -286,3 +286,15 @@ def wait(client: Any, kind: JobKind, job_name: str, *, timeout: float | None = N
         sleep(delay if deadline is None else max(0.0, min(delay, deadline - clock())))
         delay = min(delay * 2, cap)
         description = None
+
+
+def usage_of(kind: JobKind, description: Any, warn: Callable[[str], None]) -> dict[str, Any]:
+    """What a finished job used (:attr:`JobKind.usage`), best effort: a description it cannot
+    read is said in one line and gives ``{}``; it never fails a job that completed."""
+    if kind.usage is None or not isinstance(description, dict):
+        return {}
+    try:
+        return kind.usage(description)
+    except Exception as exc:  # noqa: BLE001 - the figures are a report, not the result
+        warn(f"the {kind.name} job's usage could not be read from its description: {exc!r}")
+        return {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import stat
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,24 @@ def resolve(tmp_path: Path, trainer: dict[str, Any], mode: str = "local") -> dic
     ({"checkpoints": {"local_path": "/opt/ml/input/data/ck"}},
      "steps.trainer.checkpoints.local_path: /opt/ml/input/data/ck overlaps /opt/ml/input"),
     ({"checkpoints": {"local_path": "/opt/ml"}},
-     "steps.trainer.checkpoints.local_path: '/opt/ml' is not a path under /opt/ml/"),
+     "steps.trainer.checkpoints.local_path: '/opt/ml' is not a folder under /opt/ml/ of "),
     ({"checkpoints": {"local_path": "/opt/ml/ck/../model"}},
-     "steps.trainer.checkpoints.local_path: '/opt/ml/ck/../model' is not a path under /opt/ml/"),
+     "steps.trainer.checkpoints.local_path: '/opt/ml/ck/../model' is not a folder under "),
     ({"checkpoints": {"s3_uri": "s3://elsewhere/ck"}}, "steps.trainer.checkpoints.s3_uri: "),
+    ({"checkpoints": {"local_path": "/opt/ml/./model"}},
+     "steps.trainer.checkpoints.local_path: '/opt/ml/./model' is not a plain path (write "
+     "/opt/ml/model)"),
+    ({"checkpoints": {"local_path": "/opt/ml//input"}},
+     "steps.trainer.checkpoints.local_path: '/opt/ml//input' is not a plain path"),
+    ({"checkpoints": {"local_path": "/opt/ml/ck:ro"}},
+     "steps.trainer.checkpoints.local_path: '/opt/ml/ck:ro' is not a folder under /opt/ml/ of"),
+    ({"checkpoints": {"local_path": "/opt/ml/ck\x00x"}},
+     "steps.trainer.checkpoints.local_path: '/opt/ml/ck\\x00x' is not a folder under "),
+    ({"checkpoints": {"local_path": "/opt/ml/ck\nx"}},
+     "steps.trainer.checkpoints.local_path: '/opt/ml/ck\\nx' is not a folder under "),
+    ({"use_spot_instances": True, "max_wait_seconds": 10**30},
+     "steps.trainer.max_wait_seconds: 1000000000000000000000000000000 is greater than the "
+     "maximum of 2419200"),
 ])
 def test_bad_cost_settings_are_refused_naming_the_step_and_key(tmp_path, trainer, expected):
     from smtask.params import deep_merge
@@ -109,9 +124,54 @@ def test_good_cost_settings_pass_and_checkpoints_default_on_for_spot(tmp_path):
                                 "local_path": "/opt/ml/checkpoints"}
     params["steps"]["trainer"]["checkpoints"] = False
     assert checkpoints(ctx) is None
+    params["steps"]["trainer"]["checkpoints"] = {}  # on, at the default folder
+    assert checkpoints(ctx) == {"uri": "s3://b/p/churn/d/r/trainer/checkpoints",
+                                "local_path": "/opt/ml/checkpoints"}
     params["steps"]["trainer"] = {"checkpoints": {"local_path": "/opt/ml/ck"}}
     assert checkpoints(ctx) == {"uri": "s3://b/p/churn/d/r/trainer/checkpoints",
                                 "local_path": "/opt/ml/ck"}
+
+
+@pytest.mark.parametrize("description", [
+    {"ResourceConfig": {"InstanceCount": None}, "TrainingTimeInSeconds": 10},
+    {"TrainingTimeInSeconds": "100"}, {"TrainingTimeInSeconds": float("nan")},
+    {"TrainingTimeInSeconds": -5}, {"ResourceConfig": "x", "TrainingTimeInSeconds": 10},
+    {"TrainingStartTime": dt.datetime(2026, 1, 1), "TrainingEndTime": dt.datetime.now(dt.UTC)},
+    {"TrainingTimeInSeconds": 100, "BillableTimeInSeconds": 150,
+     "EnableManagedSpotTraining": True},
+], ids=["no-count", "string", "nan", "negative", "bad-resources", "mixed-zones", "over-billed"])
+def test_odd_descriptions_give_what_can_be_read_and_never_fail(description):
+    """The figures are a report: what a description holds that is no number is left out."""
+    from smtask.kinds import processing, training, transform, tuning
+
+    used = training.usage(description)
+    assert used == {} or (used["seconds"] >= 0 and used["instances"] >= 1
+                          and used["billable_seconds"] >= 0), used
+    assert "spot_savings_percent" not in used  # never a negative saving
+    for odd in ({"ProcessingResources": "x"}, {"TransformResources": {"InstanceCount": None}},
+                {"ConsumedResources": {"RuntimeInSeconds": "5"}}):
+        for kind in (processing, transform, tuning):
+            assert isinstance(kind.usage(odd), dict)
+
+
+def test_a_heterogeneous_clusters_instances_are_counted():
+    from smtask.kinds import training
+
+    assert training.usage({"TrainingTimeInSeconds": 10, "ResourceConfig": {"InstanceGroups": [
+        {"InstanceCount": 2}, {"InstanceCount": 3}]}}) == {
+            "seconds": 10, "instances": 5, "billable_seconds": 50}
+
+
+def test_a_usage_that_raises_is_said_and_fails_nothing():
+    from dataclasses import replace
+
+    from smtask import waiting
+    from smtask.kinds import training
+
+    said: list[str] = []
+    broken = replace(training.KIND, usage=lambda d: 1 / 0)
+    assert waiting.usage_of(broken, {"TrainingJobName": "j"}, said.append) == {}
+    assert said and "ZeroDivisionError" in said[0]
 
 
 # --- sagemaker mode, on moto --------------------------------------------------------------------
@@ -244,16 +304,19 @@ train()
     said = out.index("use_spot_instances, max_wait_seconds, keep_alive_period_seconds take "
                      "effect on SageMaker only")
     assert said < out.index("attempt 1, resumed from 0")
-    assert "attempt 2, resumed from 1" in out and "1 file(s) from an earlier attempt" in out
+    assert "attempt 2, resumed from 1" in out and "3 file(s) from an earlier attempt" in out
     model = _path(result.xcom["train"]["model"])
     with tarfile.open(model) as tar:
         resumed = json.load(tar.extractfile("resumed.json"))  # type: ignore[arg-type]
     assert resumed["resumed_from"] == 1
     # the checkpoints stay under the run's prefix, the job's link to a host file removed
     folder = model.parent / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["state.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["open-file", "state.json", "suid-tool"]
     assert json.loads((folder / "state.json").read_text()) == {"attempts": 2}
     assert "removed passwd-link" in out
+    for name in ("open-file", "suid-tool"):  # no setuid root program, nothing world-writable
+        mode = (folder / name).stat().st_mode
+        assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH), (name, oct(mode))
     usage = result.xcom["train"]["usage"]
     assert usage["billable_seconds"] == 0 and usage["instances"] == 1 and usage["seconds"] >= 0
     assert "(local mode: nothing is billed)" in out

@@ -433,5 +433,7 @@ def test_local_mode_on_several_workers_needs_artifacts_they_all_reach(monkeypatc
         assert problem.startswith("local.artifacts: local mode under the ")
         assert "set local.artifacts to an s3:// URI with local.s3_endpoint" in problem
     assert spread_problem({"mode": "sagemaker", "artifacts": "s3://b/p"}) is None
+    monkeypatch.setenv("SMTASK_IN_PROCESS", "0")  # only smtask run's own "1" exempts
+    assert (spread_problem({"mode": "local", "local": local}) is not None) == refused
     monkeypatch.setenv("SMTASK_IN_PROCESS", "1")  # smtask run: every task in its one process
     assert spread_problem({"mode": "local", "local": local}) is None

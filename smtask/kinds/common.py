@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -176,11 +177,31 @@ def put_model_code(code: dict[str, str] | None, session: Any) -> None:
 
 
 def elapsed(description: Mapping[str, Any], start: str, end: str) -> float | None:
-    """Seconds between two times of a job's description, if it has both."""
+    """Seconds between two times of a job's description, if it has both (and both say their
+    time zone, or neither)."""
     began, ended = description.get(start), description.get(end)
-    if isinstance(began, datetime) and isinstance(ended, datetime):
+    if isinstance(began, datetime) and isinstance(ended, datetime) and \
+            (began.tzinfo is None) == (ended.tzinfo is None):
         return max(0.0, (ended - began).total_seconds())
     return None
+
+
+def seconds_of(value: Any) -> float | None:
+    """A number of seconds from a description: a finite number, not negative; else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def instances_of(value: Any, groups: Any = None) -> int:
+    """A job's instance count from a description (a heterogeneous cluster's groups summed);
+    1 when it says none."""
+    if isinstance(groups, list):
+        counts = [g.get("InstanceCount") for g in groups if isinstance(g, Mapping)]
+        total = sum(c for c in counts if isinstance(c, int) and not isinstance(c, bool) and c > 0)
+        if total:
+            return total
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def job_usage(seconds: float | None, instances: int, billable: float | None = None

@@ -21,6 +21,7 @@ from smtask.kinds.common import (
     check_uri_map,
     content_prefix,
     elapsed,
+    instances_of,
     job_usage,
     pack,
     prepare_output,
@@ -299,9 +300,11 @@ SCHEMA: dict[str, Any] = {
 
 def usage(description: Mapping[str, Any]) -> dict[str, Any]:
     """The job's run time, its instances and their billable seconds."""
-    cluster = (description.get("ProcessingResources") or {}).get("ClusterConfig") or {}
+    resources = description.get("ProcessingResources")
+    cluster = resources.get("ClusterConfig") if isinstance(resources, Mapping) else None
     return job_usage(elapsed(description, "ProcessingStartTime", "ProcessingEndTime"),
-                     cluster.get("InstanceCount", 1))
+                     instances_of(cluster.get("InstanceCount")
+                                  if isinstance(cluster, Mapping) else None))
 
 
 KIND = JobKind(

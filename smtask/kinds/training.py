@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
@@ -22,14 +23,16 @@ from smtask.kinds.common import (
     check_uri_map,
     content_prefix,
     elapsed,
+    instances_of,
     job_usage,
     model_code,
     prepare_output,
     remote,
+    seconds_of,
     settings_source,
     upload_once,
 )
-from smtask.naming import key_path
+from smtask.naming import key_path, quoted
 from smtask.params.schemas import (
     COMMON_STEP_KEYS,
     CONTAINER_PATH,
@@ -93,7 +96,7 @@ def checkpoints(ctx: StepContext) -> dict[str, str] | None:
     task instance: every attempt, a retry's or a spot restart's, resumes from it), and the
     container folder they are written in. On by default for a spot job."""
     setting = ctx.cfg.get("checkpoints", bool(ctx.cfg.get("use_spot_instances")))
-    if not setting:
+    if setting is False or setting is None:  # {} is on, at the default folder
         return None
     local = setting.get("local_path", CHECKPOINT_PATH) if isinstance(setting, dict) \
         else CHECKPOINT_PATH
@@ -279,6 +282,7 @@ def _checkpoints_mounted(job: dict[str, Any], session: Any, root: Path) -> Itera
                           f"file:// artifacts root, not {uri}")
     folder = local_path(uri, job["artifacts"])
     folder.mkdir(parents=True, exist_ok=True)
+    keep_only_files(folder, state.log)  # what a killed attempt left, before this one sees it
     found = sum(1 for p in folder.rglob("*") if p.is_file())
     state.log(f"smtask: checkpoints in {folder} (mounted at {job['checkpoints']['local_path']}"
               + (f"; {found} file(s) from an earlier attempt)" if found else ")"))
@@ -358,7 +362,7 @@ def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Itera
     driver cannot pass on safely."""
     yield from _cost_problems(step, cfg)
     checkpointed = cfg.get("checkpoints", bool(cfg.get("use_spot_instances")))
-    if checkpointed and params.get("mode") == "local" and str(
+    if checkpointed not in (False, None) and params.get("mode") == "local" and str(
             (params.get("local") or {}).get("artifacts", "")).startswith("s3://"):
         yield (f"steps.{step}.checkpoints: local mode keeps checkpoints under file:// artifacts "
                "only (local.artifacts is s3://); set checkpoints to false")
@@ -392,14 +396,22 @@ def _cost_problems(step: str, cfg: Mapping[str, Any]) -> Iterable[str]:
                f"max_runtime_seconds {runtime} (SageMaker's rule: the wait includes the run)")
     local_path = (cfg.get("checkpoints") or {}).get("local_path", "") \
         if isinstance(cfg.get("checkpoints"), dict) else ""
-    taken = next((f for f in _SDK_FOLDERS if f"{local_path.rstrip('/')}/".startswith(f + "/")
-                  or f.startswith(local_path.rstrip("/") + "/")), None) if local_path else None
-    if taken:
+    normal = posixpath.normpath(local_path) if local_path else ""
+    taken = next((f for f in _SDK_FOLDERS if f"{normal}/".startswith(f + "/")
+                  or f.startswith(normal + "/")), None) if normal else None
+    if local_path and normal != local_path.rstrip("/"):
+        yield (f"{where}.checkpoints.local_path: {quoted(local_path)} is not a plain path "
+               f"(write {normal})")
+    elif taken:
         yield (f"{where}.checkpoints.local_path: {local_path} overlaps {taken}, where the job "
                "reads its inputs or writes its model")
 
 
 _SDK_FOLDERS = ("/opt/ml/input", "/opt/ml/model", "/opt/ml/output", "/opt/ml/code")
+# a folder the container mounts (docker's -v host:container[:mode]): no colon, no control
+# character; a path under /opt/ml/ without a .. segment
+CHECKPOINT_FOLDER = {**CONTAINER_PATH, "pattern": "^/opt/ml/(?!(.*/)?[.][.](/|$))[A-Za-z0-9_./-]+$",
+                     RULE: "is not a folder under /opt/ml/ of A-Z a-z 0-9 _ . - / (no .. segment)"}
 
 SCHEMA: dict[str, Any] = {
     # without source_dir and entry_script the image is a built-in algorithm's
@@ -428,9 +440,9 @@ SCHEMA: dict[str, Any] = {
         "settings": SETTINGS,
         # the cost levers (README: "Cost"): spot capacity, its checkpoints, a warm pool
         "use_spot_instances": {"type": "boolean"},
-        "max_wait_seconds": POSITIVE,
+        "max_wait_seconds": {**POSITIVE, "maximum": 2419200},  # SageMaker's 28 days
         "checkpoints": {"type": ["boolean", "object"], "additionalProperties": False,
-                        "properties": {"local_path": CONTAINER_PATH}},
+                        "properties": {"local_path": CHECKPOINT_FOLDER}},
         "keep_alive_period_seconds": {"type": "integer", "minimum": 0, "maximum": 3600},
         "hyperparameters": {
             "type": "object",
@@ -446,15 +458,17 @@ def usage(description: Mapping[str, Any]) -> dict[str, Any]:
     """SageMaker's own figures: ``TrainingTimeInSeconds`` and ``BillableTimeInSeconds`` (per
     instance; a spot job's are fewer: its savings, as the SDK prints them), else the job's
     start to its end."""
-    seconds = description.get("TrainingTimeInSeconds")
+    seconds = seconds_of(description.get("TrainingTimeInSeconds"))
     if seconds is None:
         seconds = elapsed(description, "TrainingStartTime", "TrainingEndTime")
-    billable = description.get("BillableTimeInSeconds")
-    used = job_usage(seconds, (description.get("ResourceConfig") or {}).get("InstanceCount", 1),
-                     billable)
-    if used and description.get("EnableManagedSpotTraining"):
+    billable = seconds_of(description.get("BillableTimeInSeconds"))
+    resources = description.get("ResourceConfig")
+    resources = resources if isinstance(resources, Mapping) else {}
+    used = job_usage(seconds, instances_of(resources.get("InstanceCount"),
+                                           resources.get("InstanceGroups")), billable)
+    if used and description.get("EnableManagedSpotTraining") is True:
         used["spot"] = True
-        if billable is not None and seconds:
+        if billable is not None and seconds and billable <= seconds:
             used["spot_savings_percent"] = round(100 * (1 - billable / seconds), 1)
     return used
 

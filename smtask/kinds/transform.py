@@ -18,6 +18,7 @@ from smtask.kinds.common import (
     check_uri,
     content_prefix,
     elapsed,
+    instances_of,
     job_usage,
     model_code,
     prepare_output,
@@ -311,8 +312,10 @@ SCHEMA: dict[str, Any] = {
 
 def usage(description: Mapping[str, Any]) -> dict[str, Any]:
     """The job's run time, its instances and their billable seconds."""
+    resources = description.get("TransformResources")
     return job_usage(elapsed(description, "TransformStartTime", "TransformEndTime"),
-                     (description.get("TransformResources") or {}).get("InstanceCount", 1))
+                     instances_of(resources.get("InstanceCount")
+                                  if isinstance(resources, Mapping) else None))
 
 
 KIND = JobKind(

@@ -15,7 +15,7 @@ from typing import Any
 
 from smtask.kind import Api, Inherit, JobKind
 from smtask.kinds import training
-from smtask.kinds.common import StepContext, aws_tags, elapsed, put_model_code
+from smtask.kinds.common import StepContext, aws_tags, elapsed, put_model_code, seconds_of
 from smtask.naming import key_path, quoted
 from smtask.params.schemas import string
 
@@ -146,7 +146,9 @@ USAGE_KEYS = ("ConsumedResources", "CreationTime", "HyperParameterTuningEndTime"
 def usage(description: Mapping[str, Any]) -> dict[str, Any]:
     """The tuning job's run time (SageMaker's ``ConsumedResources``, else its start to its end).
     What it bills are its trials' instance-seconds, each a training job's own."""
-    seconds = (description.get("ConsumedResources") or {}).get("RuntimeInSeconds")
+    consumed = description.get("ConsumedResources")
+    seconds = seconds_of(consumed.get("RuntimeInSeconds")) \
+        if isinstance(consumed, Mapping) else None
     if seconds is None:
         seconds = elapsed(description, "CreationTime", "HyperParameterTuningEndTime")
     return {} if seconds is None else {"seconds": round(seconds)}

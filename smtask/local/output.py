@@ -100,7 +100,8 @@ def cause(lines: list[str]) -> str:
 
 def keep_only_files(scratch: Path, log: Callable[[str], None]) -> None:
     """Remove every symlink and every special file (device, fifo, socket) a container left in
-    the session's scratch folder. The SDK copies outputs and tars the model on the host,
+    the session's scratch folder (or a job's checkpoint folder), and clear the setuid, setgid
+    and world-write bits of what is left. The SDK copies outputs and tars the model on the host,
     following links: a job could otherwise copy any host file (a link to ~/.aws, a device
     node of a disk) into its outputs, or hang the copy on a fifo."""
     for folder, folders, files in os.walk(scratch):  # does not follow links into folders
@@ -111,6 +112,13 @@ def keep_only_files(scratch: Path, log: Callable[[str], None]) -> None:
                 path.unlink()
                 log(f"smtask: removed {path.relative_to(scratch)} from the job's outputs: only "
                     "regular files and folders leave a local job")
+            elif mode & _UNSAFE:  # a container's root may leave a setuid copy of a shell
+                path.chmod(stat.S_IMODE(mode) & ~_UNSAFE)
+                log(f"smtask: cleared the setuid, setgid and world-write bits of "
+                    f"{path.relative_to(scratch)}")
+
+
+_UNSAFE = stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH
 
 
 def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess.Popen], int]:
