@@ -61,6 +61,14 @@ def train(splits):
 
 train(split(source()))
 '''
+SPLIT_TRAIN_PREDICT = SPLIT_AND_TRAIN.replace("train(split(source()))", '''
+@sm_transform(step="transformer")
+def predict(model, splits):
+    return splits["outputs"]["batch"]
+
+splits = split(source())
+predict(train(splits), splits)
+''')
 
 
 def test_example_pipeline_runs_every_job_in_containers_and_chains_outputs(tmp_path):
@@ -107,15 +115,7 @@ def test_run_conf_override_of_one_hyperparameter_changes_the_training_job(tmp_pa
 
 
 def test_transform_scores_with_the_upstream_model(tmp_path, loopback_guard):
-    body = SPLIT_AND_TRAIN.replace("train(split(source()))", '''
-@sm_transform(step="transformer")
-def predict(model, splits):
-    return splits["outputs"]["batch"]
-
-splits = split(source())
-predict(train(splits), splits)
-''')
-    result = run_dag(body, config=write_config(tmp_path))
+    result = run_dag(SPLIT_TRAIN_PREDICT, config=write_config(tmp_path))
     assert result.ok, result.states
     predictions = path(result.xcom["predict"]["outputs"]["predictions"]) / "batch.csv.out"
     lines = predictions.read_text().split()
@@ -169,14 +169,6 @@ def test_deferrable_steps_run_in_place_in_local_mode(tmp_path, loopback_guard, c
 
 # --- artifacts on shared storage: s3:// through local.s3_endpoint (moto here) ---------------
 
-SPLIT_TRAIN_PREDICT = SPLIT_AND_TRAIN.replace("train(split(source()))", '''
-@sm_transform(step="transformer")
-def predict(model, splits):
-    return splits["outputs"]["batch"]
-
-splits = split(source())
-predict(train(splits), splits)
-''')
 
 
 def test_local_mode_keeps_its_artifacts_on_s3_through_its_endpoint(tmp_path, sagemaker):
