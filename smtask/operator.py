@@ -15,7 +15,6 @@ from airflow.sdk.definitions.context import context_merge
 from smtask import lineage, local, naming, params, storage, waiting
 from smtask.errors import ContainerFailed, JobFailed, ParamsError, SmtaskError, TaskInterrupted
 from smtask.kill import Kills
-from smtask.waiting import usage_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -234,7 +233,7 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
             used = {"seconds": round(ran), "instances": job.get("instance_count", 1),
                     "billable_seconds": 0}
         else:
-            used = usage_of(kind, description, self.log.warning)
+            used = waiting.usage_of(kind, description, self.log.warning)
         return {"usage": used} if used else {}
 
     def _start(self, job: dict[str, Any], session: Any, run_params: dict[str, Any]

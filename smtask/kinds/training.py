@@ -91,16 +91,22 @@ def spec(ctx: StepContext, returned: Any, upstream: Any = ()) -> dict[str, Any]:
 CHECKPOINT_PATH = "/opt/ml/checkpoints"  # SageMaker's default CheckpointConfig.LocalPath
 
 
+def checkpoint_folder(cfg: Mapping[str, Any]) -> str | None:
+    """The container folder a step's job writes its checkpoints in, or None when it keeps
+    none: on by default for a spot job; ``{}`` is on, at the default folder."""
+    setting = cfg.get("checkpoints", bool(cfg.get("use_spot_instances")))
+    if setting is False or setting is None:
+        return None
+    return str(setting.get("local_path", CHECKPOINT_PATH)) if isinstance(setting, dict) \
+        else CHECKPOINT_PATH
+
+
 def checkpoints(ctx: StepContext) -> dict[str, str] | None:
     """Where the job's checkpoints go, ``<the step's prefix>/checkpoints`` (one folder for the
     task instance: every attempt, a retry's or a spot restart's, resumes from it), and the
-    container folder they are written in. On by default for a spot job."""
-    setting = ctx.cfg.get("checkpoints", bool(ctx.cfg.get("use_spot_instances")))
-    if setting is False or setting is None:  # {} is on, at the default folder
-        return None
-    local = setting.get("local_path", CHECKPOINT_PATH) if isinstance(setting, dict) \
-        else CHECKPOINT_PATH
-    return {"uri": f"{ctx.prefix}/checkpoints", "local_path": local}
+    container folder they are written in (:func:`checkpoint_folder`)."""
+    local = checkpoint_folder(ctx.cfg)
+    return None if local is None else {"uri": f"{ctx.prefix}/checkpoints", "local_path": local}
 
 
 def hyperparameter_strings(hyperparameters: dict[str, Any]) -> dict[str, str]:
@@ -274,13 +280,9 @@ def _checkpoints_mounted(job: dict[str, Any], session: Any, root: Path) -> Itera
     from smtask.local.output import keep_only_files
     from smtask.local.state import of
 
-    uri, state = job["checkpoints"]["uri"], of(session)
-    if urlparse(uri).scheme != "file":
-        from smtask.errors import SmtaskError
-
-        raise SmtaskError(f"step '{state.step}': checkpoints: local mode keeps them under a "
-                          f"file:// artifacts root, not {uri}")
-    folder = local_path(uri, job["artifacts"])
+    # a file:// URI: check() refuses local checkpoints under s3:// artifacts
+    state = of(session)
+    folder = local_path(job["checkpoints"]["uri"], job["artifacts"])
     folder.mkdir(parents=True, exist_ok=True)
     keep_only_files(folder, state.log)  # what a killed attempt left, before this one sees it
     found = sum(1 for p in folder.rglob("*") if p.is_file())
@@ -361,8 +363,7 @@ def check(step: str, cfg: Mapping[str, Any], params: Mapping[str, Any]) -> Itera
     """The cost levers' rules, and hyperparameters (and tuned ones) that the SDK's training
     driver cannot pass on safely."""
     yield from _cost_problems(step, cfg)
-    checkpointed = cfg.get("checkpoints", bool(cfg.get("use_spot_instances")))
-    if checkpointed not in (False, None) and params.get("mode") == "local" and str(
+    if checkpoint_folder(cfg) and params.get("mode") == "local" and str(
             (params.get("local") or {}).get("artifacts", "")).startswith("s3://"):
         yield (f"steps.{step}.checkpoints: local mode keeps checkpoints under file:// artifacts "
                "only (local.artifacts is s3://); set checkpoints to false")
@@ -394,8 +395,7 @@ def _cost_problems(step: str, cfg: Mapping[str, Any]) -> Iterable[str]:
     elif spot and cfg["max_wait_seconds"] < runtime:
         yield (f"{where}.max_wait_seconds: {cfg['max_wait_seconds']} is less than "
                f"max_runtime_seconds {runtime} (SageMaker's rule: the wait includes the run)")
-    local_path = (cfg.get("checkpoints") or {}).get("local_path", "") \
-        if isinstance(cfg.get("checkpoints"), dict) else ""
+    local_path = checkpoint_folder(cfg) or ""
     normal = posixpath.normpath(local_path) if local_path else ""
     taken = next((f for f in _SDK_FOLDERS if f"{normal}/".startswith(f + "/")
                   or f.startswith(normal + "/")), None) if normal else None
