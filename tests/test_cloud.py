@@ -111,6 +111,17 @@ class FakeSageMaker:
         monkeypatch.setattr(SageMakerModelBackend, "create_model_package",
                             self._idempotent(SageMakerModelBackend.create_model_package))
         self.packages_created: list[str] = []
+        self.timers: list[threading.Timer] = []  # cancelled when the test ends (close)
+
+    def later(self, seconds: float, action: Any, *args: Any) -> None:
+        """Run ``action`` in ``seconds``, unless the test has ended by then."""
+        timer = threading.Timer(seconds, action, args)
+        self.timers.append(timer)
+        timer.start()
+
+    def close(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
 
     def _record(self, action: str, handler: Any) -> Any:
         def record(response: Any) -> Any:
@@ -174,7 +185,7 @@ class FakeSageMaker:
                 self.on_complete[kind](job)
             if kind in self.after:
                 delay, later = self.after[kind]
-                threading.Timer(delay, self.flip, (kind, name, later)).start()
+                self.later(delay, self.flip, kind, name, later)
             if self.lose_answers.get(kind, 0) > 0:  # created, but the caller never hears it
                 self.lose_answers[kind] -= 1
                 raise lost_answer()
@@ -199,7 +210,7 @@ class FakeSageMaker:
                 endpoint.endpoint_status = "Failed" if reason else "InService"
                 endpoint.failure_reason = reason
 
-            threading.Timer(self.endpoint_seconds, settle).start()
+            self.later(self.endpoint_seconds, settle)
             return endpoint
 
         return create_endpoint
@@ -237,7 +248,7 @@ class FakeSageMaker:
                 endpoint.pending_deployment_summary = None
                 endpoint.endpoint_status = "InService"
 
-            threading.Timer(fake.endpoint_seconds, settle).start()
+            fake.later(fake.endpoint_seconds, settle)
             return ActionResult({"EndpointArn": endpoint.arn})
 
         return update_endpoint
@@ -295,7 +306,9 @@ def sagemaker(moto_server, monkeypatch, loopback_guard):
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(client, "endpoint", moto_server)
     client("s3").create_bucket(Bucket=BUCKET)
-    yield FakeSageMaker(monkeypatch)
+    fake = FakeSageMaker(monkeypatch)
+    yield fake
+    fake.close()
     assert IAM_CALLS == [], f"IAM or STS calls: {IAM_CALLS}"
 
 
