@@ -73,10 +73,9 @@ def bench_cloud():
     @task
     def warm_up():
         \"\"\"Pays the in-process start-up and both libraries' imports before any timed task.\"\"\"
-        import sagemaker.core.processing, sagemaker.core.transformer  # noqa: F401
-        import sagemaker.train.model_trainer  # noqa: F401
-        import smtask.local, smtask.sessions, smtask.waiting  # noqa: F401
-        import smtask.steps.processing, smtask.steps.training, smtask.steps.transform  # noqa: F401
+        from smtask.preload import preload  # smtask's modules and the SDK's it uses
+
+        preload()
         from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook  # noqa: F401
 
     limits = {"MaxRuntimeInSeconds": 900}

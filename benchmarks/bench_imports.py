@@ -6,12 +6,14 @@ first), run in turns. Each interpreter imports ``airflow.sdk`` first, untimed (e
 process has it), then times the imports of one set:
 
 - smtask, per kind: what its task process imports before the job's create call. The DAG
-  file's ``smtask.decorators``; at execute, ``smtask.steps.<kind>`` with the modules the task
+  file's ``smtask.decorators``; at execute, ``smtask.kinds.<kind>`` with the modules the task
   and its session use (storage, local, sessions, waiting), the provider's ``base_aws`` hook
   (the connection), the SDK's ``Session`` and telemetry module (smtask/sessions.py), and the
-  SDK modules the kind's ``submit`` imports (smtask/steps/<kind>.py);
+  SDK modules the kind's ``submit`` imports (smtask/kinds/<kind>.py);
 - the provider: ``airflow.providers.amazon.aws.operators.sagemaker``, which its DAG file
   imports and which brings the hook its task uses;
+- the same sets in a task forked from a worker that ran ``smtask.preload.preload()``
+  (the CeleryExecutor's ``celery_config_options``), and that preload's own time, once;
 - a deferred task's resume: ``smtask.decorators``, ``smtask.sessions``, ``smtask.waiting``
   and ``base_aws``; it must import no ``sagemaker`` module (the script exits 1 if it does).
 
@@ -46,7 +48,7 @@ SDK = {
     "transform": ["sagemaker.core.transformer", "botocore.exceptions"],
 }
 SETS = {
-    **{kind: [f"smtask.steps.{kind}", *TASK, *sdk] for kind, sdk in SDK.items()},
+    **{kind: [f"smtask.kinds.{kind}", *TASK, *sdk] for kind, sdk in SDK.items()},
     "provider": ["airflow.providers.amazon.aws.operators.sagemaker"],
     "resume": ["smtask.decorators", "smtask.sessions", "smtask.waiting", HOOK],
 }
@@ -61,6 +63,29 @@ took = time.perf_counter() - start
 print(json.dumps({{"seconds": took, "modules": len(set(sys.modules) - before),
                   "sagemaker": sorted(m for m in sys.modules if m.split(".")[0] == "sagemaker")}}))
 """
+# a worker with smtask.preload (the CeleryExecutor's celery_config_options): the parent pays
+# the imports once; each task, forked from it, times the same set as above
+FORKED = """
+import importlib, json, os, sys, time
+import airflow.sdk
+from smtask.preload import preload
+start = time.perf_counter()
+preload()
+once = time.perf_counter() - start
+read, write = os.pipe()
+if os.fork() == 0:
+    before = set(sys.modules)
+    start = time.perf_counter()
+    for name in {names!r}:
+        importlib.import_module(name)
+    os.write(write, json.dumps({{"seconds": time.perf_counter() - start,
+                                "modules": len(set(sys.modules) - before)}}).encode())
+    os._exit(0)
+os.close(write)
+found = json.loads(os.read(read, 4096))
+os.wait()
+print(json.dumps({{**found, "preload": once}}))
+"""
 
 
 def environment(home: Path) -> dict[str, str]:
@@ -70,8 +95,8 @@ def environment(home: Path) -> dict[str, str]:
     return env
 
 
-def measure(names: list[str], env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-c", CHILD.format(names=names)], env=env,
+def measure(names: list[str], env: dict[str, str], code: str = CHILD) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", code.format(names=names)], env=env,
                           capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -110,9 +135,12 @@ def report(n: int, env: dict[str, str]) -> None:
     for names in SETS.values():  # untimed: compiles smtask's bytecode, warms the page cache
         measure(names, env)
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key in SETS}
+    forked: dict[str, list[dict[str, Any]]] = {kind: [] for kind in SDK}
     for _ in range(n):
         for key, names in SETS.items():  # in turns: a slow moment hits every set alike
             runs[key].append(measure(names, env))
+            if key in forked:
+                forked[key].append(measure(names, env, FORKED))
     ms = {key: sorted(r["seconds"] * 1000 for r in found) for key, found in runs.items()}
 
     print(f"import time in a fresh interpreter after `import airflow.sdk` (median of {n}, "
@@ -126,6 +154,13 @@ def report(n: int, env: dict[str, str]) -> None:
               f"{runs[kind][0]['modules']:>7}  {ms[kind][0]:.0f}-{ms[kind][-1]:.0f} / "
               f"{ms['provider'][0]:.0f}-{ms['provider'][-1]:.0f}")
     print(f"(the provider's import brings {runs['provider'][0]['modules']} modules)")
+    once = statistics.median(r["preload"] * 1000 for found in forked.values() for r in found)
+    print(f"a worker with smtask.preload: {once:.0f} ms once, at its start; then each task "
+          "it forks imports the same set in")
+    for kind, found in forked.items():
+        mine = statistics.median(r["seconds"] * 1000 for r in found)
+        print(f"{kind:<11} {mine:>6.1f} ms {provider:>6.0f} ms {mine / provider:>6.2f}  "
+              f"{found[0]['modules']:>7}")
     sdk_modules = runs["resume"][0]["sagemaker"]
     print(f"resume a deferred task: {statistics.median(ms['resume']):.0f} ms, "
           f"{runs['resume'][0]['modules']} modules; sagemaker modules imported: "

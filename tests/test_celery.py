@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 from collections.abc import Iterator
@@ -148,6 +149,9 @@ def test_fifty_sagemaker_tasks_spread_over_both_workers_one_job_each(celery):
     assert sorted(ti["map_index"] for ti in tis) == list(range(PARTS))
     hosts = {ti["hostname"] for ti in tis}
     assert hosts == set(WORKERS), hosts  # spread over both workers, and nowhere else
+    for worker in WORKERS:  # each imported smtask and the SDK once, before forking its tasks
+        log = (dep.stack.root / "logs" / f"{worker}.log").read_text()
+        assert re.search(r"smtask: preloaded \d+ modules", log), log[-3000:]
     from smtask.naming import job_name
 
     names = {job_name("churn", "trainer", dag_id=FANOUT, run_id=run, task_id=FANOUT_TASK,

@@ -399,6 +399,9 @@ class Stack:
                     f"db+postgresql+psycopg2://postgres@127.0.0.1:{self.pg_port}/airflow",
                 # a worker's hostname is its own name (two workers share this machine)
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "worker.hostname",
+                # each worker imports smtask and the SDK once, before it forks its tasks (every
+                # component reads the option, as from a shared airflow.cfg)
+                "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "smtask.preload.CELERY_CONFIG",
             })
         if aws:  # the one place that names moto
             env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({

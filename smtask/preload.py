@@ -1,0 +1,97 @@
+"""A long-lived worker imports smtask and the SageMaker SDK once, before it forks its tasks.
+
+Every Airflow task process is forked from its worker. Without this, each one imports the
+SDK modules its job uses when it executes (about 2.3 s, and a second of CPU, per task; the
+Amazon provider's module costs a tenth of that), and a worker running many short tasks
+spends its cores on imports. Airflow's Celery provider preloads its own expensive modules
+the same way (``on_celery_import_modules``).
+
+Under the CeleryExecutor, name this module's configuration in ``airflow.cfg``::
+
+    [celery]
+    celery_config_options = smtask.preload.CELERY_CONFIG
+
+It is the provider's default configuration unchanged, and the worker's main process calls
+:func:`preload` once at start (Celery's ``worker_init``), before it forks its pool. The
+scheduler and the API server read the same option and import nothing more: the signal is
+only sent in a worker. :func:`preload` can be called from any other long-lived parent too.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import pkgutil
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The modules smtask imports only when a job runs (inside its functions), outside smtask:
+# the SDK's for each kind and both modes, botocore's and the provider's AWS hook.
+# tests/test_preload.py checks this against every such import in smtask's sources.
+LAZY = (
+    "airflow.providers.amazon.aws.hooks.base_aws",
+    "airflow.providers.amazon.aws.hooks.s3",
+    "boto3",
+    "botocore.exceptions",
+    "sagemaker.core.helper.session_helper",
+    "sagemaker.core.image_uris",
+    "sagemaker.core.local",
+    "sagemaker.core.local.image",
+    "sagemaker.core.local.local_session",
+    "sagemaker.core.local.utils",
+    "sagemaker.core.parameter",
+    "sagemaker.core.processing",
+    "sagemaker.core.shapes",
+    "sagemaker.core.training.configs",
+    "sagemaker.core.transformer",
+    "sagemaker.core.utils.install_requirements",
+    "sagemaker.core.utils.utils",
+    "sagemaker.train.model_trainer",
+    "sagemaker.train.tuner",
+)
+
+
+def smtask_modules() -> list[str]:
+    """Every module of the smtask package, by name."""
+    import smtask
+
+    return sorted(info.name for info in pkgutil.walk_packages(smtask.__path__, "smtask."))
+
+
+def preload() -> int:
+    """Import every smtask module and every module smtask imports when a job runs; returns
+    how many modules were imported. Then, as Airflow's Celery provider does, freeze what was
+    imported out of the garbage collector's way, so that forked tasks keep sharing its pages
+    (the worker unfreezes it when it is ready)."""
+    import sys
+
+    start, before = time.perf_counter(), len(sys.modules)
+    for name in (*LAZY, *smtask_modules()):
+        importlib.import_module(name)
+    gc.freeze()
+    count = len(sys.modules) - before
+    log.info("smtask: preloaded %d modules in %.1f s for the tasks this worker forks",
+             count, time.perf_counter() - start)
+    return count
+
+
+def _on_worker_init(**_: Any) -> None:
+    preload()
+
+
+def _celery_config() -> dict[str, Any]:
+    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+    from celery.signals import worker_init
+
+    worker_init.connect(_on_worker_init, weak=False)
+    return dict(DEFAULT_CELERY_CONFIG)
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: Celery and Airflow are read only when asked
+    if name == "CELERY_CONFIG":
+        config = globals()["CELERY_CONFIG"] = _celery_config()
+        return config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,83 @@
+"""smtask.preload: what a long-lived worker imports once, before it forks its tasks."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+from smtask import preload
+
+SMTASK = Path(preload.__file__).parent
+OUTSIDE = ("sagemaker", "boto3", "botocore", "airflow.providers.amazon")
+
+
+def _module(package: str, name: str) -> str:
+    """What ``from package import name`` imports: the module package.name, where it is one."""
+    if not package.startswith(OUTSIDE):
+        return package
+    try:
+        return f"{package}.{name}" if importlib.util.find_spec(f"{package}.{name}") else package
+    except ModuleNotFoundError:  # package is a module: name is an attribute of it
+        return package
+
+
+def _lazy_imports() -> dict[str, set[str]]:
+    """Every module smtask imports inside a function, outside smtask and Airflow's core, with
+    the files that do."""
+    found: dict[str, set[str]] = {}
+    for path in SMTASK.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [_module(node.module, alias.name) for alias in node.names]
+                         if isinstance(node, ast.ImportFrom) and node.module else [])
+                for name in names:
+                    if name.startswith(OUTSIDE):
+                        found.setdefault(name, set()).add(str(path.relative_to(SMTASK)))
+    return found
+
+
+def test_preload_lists_every_module_smtask_imports_when_a_job_runs():
+    lazy = _lazy_imports()
+    assert "sagemaker.train.model_trainer" in lazy  # the scan finds what is there
+    missing = {name: files for name, files in lazy.items() if name not in preload.LAZY}
+    assert not missing, f"add to smtask.preload.LAZY: {missing}"
+    assert sorted(set(preload.LAZY) - set(lazy)) == []  # and lists nothing stale
+
+
+def test_a_worker_preloads_at_its_start_and_every_other_component_imports_nothing_more():
+    """The scheduler and the API server read [celery] celery_config_options too: reading it
+    imports no SDK module. Celery's worker_init (sent in a worker's main process, before its
+    pool forks) imports them all, and a task forked after it imports none of them again."""
+    code = """
+import os, sys
+import smtask.preload
+from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+config = smtask.preload.CELERY_CONFIG
+assert config == DEFAULT_CELERY_CONFIG and config is not DEFAULT_CELERY_CONFIG
+assert not [m for m in sys.modules if m.startswith("sagemaker")], "imported the SDK"
+from celery.signals import worker_init
+worker_init.send(sender=None)
+assert set(smtask.preload.LAZY) <= set(sys.modules)
+assert set(smtask.preload.smtask_modules()) <= set(sys.modules)
+before = set(sys.modules)
+pid = os.fork()
+if pid == 0:  # a task: the kinds' SDK modules are already there
+    import importlib
+    for name in smtask.preload.LAZY:
+        importlib.import_module(name)
+    os._exit(0 if set(sys.modules) == before else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["child", "0"], done.stdout
+    assert "smtask: preloaded" in done.stdout + done.stderr
