@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTerminated
 
 
@@ -22,10 +24,12 @@ class ParamsError(SmtaskError, AirflowFailException):
 
 
 class JobFailed(SmtaskError):
-    """A SageMaker job ended Failed or Stopped, or its container exited non-zero."""
+    """A SageMaker job ended Failed or Stopped, or its container exited non-zero. ``usage``:
+    what a job that ran used (a failed job is billed too), when its description tells."""
 
-    def __init__(self, kind: str, job_name: str, reason: str) -> None:
-        self.kind, self.job_name, self.reason = kind, job_name, reason
+    def __init__(self, kind: str, job_name: str, reason: str,
+                 usage: dict[str, Any] | None = None) -> None:
+        self.kind, self.job_name, self.reason, self.usage = kind, job_name, reason, usage or {}
         super().__init__(f"{kind} job {job_name} failed: {reason}")
 
 

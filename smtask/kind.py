@@ -56,6 +56,9 @@ class Inherit:
     key: str  # training_step
     not_in_base: tuple[str, ...]  # the keys a base step may not have: training_step, tuning
     base: str  # what the base step must be, in words: "a training step"
+    # (key, switch): the base step's key is taken only while the step's own switch, where it
+    # sets one, is on (a tuning step turning spot off does not take the trainer's wait)
+    only_with: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

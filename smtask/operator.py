@@ -70,6 +70,9 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         self._pending_kill = None
         try:
             return self._execute(context)
+        except JobFailed as failed:  # a job that ran and failed is billed: say for how long
+            self._log_usage(failed.usage, "sagemaker")
+            raise
         finally:
             self._executing = False
 
@@ -182,11 +185,13 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
             if kind.start is not None:
                 return self._start(job, session, run_params)
             client, base = session.sagemaker_client, job["job_name"]
+            passed: list[str] = []  # the status of each earlier job of this task instance
             name, existing = waiting.claim(client, kind,
                                            lambda n: naming.attempt_name(base, n, kind.max_name),
                                            rerun_failed=cfg.get("if_job_failed") != "fail",
                                            rerun_completed=cfg.get("if_job_completed") == "rerun",
-                                           rerun_stopped=cfg.get("if_job_stopped") == "rerun")
+                                           rerun_stopped=cfg.get("if_job_stopped") == "rerun",
+                                           passed=passed.append)
             job = {**job, "job_name": name}
             self._active = (session, name)
             if self.link_context is not None:
@@ -197,6 +202,10 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                 description = existing
                 if existing is None and name != base and not session.local_mode:
                     clear_leftovers(session, kind.shared_outputs(job), self.log.info)
+                    if passed[-1:] and passed[-1] in kind.api.done and job.get("checkpoints"):
+                        # a rerun of a completed job trains anew, not from where it ended
+                        clear_leftovers(session, [job["checkpoints"]["uri"]], self.log.info,
+                                        "the completed job this rerun replaces")
                 if existing is None and session.local_mode:  # the job runs inside submit()
                     started = time.monotonic()
                     description = self._run_locally(job, session, cfg)
@@ -347,7 +356,9 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                                                  job["job_name"])
         if event["status"] == "Timeout":
             waiting.stop(sagemaker_client(connection), kind, job["job_name"])
-        if event["status"] not in kind.api.done:
+        if event["status"] not in kind.api.done:  # a failed job is billed: say for how long
+            self._log_usage(event["usage"] if isinstance(event.get("usage"), dict) else None,
+                            "sagemaker")
             raise JobFailed(kind.name, job["job_name"], event["reason"])
         description = event["description"]
         if kind.complete is not None:  # the event holds too little: describe again

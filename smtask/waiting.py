@@ -150,7 +150,9 @@ def stopped_by_smtask(client: Any, kind: JobKind, description: dict[str, Any]) -
 
 def claim(client: Any, kind: JobKind, name: Callable[[int], str], *,
           rerun_failed: bool = True, rerun_completed: bool = False,
-          rerun_stopped: bool = False) -> tuple[str, dict[str, Any] | None]:
+          rerun_stopped: bool = False,
+          passed: Callable[[str], None] = lambda status: None
+          ) -> tuple[str, dict[str, Any] | None]:
     """The name this task's job has or gets, and the job already under it, if any.
 
     Names are ``name(1)``, ``name(2)``, ...: a running or completed job under one is this
@@ -159,6 +161,7 @@ def claim(client: Any, kind: JobKind, name: Callable[[int], str], *,
     task instead. A job someone else stopped (a person, SageMaker's max runtime) fails the
     task unless ``rerun_stopped``: a job a person stopped stays stopped. With
     ``rerun_completed`` a completed one moves on too (a cleared task runs its job again).
+    ``passed`` hears the status of each earlier job moved past, in order.
     """
     attempt = 1
     while True:
@@ -179,6 +182,7 @@ def claim(client: Any, kind: JobKind, name: Callable[[int], str], *,
                             f"{current} and if_job_failed is 'fail': "
                             f"{description.get('FailureReason') or 'no reason given'}")
         log.info("%s job %s ended %s; this attempt starts a new one", kind.name, job_name, current)
+        passed(current)
         attempt += 1
 
 
@@ -276,8 +280,9 @@ def wait(client: Any, kind: JobKind, job_name: str, *, timeout: float | None = N
         current = status(kind, description)
         if current in kind.api.done:
             return description
-        if current in kind.api.failed:
-            raise JobFailed(kind.name, job_name, ended(kind, description))
+        if current in kind.api.failed:  # billed all the same: its usage goes in the log
+            raise JobFailed(kind.name, job_name, ended(kind, description),
+                            usage_of(kind, description, log.warning))
         if deadline is not None and clock() >= deadline:
             stop(client, kind, job_name)
             raise JobFailed(kind.name, job_name, f"still {current} after the {timeout:g} s "

@@ -16,10 +16,12 @@ import pytest
 from conftest import containers_with_label, kinds_of, run_dag, write_config
 from test_cloud import (  # noqa: F401
     BUCKET,
+    RETRYING,
     SPLIT,
     TRAIN,
     client,
     cloud_config,
+    crash_once,
     moto_server,
     sagemaker,
 )
@@ -241,6 +243,73 @@ def test_a_retry_of_a_failed_spot_job_resumes_from_the_same_checkpoints(tmp_path
     assert first["CheckpointConfig"]["S3Uri"].endswith("/trainer/checkpoints")
 
 
+def test_a_failed_job_is_billed_too_and_its_seconds_are_logged(tmp_path, sagemaker, capfd):
+    sagemaker.initial["training"] = ("Failed", "AlgorithmError: out of memory")
+    sagemaker.on_create["training"] = _ran(55, training_time_in_seconds=55,
+                                           billable_time_in_seconds=55)
+    result = run_dag(TRAIN, config=cloud_config(tmp_path))
+    assert result.states["train"] == "failed", result.states
+    out = capfd.readouterr().out
+    assert "AlgorithmError: out of memory" in out
+    assert "Training seconds: 55 on 1 instance(s)" in out and "Billable seconds: 55" in out
+
+
+def test_a_deferred_job_that_failed_logs_its_bill_through_the_trigger(tmp_path, sagemaker,
+                                                                       capfd):
+    sagemaker.initial["training"] = ("InProgress", "")
+    sagemaker.after["training"] = (1.0, "Failed")
+    sagemaker.on_create["training"] = _ran(9)
+    result = run_dag(TRAIN, config=cloud_config(tmp_path, trainer={"deferrable": True}))
+    assert result.states["train"] == "failed", result.states
+    out = capfd.readouterr().out
+    assert "Training seconds: 9 on 1 instance(s)" in out and "Billable seconds: 9" in out
+
+
+def _put_checkpoint(sagemaker: Any, job: Any) -> None:
+    """What a training job leaves in its checkpoint folder (moto's jobs write none)."""
+    uri = urlparse(sagemaker.requests["create_training_job"][-1]["CheckpointConfig"]["S3Uri"])
+    client("s3").put_object(Bucket=uri.netloc, Key=f"{uri.path.strip('/')}/state.json",
+                            Body=job.training_job_name.encode())
+
+
+def _checkpoints_left(sagemaker: Any) -> list[str]:
+    uri = urlparse(sagemaker.requests["create_training_job"][-1]["CheckpointConfig"]["S3Uri"])
+    found = client("s3").list_objects_v2(Bucket=uri.netloc, Prefix=uri.path.strip("/") + "/")
+    return [o["Key"].rsplit("/", 1)[-1] for o in found.get("Contents", [])]
+
+
+def test_a_rerun_of_a_completed_job_trains_anew_and_a_retry_resumes(tmp_path, sagemaker,
+                                                                    crash_once, capfd):
+    """The first attempt's job completes (leaving checkpoints) and the task dies after it.
+    With if_job_completed: rerun the retry's new job starts from no checkpoint; a retry
+    after a failed job resumes from the checkpoints it left."""
+    crash_once("outputs")
+    sagemaker.on_create["training"] = lambda job: _put_checkpoint(sagemaker, job)
+    config = cloud_config(tmp_path, trainer={**SPOT, "if_job_completed": "rerun"})
+    result = run_dag(RETRYING, config=config)
+    assert result.ok, result.states
+    first, second = sagemaker.requests["create_training_job"]
+    assert first["CheckpointConfig"] == second["CheckpointConfig"]
+    assert "that the completed job this rerun replaces left under" in capfd.readouterr().out
+    # only the rerun's own checkpoint is there: the completed job's was removed before it
+    assert _checkpoints_left(sagemaker) == ["state.json"]
+    (_, rerun_name), = sagemaker.creates[1:]
+    key = urlparse(second["CheckpointConfig"]["S3Uri"]).path.strip("/") + "/state.json"
+    body = client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+    assert body == rerun_name
+
+
+def test_a_retry_after_a_failed_job_keeps_its_checkpoints(tmp_path, sagemaker, capfd):
+    sagemaker.initial["training"] = [("Failed", "CapacityError: spot capacity lost"),
+                                     ("Completed", "")]
+    sagemaker.on_create["training"] = lambda job: (
+        _put_checkpoint(sagemaker, job) if len(sagemaker.creates) == 1 else None)
+    result = run_dag(RETRYING, config=cloud_config(tmp_path, trainer=SPOT))
+    assert result.ok, result.states
+    assert _checkpoints_left(sagemaker) == ["state.json"]  # the failed attempt's, resumed from
+    assert "rerun replaces" not in capfd.readouterr().out
+
+
 def test_processing_reports_its_instances_seconds(tmp_path, sagemaker, capfd):
     # SageMaker describes the job's resources as they were asked for (moto keeps none)
     sagemaker.on_complete["processing"] = lambda job: _ran(10, processing_resources=(
@@ -259,6 +328,23 @@ def test_a_deferred_job_reports_its_bill_through_the_trigger(tmp_path, sagemaker
     result = run_dag(TRAIN, config=cloud_config(tmp_path, trainer={"deferrable": True}))
     assert result.ok, result.states
     assert result.xcom["train"]["usage"] == {"seconds": 7, "instances": 1, "billable_seconds": 7}
+
+
+def test_a_tuning_step_turning_off_its_trainers_spot_takes_no_wait(tmp_path):
+    from smtask.params import load_config, resolve
+
+    steps = {"trainer": SPOT, "tuner": {**tuner(max_jobs=2, ranges={"x": {
+        "type": "integer", "min_value": 0, "max_value": 3}}), "training_step": "trainer"}}
+    kinds = kinds_of({"trainer": "training", "tuner": "tuning"})
+    defaults = load_config(write_config(tmp_path, mode="sagemaker", steps=steps))
+    assert resolve(defaults, None, kinds)["steps"]["tuner"]["max_wait_seconds"] == 1200
+    off = resolve(defaults, {"steps": {"tuner": {"use_spot_instances": False}}}, kinds)
+    assert "max_wait_seconds" not in off["steps"]["tuner"]  # not the trainer's wait
+    assert off["steps"]["trainer"]["max_wait_seconds"] == 1200  # which keeps its own
+    # a wait the tuning step sets itself, without spot, is still refused
+    with pytest.raises(ParamsError, match=r"steps.tuner.max_wait_seconds: only with "):
+        resolve(defaults, {"steps": {"tuner": {"use_spot_instances": False,
+                                               "max_wait_seconds": 1200}}}, kinds)
 
 
 def test_a_tuning_jobs_trials_get_spot_checkpoints_and_the_warm_pool(tmp_path, tuning_jobs):  # noqa: F811

@@ -310,10 +310,12 @@ def prepare_output(uri: str, root: str) -> None:
         local_path(uri, root).parent.mkdir(parents=True, exist_ok=True)
 
 
-def clear_leftovers(session: Any, uris: list[str], log: Any) -> None:
+def clear_leftovers(session: Any, uris: list[str], log: Any, left_by: str = "a failed job"
+                    ) -> None:
     """Delete what an earlier, failed or stopped, job of this task instance left under its
     ``s3://`` output prefixes (a failed job's outputs are no result), before the next job
-    writes there: the outputs a task publishes are its completed job's alone."""
+    writes there: the outputs a task publishes are its completed job's alone. (And the
+    checkpoints of a completed job that a rerun replaces: ``left_by`` says which.)"""
     s3 = session.s3_client
     for uri in uris:
         parsed = urlparse(uri)
@@ -326,7 +328,7 @@ def clear_leftovers(session: Any, uris: list[str], log: Any) -> None:
             s3.delete_objects(Bucket=bucket, Delete={
                 "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
         if keys:
-            log(f"removed {len(keys)} object(s) that a failed job left under {uri}")
+            log(f"removed {len(keys)} object(s) that {left_by} left under {uri}")
 
 
 def upload_once(session: Any, path: str, prefix: str) -> str:

@@ -326,6 +326,7 @@ KIND = JobKind(
     max_name=32,  # HyperParameterTuningJobName
     algorithm_images=True, settings="script",
     inherit=Inherit(key="training_step", not_in_base=("training_step", "tuning"),
-                    base="a training step"),
+                    base="a training step",
+                    only_with=(("max_wait_seconds", "use_spot_instances"),)),
     assets=lambda cfg: ("model",),
 )

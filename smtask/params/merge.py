@@ -85,7 +85,10 @@ def with_inherited(params: dict[str, Any], steps: Mapping[str, JobKind]
                             f"must be {inherit.base} (it has its own "
                             f"{' or '.join(inherit.not_in_base)})")
         else:
-            merged[step] = deep_merge(base, cfg or {})
+            own = cfg or {}
+            dropped = {key for key, switch in inherit.only_with
+                       if switch in own and not own[switch] and key not in own}
+            merged[step] = deep_merge({k: v for k, v in base.items() if k not in dropped}, own)
     return {**params, "steps": merged}, problems
 
 
