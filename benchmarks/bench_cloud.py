@@ -271,7 +271,7 @@ def watch_gc(freeze: bool) -> None:
     from airflow.providers.amazon.aws.operators import sagemaker as provider
     from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
 
-    from smtask.decorators import _SageMakerDecoratedOperator
+    from smtask.operator import SageMakerJobOperator
 
     began: list[float] = []
 
@@ -284,7 +284,7 @@ def watch_gc(freeze: bool) -> None:
     gc.callbacks.append(callback)
     if not freeze:
         return
-    for cls in (_SageMakerDecoratedOperator, provider.SageMakerProcessingOperator,
+    for cls in (SageMakerJobOperator, provider.SageMakerProcessingOperator,
                 provider.SageMakerTrainingOperator, provider.SageMakerTransformOperator,
                 _PythonDecoratedOperator):
         def execute(self: Any, context: Any, _real: Any = cls.execute) -> Any:
@@ -308,10 +308,10 @@ def profiled(profiles: Path) -> None:
 
     from airflow.providers.amazon.aws.operators import sagemaker as provider
 
-    from smtask.decorators import _SageMakerDecoratedOperator
+    from smtask.operator import SageMakerJobOperator
 
     profiles.mkdir(exist_ok=True)
-    for cls in (_SageMakerDecoratedOperator, provider.SageMakerProcessingOperator,
+    for cls in (SageMakerJobOperator, provider.SageMakerProcessingOperator,
                 provider.SageMakerTrainingOperator, provider.SageMakerTransformOperator):
         def execute(self: Any, context: Any, _real: Any = cls.execute) -> Any:
             profile = cProfile.Profile()

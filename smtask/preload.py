@@ -63,15 +63,17 @@ def smtask_modules() -> list[str]:
 
 def preload() -> int:
     """Import every smtask module and every module smtask imports when a job runs; returns
-    how many modules were imported. Then, as Airflow's Celery provider does, freeze what was
-    imported out of the garbage collector's way, so that forked tasks keep sharing its pages
-    (the worker unfreezes it when it is ready)."""
+    how many modules were imported. A module that fails to import is said in one line and
+    skipped: the worker still starts (its other DAGs' tasks run), and an smtask task meets the
+    same error, in its own log, when it runs."""
     import sys
 
     start, before = time.perf_counter(), len(sys.modules)
     for name in (*LAZY, *smtask_modules()):
-        importlib.import_module(name)
-    gc.freeze()
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - a preload never stops a worker
+            log.warning("smtask: could not preload %s: %r", name, exc)
     count = len(sys.modules) - before
     log.info("smtask: preloaded %d modules in %.1f s for the tasks this worker forks",
              count, time.perf_counter() - start)
@@ -79,7 +81,12 @@ def preload() -> int:
 
 
 def _on_worker_init(**_: Any) -> None:
+    """Celery's worker_init, in a worker's main process before it forks its pool. As the
+    Celery provider does for its own preload, what was imported is frozen out of the garbage
+    collector's way, so forked tasks keep sharing its pages (the provider unfreezes the heap
+    when the worker is ready)."""
     preload()
+    gc.freeze()
 
 
 def _celery_config() -> dict[str, Any]:

@@ -81,3 +81,13 @@ print("child", os.waitstatus_to_exitcode(status))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-2:] == ["child", "0"], done.stdout
     assert "smtask: preloaded" in done.stdout + done.stderr
+
+
+def test_a_module_that_fails_to_import_is_said_and_the_worker_starts(monkeypatch, caplog):
+    monkeypatch.setattr(preload, "LAZY", (*preload.LAZY, "sagemaker.no_such_module"))
+    with caplog.at_level("INFO", logger="smtask.preload"):
+        preload.preload()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("could not preload sagemaker.no_such_module: ModuleNotFoundError" in m
+               for m in said), said
+    assert any(m.startswith("smtask: preloaded ") for m in said), said
