@@ -74,6 +74,12 @@ def preload() -> int:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a preload never stops a worker
             log.warning("smtask: could not preload %s: %r", name, exc)
+    try:  # botocore's models of the services the jobs call, read once (smtask.sessions)
+        from smtask.sessions import read_service_data
+
+        read_service_data()
+    except Exception as exc:  # noqa: BLE001 - a preload never stops a worker
+        log.warning("smtask: could not read botocore's service data: %r", exc)
     count = len(sys.modules) - before
     log.info("smtask: preloaded %d modules in %.1f s for the tasks this worker forks",
              count, time.perf_counter() - start)

@@ -7,6 +7,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from smtask import preload
 
@@ -91,3 +92,43 @@ def test_a_module_that_fails_to_import_is_said_and_the_worker_starts(monkeypatch
     assert any("could not preload sagemaker.no_such_module: ModuleNotFoundError" in m
                for m in said), said
     assert any(m.startswith("smtask: preloaded ") for m in said), said
+
+
+def test_sessions_share_one_loader_so_a_service_model_is_read_once_per_process(
+        monkeypatch, tmp_path):
+    import boto3
+    from botocore.loaders import JSONFileLoader
+
+    from smtask import sessions
+
+    monkeypatch.setattr(sessions, "_LOADERS", {})
+    reads: list[str] = []
+    real = JSONFileLoader.load_file
+    monkeypatch.setattr(JSONFileLoader, "load_file",
+                        lambda self, path: reads.append(path) or real(self, path))
+
+    def session() -> Any:
+        made = boto3.Session(aws_access_key_id="k", aws_secret_access_key="s",
+                             region_name="us-east-1")
+        sessions.share_loader(made)
+        return made
+
+    session().client("sagemaker")
+    assert any("sagemaker" in path for path in reads)  # the first session reads the model
+    reads.clear()
+    session().client("sagemaker")
+    assert reads == []  # a second session (a second task of a preloaded worker) reads none
+    # a session with a data path of its own keeps a loader of its own
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    session().client("sagemaker")
+    assert any("sagemaker" in path for path in reads)
+
+
+def test_preload_reads_the_service_data_of_every_client_smtask_makes(monkeypatch):
+    from smtask import sessions
+
+    monkeypatch.setattr(sessions, "_LOADERS", {})
+    preload.preload()
+    (loader,) = sessions._LOADERS.values()
+    read = {key[1] for key in loader._cache if key[0] == "load_service_model"}
+    assert read >= set(sessions.SERVICES), read
