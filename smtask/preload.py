@@ -11,7 +11,7 @@ Under the CeleryExecutor, name this module's configuration in ``airflow.cfg``::
     [celery]
     celery_config_options = smtask.preload.CELERY_CONFIG
 
-It is the provider's default configuration unchanged, and the worker's main process calls
+It is the provider's default configuration itself, and the worker's main process calls
 :func:`preload` once at start (Celery's ``worker_init``), before it forks its pool. The
 scheduler and the API server read the same option and import nothing more: the signal is
 only sent in a worker. :func:`preload` can be called from any other long-lived parent too.
@@ -69,7 +69,12 @@ def preload() -> int:
     import sys
 
     start, before = time.perf_counter(), len(sys.modules)
-    for name in (*LAZY, *smtask_modules()):
+    try:
+        names = [*LAZY, *smtask_modules()]
+    except Exception as exc:  # noqa: BLE001 - walking smtask imports its packages
+        log.warning("smtask: could not list smtask's modules: %r", exc)
+        names = list(LAZY)
+    for name in names:
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a preload never stops a worker
@@ -100,7 +105,9 @@ def _celery_config() -> dict[str, Any]:
     from celery.signals import worker_init
 
     worker_init.connect(_on_worker_init, weak=False)
-    return dict(DEFAULT_CELERY_CONFIG)
+    # the provider's own object: with Airflow's multi-team executors, a team's Celery app
+    # applies celery_config_options over its team's config unless they are this very object
+    return DEFAULT_CELERY_CONFIG
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: Celery and Airflow are read only when asked

@@ -19,6 +19,7 @@ from test_cloud import (  # noqa: F401
     RETRYING,
     SPLIT,
     TRAIN,
+    TRANSFORM,
     client,
     cloud_config,
     crash_once,
@@ -297,6 +298,63 @@ def test_a_rerun_of_a_completed_job_trains_anew_and_a_retry_resumes(tmp_path, sa
     key = urlparse(second["CheckpointConfig"]["S3Uri"]).path.strip("/") + "/state.json"
     body = client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
     assert body == rerun_name
+
+
+def test_a_rerun_of_a_completed_transform_says_whose_outputs_it_removed(
+        tmp_path, sagemaker, monkeypatch, capfd):
+    import dataclasses
+
+    from smtask.decorators import OPERATORS
+
+    operator, calls = OPERATORS["transform"], []
+    real = operator.job_kind.outputs
+
+    def once(*args: Any, **kwargs: Any) -> Any:  # the first attempt dies after its job
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("worker lost its connection (first attempt)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(operator, "job_kind", dataclasses.replace(operator.job_kind,
+                                                                  outputs=once))
+
+    def predictions(job: Any) -> None:
+        uri = urlparse(sagemaker.requests["create_transform_job"][-1]["TransformOutput"][
+            "S3OutputPath"])
+        client("s3").put_object(Bucket=uri.netloc, Key=uri.path.strip("/") + "/batch.csv.out",
+                                Body=b"0.9\n")
+
+    sagemaker.on_create["transform"] = predictions
+    body = TRANSFORM.replace('@sm_transform(step="transformer")',
+                             '@sm_transform(step="transformer", retries=1, retry_delay=0)')
+    assert body != TRANSFORM
+    result = run_dag(body, config=cloud_config(tmp_path, transformer={
+        "if_job_completed": "rerun"}))
+    assert result.ok, result.states
+    out = capfd.readouterr().out
+    assert "object(s) that the completed job this rerun replaces left under" in out, out[-3000:]
+    assert "that a failed job left" not in out
+
+
+def test_a_local_rerun_of_a_completed_job_mounts_no_checkpoint_of_it(tmp_path):
+    from conftest import local_state
+
+    from smtask.kinds.training import _checkpoints_mounted
+
+    artifacts = tmp_path / "artifacts"
+    folder = artifacts / "run" / "trainer" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "epoch-9.pt").write_text("the completed job's last state")
+    session = local_state(tmp_path / "scratch")
+    job = {"artifacts": artifacts.as_uri(), "checkpoints": {
+        "uri": folder.as_uri(), "local_path": "/opt/ml/checkpoints"}}
+    with _checkpoints_mounted(job, session, tmp_path / "job"):  # a retry: resumes
+        assert (folder / "epoch-9.pt").exists()
+    rerun = {**job, "checkpoints": {**job["checkpoints"], "fresh": True}}
+    with _checkpoints_mounted(rerun, session, tmp_path / "job"):  # a rerun: trains anew
+        assert folder.is_dir() and list(folder.iterdir()) == []
+        assert session.smtask.job_mounts[str(tmp_path / "job")] == [
+            (str(folder), "/opt/ml/checkpoints")]
 
 
 def test_a_retry_after_a_failed_job_keeps_its_checkpoints(tmp_path, sagemaker, capfd):

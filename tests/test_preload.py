@@ -61,7 +61,7 @@ import os, sys
 import smtask.preload
 from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
 config = smtask.preload.CELERY_CONFIG
-assert config == DEFAULT_CELERY_CONFIG and config is not DEFAULT_CELERY_CONFIG
+assert config is DEFAULT_CELERY_CONFIG  # a team's executor keeps its own broker
 assert not [m for m in sys.modules if m.startswith("sagemaker")], "imported the SDK"
 from celery.signals import worker_init
 worker_init.send(sender=None)

@@ -283,6 +283,12 @@ def _checkpoints_mounted(job: dict[str, Any], session: Any, root: Path) -> Itera
     # a file:// URI: check() refuses local checkpoints under s3:// artifacts
     state = of(session)
     folder = local_path(job["checkpoints"]["uri"], job["artifacts"])
+    if job["checkpoints"].get("fresh") and folder.is_dir():  # a rerun of a completed job
+        import shutil
+
+        shutil.rmtree(folder)
+        state.log(f"smtask: removed the checkpoints in {folder} that the completed job this "
+                  "rerun replaces left")
     folder.mkdir(parents=True, exist_ok=True)
     keep_only_files(folder, state.log)  # what a killed attempt left, before this one sees it
     found = sum(1 for p in folder.rglob("*") if p.is_file())
