@@ -150,6 +150,9 @@ def name_problem(kind: str, name: Any) -> str | None:
     pattern, rule = NAME_RULES[kind]
     if not isinstance(name, str):
         return f"must be a string, got {type(name).__name__}"
+    if kind == "step" and name.isdigit():  # <run>/<map index>/<step>: "0" is a mapped folder
+        return (f"{quoted(name)} is not allowed: a step's name may not be only digits (a "
+                "mapped task's folder of the run is its map index)")
     return None if pattern.fullmatch(name) else f"{quoted(name)} is not allowed: use {rule}"
 
 

@@ -101,3 +101,14 @@ def test_two_ids_never_share_a_path_component(a, b):
     run = "scheduled__2026-12-01T06:00:00+00:00"
     assert naming.run_prefix("file:///a", "p", a, run) != naming.run_prefix("file:///a", "p", b, run)
     assert naming.run_prefix("file:///a", "p", "d", a) != naming.run_prefix("file:///a", "p", "d", b)
+
+
+@pytest.mark.parametrize("step", ["0", "12", "007"])
+def test_a_step_of_digits_is_refused_its_folder_would_be_a_mapped_tasks(step):
+    """An unmapped step "0" writes under <run>/0/, where every mapped task at map index 0
+    keeps its steps' folders (a rerun's clearing would delete another step's data)."""
+    from smtask.naming import name_problem, run_prefix
+
+    assert run_prefix("s3://b", "p", "d", "r") + "/0" == run_prefix("s3://b", "p", "d", "r", 0)
+    assert "may not be only digits" in name_problem("step", step)
+    assert name_problem("step", f"{step}a") is None and name_problem("step", "step0") is None
