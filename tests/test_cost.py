@@ -465,3 +465,32 @@ train()
     assert usage["billable_seconds"] == 0 and usage["instances"] == 1 and usage["seconds"] >= 0
     assert "(local mode: nothing is billed)" in out
     assert containers_with_label() == []
+
+
+def test_code_is_uploaded_once_per_content_small_files_in_one_put_large_ones_multipart(
+        tmp_path, sagemaker):
+    from types import SimpleNamespace
+
+    from smtask.kinds.common import SMALL_FILE, upload_once
+
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "train.py").write_text("print('train')\n")
+    (code / "pkg" / "util.py").write_text("X = 1\n")
+    big = bytes(range(256)) * (SMALL_FILE // 256 + 4096)  # past the multipart threshold
+    (code / "weights.bin").write_bytes(big)
+    s3 = client("s3")
+    session = SimpleNamespace(s3_client=s3)
+    folder = upload_once(session, str(code), f"s3://{BUCKET}/_code")
+    key = urlparse(folder).path.strip("/")
+    body = lambda name: s3.get_object(Bucket=BUCKET, Key=f"{key}/{name}")["Body"].read()  # noqa: E731
+    assert body("train.py") == b"print('train')\n" and body("pkg/util.py") == b"X = 1\n"
+    assert body("weights.bin") == big
+    assert s3.head_object(Bucket=BUCKET, Key=f"{key}/weights.bin")["ETag"].endswith('-2"')
+    assert s3.head_object(Bucket=BUCKET, Key=f"{key}/train.py")["ETag"].count("-") == 0
+    # the same content again: found complete, nothing uploaded
+    s3.delete_object(Bucket=BUCKET, Key=f"{key}/train.py")
+    assert upload_once(session, str(code), f"s3://{BUCKET}/_code") == folder
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{key}/train.py")
+    single = upload_once(session, str(code / "train.py"), f"s3://{BUCKET}/_code")
+    assert single.endswith("/train.py") and single != f"{folder}train.py"

@@ -374,6 +374,8 @@ def test_endpoint_names_that_would_be_paths_are_refused_touching_nothing(tmp_pat
     assert not (home / "endpoints").exists()
 
 
+@pytest.mark.docker  # the delete asks the engine for the endpoint's containers
+@pytest.mark.usefixtures("docker")
 def test_a_record_smtask_did_not_write_is_named_and_the_endpoint_can_still_be_deleted(
         tmp_path, home):
     from smtask import endpoints

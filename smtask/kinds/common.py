@@ -331,6 +331,9 @@ def clear_leftovers(session: Any, uris: list[str], log: Any, left_by: str = "a f
             log(f"removed {len(keys)} object(s) that {left_by} left under {uri}")
 
 
+SMALL_FILE = 8 * 1024 * 1024  # boto3's multipart threshold: below it, upload_file is one PUT
+
+
 def upload_once(session: Any, path: str, prefix: str) -> str:
     """Upload a local file or folder to ``<prefix>/<hash of its content>/`` unless it is there
     already, complete; returns the folder's ``s3://`` URI (for a file, the file's). A file
@@ -351,16 +354,24 @@ def upload_once(session: Any, path: str, prefix: str) -> str:
     def absent(name: str) -> bool:
         return s3.list_objects_v2(Bucket=bucket, Prefix=name, MaxKeys=1).get("KeyCount", 0) == 0
 
+    def put(file: Path, name: str) -> None:
+        """One PUT for a small file; boto3's upload_file (a transfer manager with threads of
+        its own, for each call) only where multipart pays."""
+        if file.stat().st_size < SMALL_FILE:
+            s3.put_object(Bucket=bucket, Key=name, Body=file.read_bytes())
+        else:
+            s3.upload_file(str(file), bucket, name)
+
     if local.is_file():  # one object appears whole or not at all (multipart too): no marker
         if absent(f"{key}/{local.name}"):
-            s3.upload_file(str(local), bucket, f"{key}/{local.name}")
+            put(local, f"{key}/{local.name}")
         return folder + local.name
     # the marker sits beside the folder, not in it: a job's download of the folder skips it
     marker = f"{key}.complete"
     if absent(marker):
         # side by side: a training job's source dir and the SDK's drivers are ~30 small files
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda file: s3.upload_file(
-                str(file), bucket, f"{key}/{file.relative_to(local).as_posix()}"), files))
+            list(pool.map(lambda file: put(
+                file, f"{key}/{file.relative_to(local).as_posix()}"), files))
         s3.put_object(Bucket=bucket, Key=marker, Body=b"")
     return folder
