@@ -647,8 +647,10 @@ def crash_once(monkeypatch):
     from smtask import waiting
     from smtask.decorators import OPERATORS
 
-    def install(where: str) -> None:
-        operator = OPERATORS["training"]
+    def install(where: str, kind: str = "training") -> list[int]:
+        """``where``: in the wait ("wait") or once the job is done ("outputs"), of ``kind``;
+        returns the calls made of it, one entry each."""
+        operator = OPERATORS[kind]
         real = waiting.wait if where == "wait" else operator.job_kind.outputs
         calls: list[int] = []
 
@@ -663,6 +665,7 @@ def crash_once(monkeypatch):
         else:
             monkeypatch.setattr(operator, "job_kind",
                                 dataclasses.replace(operator.job_kind, outputs=once))
+        return calls
 
     return install
 

@@ -301,22 +301,8 @@ def test_a_rerun_of_a_completed_job_trains_anew_and_a_retry_resumes(tmp_path, sa
 
 
 def test_a_rerun_of_a_completed_transform_says_whose_outputs_it_removed(
-        tmp_path, sagemaker, monkeypatch, capfd):
-    import dataclasses
-
-    from smtask.decorators import OPERATORS
-
-    operator, calls = OPERATORS["transform"], []
-    real = operator.job_kind.outputs
-
-    def once(*args: Any, **kwargs: Any) -> Any:  # the first attempt dies after its job
-        calls.append(1)
-        if len(calls) == 1:
-            raise ConnectionError("worker lost its connection (first attempt)")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(operator, "job_kind", dataclasses.replace(operator.job_kind,
-                                                                  outputs=once))
+        tmp_path, sagemaker, crash_once, capfd):
+    crash_once("outputs", "transform")  # the first attempt dies after its job
 
     def predictions(job: Any) -> None:
         uri = urlparse(sagemaker.requests["create_transform_job"][-1]["TransformOutput"][

@@ -16,7 +16,16 @@ from urllib.parse import urlparse
 
 import pytest
 from conftest import ROOT, containers_with_label, kinds_of, run_dag, write_config, write_dag
-from test_cloud import BUCKET, IMAGE, ROLE, client, cloud_config, moto_server, sagemaker  # noqa: F401
+from test_cloud import (  # noqa: F401
+    BUCKET,
+    IMAGE,
+    ROLE,
+    client,
+    cloud_config,
+    crash_once,
+    moto_server,
+    sagemaker,
+)
 from test_local_safety import Watched, owned_containers, scratch_folders
 
 from smtask.errors import ParamsError
@@ -530,22 +539,8 @@ def test_a_deferrable_tuning_task_waits_in_a_trigger_and_collects_the_best_model
     assert "new_state=deferred" in captured.out + captured.err
 
 
-def test_a_retried_tuning_task_reuses_its_completed_job(tmp_path, tuning_jobs, monkeypatch):
-    import dataclasses
-
-    from smtask.decorators import OPERATORS
-
-    operator = OPERATORS["tuning"]
-    real, calls = operator.job_kind.outputs, []
-
-    def crash_first(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            raise ConnectionError("worker lost its connection (first attempt)")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(operator, "job_kind", dataclasses.replace(operator.job_kind,
-                                                                   outputs=crash_first))
+def test_a_retried_tuning_task_reuses_its_completed_job(tmp_path, tuning_jobs, crash_once):
+    calls = crash_once("outputs", "tuning")
     body = CLOUD_TUNE.replace("DEFERRABLE", "False").replace(
         'step="tuner",', 'step="tuner", retries=1, retry_delay=0,')
     result = run_dag(body, config=cloud_config(tmp_path, tuner=CLOUD_TUNING))
