@@ -200,17 +200,19 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
             ran = None  # a local job's run time (it ends inside submit())
             try:
                 description = existing
+                # the job this one replaces: each name past the first follows an ended one
                 rerun = bool(passed) and passed[-1] in kind.api.done
                 left_by = ("the completed job this rerun replaces" if rerun else
-                           f"a {passed[-1].lower()} job" if passed else "a failed job")
+                           f"a {passed[-1].lower()} job" if passed else "")
                 if existing is None and name != base and not session.local_mode:
                     clear_leftovers(session, kind.shared_outputs(job), self.log.info, left_by)
-                    if rerun and job.get("checkpoints"):
-                        # a rerun of a completed job trains anew, not from where it ended
+                if existing is None and rerun and job.get("checkpoints"):
+                    # a rerun of a completed job trains anew, not from where it ended
+                    if session.local_mode:  # the folder is emptied before it is mounted
+                        job["checkpoints"] = {**job["checkpoints"], "fresh": True}
+                    else:
                         clear_leftovers(session, [job["checkpoints"]["uri"]], self.log.info,
                                         left_by)
-                if existing is None and rerun and job.get("checkpoints"):
-                    job["checkpoints"] = {**job["checkpoints"], "fresh": True}  # local mode
                 if existing is None and session.local_mode:  # the job runs inside submit()
                     started = time.monotonic()
                     description = self._run_locally(job, session, cfg)
