@@ -79,8 +79,8 @@ def preload() -> int:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a preload never stops a worker
             log.warning("smtask: could not preload %s: %r", name, exc)
-    try:  # botocore's models of the services the jobs call, read once (smtask.sessions)
-        from smtask.sessions import read_service_data
+    try:  # botocore's models of the services the jobs call, read once (smtask.clients)
+        from smtask.clients import read_service_data
 
         read_service_data()
     except Exception as exc:  # noqa: BLE001 - a preload never stops a worker

@@ -99,9 +99,9 @@ def test_sessions_share_one_loader_so_a_service_model_is_read_once_per_process(
     import boto3
     from botocore.loaders import JSONFileLoader
 
-    from smtask import sessions
+    from smtask import clients
 
-    monkeypatch.setattr(sessions, "_LOADERS", {})
+    monkeypatch.setattr(clients, "_LOADERS", {})
     reads: list[str] = []
     real = JSONFileLoader.load_file
     monkeypatch.setattr(JSONFileLoader, "load_file",
@@ -110,7 +110,7 @@ def test_sessions_share_one_loader_so_a_service_model_is_read_once_per_process(
     def session() -> Any:
         made = boto3.Session(aws_access_key_id="k", aws_secret_access_key="s",
                              region_name="us-east-1")
-        sessions.share_loader(made)
+        clients.share_loader(made)
         return made
 
     session().client("sagemaker")
@@ -125,10 +125,10 @@ def test_sessions_share_one_loader_so_a_service_model_is_read_once_per_process(
 
 
 def test_preload_reads_the_service_data_of_every_client_smtask_makes(monkeypatch):
-    from smtask import sessions
+    from smtask import clients
 
-    monkeypatch.setattr(sessions, "_LOADERS", {})
+    monkeypatch.setattr(clients, "_LOADERS", {})
     preload.preload()
-    (loader,) = sessions._LOADERS.values()
+    (loader,) = clients._LOADERS.values()
     read = {key[1] for key in loader._cache if key[0] == "load_service_model"}
-    assert read >= set(sessions.SERVICES), read
+    assert read >= set(clients.SERVICES), read

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from smtask import sdk
+from smtask import clients, sdk
 from smtask.errors import EngineUnreachable
 from smtask.local import compose, serving, staging
 from smtask.local.containers import cleanup_orphans, remove_scratch, scratch_root, stop
@@ -60,6 +60,7 @@ def open_session(params: Mapping[str, Any], output: ContainerOutput,
     # container's environment, and file:// artifacts need none.
     boto = boto3.Session(region_name=params.get("region_name") or DEFAULT_REGION,
                          aws_access_key_id="smtask-local", aws_secret_access_key="smtask-local")
+    clients.share_loader(boto)  # each task's session would read the services' models again
     compose.install()
     session_id = uuid.uuid4().hex
     state = LocalState(session_id=session_id, owner=Owner.current(),
