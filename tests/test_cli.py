@@ -1,11 +1,13 @@
 """The CLI answers a bad ``--conf`` with one line and exit code 2, and checks the params before
-``run`` starts anything. No Docker: every case here stops before a job."""
+``run`` starts anything, and runs its tasks through the execution API version they speak. No
+Docker: every case here stops before a job."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from conftest import ROOT
@@ -109,3 +111,50 @@ def test_a_dag_importing_a_helper_beside_it_validates_from_any_folder(tmp_path):
     done = smtask(tmp_path, "validate", str(folder / "uses_helper.py"))  # cwd: the project
     assert done.returncode == 0, done.stderr[-800:]
     assert "uses_helper: params valid for steps trainer" in done.stdout
+
+
+def _execution_api(api_version: str) -> tuple[Any, int, int]:
+    """An in-process execution API, as ``dag.test()`` makes one, built inside
+    ``latest_api_only``: (its app, the status of /health asked in ``api_version`` and in the
+    oldest version the app serves)."""
+    import httpx
+    from airflow.api_fastapi.execution_api.app import InProcessExecutionAPI
+
+    from smtask.cli import latest_api_only
+
+    with latest_api_only():
+        api = InProcessExecutionAPI()
+        client = httpx.Client(transport=api.transport, base_url="http://in-process.invalid./")
+        asked = client.get("/health", headers={"Airflow-API-Version": api_version}).status_code
+        oldest = api.app.versions.version_values[-1]
+        old = client.get("/health", headers={"Airflow-API-Version": oldest}).status_code
+    return api.app, asked, old
+
+
+def _built(app: Any) -> list[str]:
+    return [version for version, router in app.router.versioned_routers.items() if router.routes]
+
+
+def test_run_builds_only_the_execution_api_version_its_task_sdk_speaks():
+    from airflow.sdk.api.datamodels._generated import API_VERSION
+    from cadwyn import applications
+
+    real = applications.generate_versioned_routers
+    app, latest, old = _execution_api(API_VERSION)
+    assert applications.generate_versioned_routers is real  # put back once dag.test() ends
+    assert (latest, old) == (200, 404)  # an older client is told, not answered by a wrong version
+    assert _built(app) == [API_VERSION]
+    # a route the latest version removed (and an older one restores) is not served
+    routes = app.router.versioned_routers[API_VERSION].routes
+    names = {route.name for route in routes}
+    assert "get_previous_dagrun_compat" not in names
+    assert "/task-instances/{task_instance_id}/run" in {route.path for route in routes}
+
+
+def test_run_builds_every_version_when_its_task_sdk_is_not_the_latest(monkeypatch):
+    from airflow.sdk.api.datamodels import _generated
+
+    monkeypatch.setattr(_generated, "API_VERSION", "2025-04-28")
+    app, asked, old = _execution_api("2025-04-28")
+    assert (asked, old) == (200, 200)
+    assert _built(app) == list(app.versions.version_values)
