@@ -90,10 +90,9 @@ def latest_api_only() -> Iterator[None]:
     this process's only client, the Task SDK installed beside it, speaks the latest. While
     inside, that app builds the latest version's routes alone (0.8 s); a request in another
     version gets 404, not a silent answer. Should cadwyn's bundle not end in the SDK's
-    version, every version is built as before."""
+    version (or cadwyn builds its routers otherwise), every version is built as before."""
     from airflow.sdk.api.datamodels._generated import API_VERSION
     from cadwyn import applications
-    from cadwyn.route_generation import _EndpointTransformer
     from fastapi import APIRouter
 
     from smtask.sdk import replaced
@@ -103,15 +102,24 @@ def latest_api_only() -> Iterator[None]:
     def latest_only(router: Any, versions: Any, *, webhooks: Any = None,
                     api_version_parameter_name: str = "X-API-Version",
                     api_version_location: Any = "custom_header") -> Any:
-        if versions.versions[0].value != API_VERSION:
+        def every_version() -> Any:
             return generate(router, versions, webhooks=webhooks,
                             api_version_parameter_name=api_version_parameter_name,
                             api_version_location=api_version_location)
+
+        if versions.versions[0].value != API_VERSION:
+            return every_version()
         latest = copy.copy(versions)  # the same version changes, bound to the whole bundle
         latest.versions = latest.reversed_versions = versions.versions[:1]
         latest.version_values = latest.reversed_version_values = (API_VERSION,)
-        transformer = _EndpointTransformer(router, latest, webhooks or APIRouter(),
-                                           api_version_parameter_name, api_version_location)
+        try:
+            from cadwyn.route_generation import _EndpointTransformer
+
+            transformer = _EndpointTransformer(
+                router, latest, APIRouter() if webhooks is None else webhooks,
+                api_version_parameter_name, api_version_location)
+        except (ImportError, TypeError, AttributeError):  # another cadwyn: slower, not wrong
+            return every_version()
         # a route the latest version removed is restored by an older one, not built here
         transformer.routes_that_never_existed = []
         return transformer.transform()
