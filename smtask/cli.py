@@ -310,6 +310,8 @@ def _check_params(dag: Any, conf: dict[str, Any]) -> dict[str, Any]:
         _usage_error(f"--conf: mode must be one of {', '.join(params.MODES)}, "
                      f"got {conf['mode']!r}")
     steps = params.smtask_steps(dag)
+    if not steps and "steps" not in dag.params:  # not an smtask pipeline: nothing of ours to check
+        return steps
     try:
         params.resolve(params.dag_defaults(dag), conf, steps)
         params.check_authors_params(dag, conf)
@@ -359,7 +361,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _prepare_airflow(dag_file)
     dag = _load_dag(dag_file, args.dag_id)
     steps = _check_params(dag, conf)
-    print(f"{dag.dag_id}: params valid for steps {', '.join(sorted(steps))}")
+    print(f"{dag.dag_id}: params valid for steps {', '.join(sorted(steps))}" if steps else
+          f"{dag.dag_id}: no smtask steps, no smtask params: nothing to check")
     return 0
 
 

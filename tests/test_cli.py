@@ -158,3 +158,39 @@ def test_run_builds_every_version_when_its_task_sdk_is_not_the_latest(monkeypatc
     app, asked, old = _execution_api("2025-04-28")
     assert (asked, old) == (200, 200)
     assert _built(app) == list(app.versions.version_values)
+
+
+def test_run_runs_a_plain_airflow_dag_through_the_latest_api_version(tmp_path):
+    """A DAG without smtask steps or params has nothing of smtask's to check (before, its
+    missing ``pipeline_name`` and ``steps`` refused it). Its tasks call the execution API's
+    routes of the one version ``smtask run`` builds: a Variable set and read, an XCom pulled,
+    the previous successful run looked up."""
+    import shutil
+
+    import conftest
+
+    (tmp_path / "airflow").mkdir()
+    shutil.copy(conftest._MIGRATED, tmp_path / "airflow" / "airflow.db")
+    dag_file = tmp_path / "plain_api.py"
+    dag_file.write_text(
+        "from airflow.sdk import Variable, dag, get_current_context, task\n"
+        "@dag(dag_id='plain_api', schedule=None)\n"
+        "def plain_api():\n"
+        "    @task\n"
+        "    def put():\n"
+        "        Variable.set('smtask_cli_trial', 'kept')\n"
+        "        return Variable.get('smtask_cli_trial')\n"
+        "    @task\n"
+        "    def pull(value):\n"
+        "        context = get_current_context()\n"
+        "        return [value, context['ti'].xcom_pull(task_ids='put'),\n"
+        "                str(context['prev_data_interval_start_success'])]\n"
+        "    pull(put())\n"
+        "plain_api()\n")
+    checked = smtask(tmp_path, "validate", str(dag_file))
+    assert checked.returncode == 0, checked.stderr[-800:]
+    assert "plain_api: no smtask steps, no smtask params: nothing to check" in checked.stdout
+    done = smtask(tmp_path, "run", str(dag_file))
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+    assert "-- pull: success" in done.stdout
+    assert '"kept",\n  "kept",\n  "None"' in done.stdout  # no earlier successful run
