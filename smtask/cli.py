@@ -128,6 +128,14 @@ def latest_api_only() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def in_process_run(dag_file: Path) -> Iterator[None]:
+    """What ``smtask run`` (and the tests' runs) change around ``dag.test()`` of ``dag_file``:
+    only that file parsed, one execution API version built."""
+    with one_file_bundle(dag_file), latest_api_only():
+        yield
+
+
 def _migrate() -> None:
     """The project-local Airflow DB, made on first use."""
     if not (Path(os.environ["AIRFLOW_HOME"]) / "airflow.db").exists():
@@ -330,7 +338,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _migrate()
     started, since = time.monotonic(), time.time()
     try:
-        with _signals_stop_the_run(), one_file_bundle(dag_file), latest_api_only():
+        with _signals_stop_the_run(), in_process_run(dag_file):
             dag_run = dag.test(run_conf=conf)
     except RunInterrupted as stopped:
         _stop_listeners()

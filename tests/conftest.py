@@ -335,14 +335,14 @@ def run_dag(body: str, *, config: Path, conf: dict[str, Any] | None = None,
     """Write a DAG file into the dags folder (dag.test needs it there), run it once. The
     folder fills up with every test's DAG: dag.test parses only this one, as ``smtask run``.
     The same ``logical_date`` gives two DAGs the same run id."""
-    from smtask.cli import latest_api_only, one_file_bundle, xcom_results
+    from smtask.cli import in_process_run, xcom_results
 
     dag_id, path = write_dag(body, config=config)
     spec = importlib.util.spec_from_file_location(dag_id, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with one_file_bundle(path), latest_api_only():
+    with in_process_run(path):
         dag_run = module.the_dag.test(run_conf=conf or {},
                                       **({"logical_date": logical_date, "run_after": logical_date}
                                          if logical_date else {}))
@@ -415,7 +415,7 @@ def run_example(name: str, *, conf: dict[str, Any] | None = None, **overrides: A
     """Run the example ``dags/<name>.py`` unchanged, with its own ``<name>.json`` deep-merged
     with ``overrides`` (code paths kept): both copied into a folder of their own in the dags
     folder (dag.test needs the file there; the DAG reads the config beside it)."""
-    from smtask.cli import latest_api_only, one_file_bundle, xcom_results
+    from smtask.cli import in_process_run, xcom_results
     from smtask.params import deep_merge
 
     config = json.loads((ROOT / "dags" / f"{name}.json").read_text())
@@ -428,7 +428,7 @@ def run_example(name: str, *, conf: dict[str, Any] | None = None, **overrides: A
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with one_file_bundle(folder / f"{name}.py"), latest_api_only():
+    with in_process_run(folder / f"{name}.py"):
         dag_run = getattr(module, name)().test(run_conf=conf or {})
     return DagResult(
         state=str(getattr(dag_run.state, "value", dag_run.state)),

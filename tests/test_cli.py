@@ -160,17 +160,11 @@ def test_run_builds_every_version_when_its_task_sdk_is_not_the_latest(monkeypatc
     assert _built(app) == list(app.versions.version_values)
 
 
-def test_run_runs_a_plain_airflow_dag_through_the_latest_api_version(tmp_path):
+def test_run_runs_a_plain_airflow_dag_through_the_latest_api_version(tmp_path, cli_home):
     """A DAG without smtask steps or params has nothing of smtask's to check (before, its
     missing ``pipeline_name`` and ``steps`` refused it). Its tasks call the execution API's
     routes of the one version ``smtask run`` builds: a Variable set and read, an XCom pulled,
     the previous successful run looked up."""
-    import shutil
-
-    import conftest
-
-    (tmp_path / "airflow").mkdir()
-    shutil.copy(conftest._MIGRATED, tmp_path / "airflow" / "airflow.db")
     dag_file = tmp_path / "plain_api.py"
     dag_file.write_text(
         "from airflow.sdk import Variable, dag, get_current_context, task\n"
@@ -187,10 +181,12 @@ def test_run_runs_a_plain_airflow_dag_through_the_latest_api_version(tmp_path):
         "                str(context['prev_data_interval_start_success'])]\n"
         "    pull(put())\n"
         "plain_api()\n")
-    checked = smtask(tmp_path, "validate", str(dag_file))
-    assert checked.returncode == 0, checked.stderr[-800:]
-    assert "plain_api: no smtask steps, no smtask params: nothing to check" in checked.stdout
-    done = smtask(tmp_path, "run", str(dag_file))
-    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
-    assert "-- pull: success" in done.stdout
-    assert '"kept",\n  "kept",\n  "None"' in done.stdout  # no earlier successful run
+    checked = cli_home.smtask("validate", str(dag_file))
+    said = checked.communicate(timeout=300)[0]
+    assert checked.returncode == 0, said[-800:]
+    assert "plain_api: no smtask steps, no smtask params: nothing to check" in said
+    done = cli_home.smtask("run", str(dag_file))
+    said = done.communicate(timeout=300)[0]
+    assert done.returncode == 0, said[-3000:]
+    assert "-- pull: success" in said
+    assert '"kept",\n  "kept",\n  "None"' in said  # no earlier successful run

@@ -872,9 +872,9 @@ def run_churn_on_moto(sagemaker: FakeSageMaker, conf: dict[str, Any] | None = No
         link.symlink_to(ROOT / "dags" / "churn.py")
     dag = runpy.run_path(str(link))["churn"]()
     s3.create_bucket(Bucket=config["artifacts"].removeprefix("s3://").split("/")[0])
-    from smtask.cli import latest_api_only, one_file_bundle
+    from smtask.cli import in_process_run
 
-    with one_file_bundle(link), latest_api_only():  # the conf may not pick the artifacts
+    with in_process_run(link):  # the conf may not pick the artifacts
         return dag, dag.test(run_conf={"mode": "sagemaker", **(conf or {})})
 
 
