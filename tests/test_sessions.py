@@ -363,6 +363,50 @@ def test_only_regular_files_and_folders_leave_a_local_job(tmp_path):
     assert len(removed) == 4 and secret.read_text() == "HOST SECRET"
 
 
+def test_a_job_cleans_only_its_own_writable_mounts_and_a_file_gone_meanwhile_is_no_error(
+        tmp_path):
+    """Parallel tuning trials share the session's scratch folder: when one trial's container
+    exits, only that trial's writable mounts are cleaned; a sibling trial's files (which come
+    and go while it runs, found by a CI run where one of four trials failed) are not walked."""
+    import subprocess
+
+    import yaml
+
+    scratch = tmp_path / "scratch"
+    mine, sibling, inputs = scratch / "trial-001", scratch / "trial-002", tmp_path / "in"
+    for folder in (mine / "model", sibling / "model", inputs):
+        folder.mkdir(parents=True)
+    (mine / "model" / "leak").symlink_to(tmp_path)
+    (sibling / "model" / "latest").symlink_to(sibling / "model")  # the running trial's own
+    (inputs / "link").symlink_to(tmp_path)  # read-only in the container: not its output
+    compose = mine / "docker-compose.yaml"
+    compose.write_text(yaml.safe_dump({"services": {"algo-1": {"volumes": [
+        f"{mine / 'model'}:/opt/ml/model", f"{inputs}:/opt/ml/input/data/train:ro"]}}}))
+    process = subprocess.Popen(["true", "-f", str(compose), "up"])
+    process.wait()
+    assert output.writable_mounts(process, scratch) == [mine / "model"]
+    for folder in output.writable_mounts(process, scratch):
+        output.keep_only_files(folder, lambda line: None)
+    assert not (mine / "model" / "leak").is_symlink()
+    assert (sibling / "model" / "latest").is_symlink() and (inputs / "link").is_symlink()
+    # no compose file to read: the whole scratch folder, as before
+    bare = subprocess.Popen(["true"])
+    bare.wait()
+    assert output.writable_mounts(bare, scratch) == [scratch]
+
+    # a file removed between the walk's listing and its look at it is skipped
+    (mine / "model" / "l1").symlink_to(tmp_path)
+    (mine / "model" / "l2").symlink_to(tmp_path)
+
+    def the_other_one_goes(line: str) -> None:
+        for name in ("l1", "l2"):
+            if name not in line:
+                (mine / "model" / name).unlink(missing_ok=True)
+
+    output.keep_only_files(mine / "model", the_other_one_goes)
+    assert list((mine / "model").iterdir()) == []
+
+
 def test_a_symlinked_folder_below_the_root_does_not_carry_a_delete_elsewhere(tmp_path):
     from smtask.errors import SmtaskError
     from smtask.kinds.common import prepare_output

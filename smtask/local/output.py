@@ -98,24 +98,29 @@ def cause(lines: list[str]) -> str:
     return (errors or lines or ["the container exited without output"])[-1]
 
 
-def keep_only_files(scratch: Path, log: Callable[[str], None]) -> None:
+def keep_only_files(scratch: Path, log: Callable[[str], None], named_from: Path | None = None) -> None:
     """Remove every symlink and every special file (device, fifo, socket) a container left in
     the session's scratch folder (or a job's checkpoint folder), and clear the setuid, setgid
     and world-write bits of what is left. The SDK copies outputs and tars the model on the host,
     following links: a job could otherwise copy any host file (a link to ~/.aws, a device
-    node of a disk) into its outputs, or hang the copy on a fifo."""
+    node of a disk) into its outputs, or hang the copy on a fifo. The log names each path
+    from ``named_from`` (a folder above ``scratch``), else from ``scratch``."""
+    base = named_from if named_from is not None and scratch.is_relative_to(named_from) else scratch
     for folder, folders, files in os.walk(scratch):  # does not follow links into folders
         for name in folders + files:
             path = Path(folder, name)
-            mode = path.lstat().st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                path.unlink()
-                log(f"smtask: removed {path.relative_to(scratch)} from the job's outputs: only "
-                    "regular files and folders leave a local job")
-            elif mode & _UNSAFE:  # a container's root may leave a setuid copy of a shell
-                path.chmod(stat.S_IMODE(mode) & ~_UNSAFE)
-                log(f"smtask: cleared the setuid, setgid and world-write bits of "
-                    f"{path.relative_to(scratch)}")
+            try:
+                mode = path.lstat().st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    path.unlink()
+                    log(f"smtask: removed {path.relative_to(base)} from the job's outputs: "
+                        "only regular files and folders leave a local job")
+                elif mode & _UNSAFE:  # a container's root may leave a setuid copy of a shell
+                    path.chmod(stat.S_IMODE(mode) & ~_UNSAFE)
+                    log(f"smtask: cleared the setuid, setgid and world-write bits of "
+                        f"{path.relative_to(base)}")
+            except FileNotFoundError:  # gone since it was listed: nothing of it is copied
+                continue
 
 
 _UNSAFE = stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH
@@ -138,7 +143,8 @@ def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess
         finally:
             output.flush()
         exit_code = process.wait()
-        keep_only_files(state.scratch, output)
+        for folder in writable_mounts(process, state.scratch):
+            keep_only_files(folder, output, state.scratch)
         if exit_code not in (0, 130):  # the SDK's own rule: 130 is a stopped container
             state.job_failed = True
             if not engine_answers():  # compose lost its engine: say so, not compose's traceback
@@ -152,6 +158,28 @@ def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess
         return exit_code
 
     return stream_output
+
+
+def writable_mounts(process: subprocess.Popen, scratch: Path) -> list[Path]:
+    """The host folders a job's containers could write (its compose file's mounts that are
+    not read-only): those are what the job leaves. Only this job's: the other trials of a
+    tuning job run in the same session's scratch folder, and a walk over theirs would see
+    their files come and go (and take a link away under a running trial). Without a compose
+    file to read, the whole scratch folder."""
+    import yaml
+
+    args = [str(arg) for arg in process.args] if isinstance(process.args, list) else []
+    if "-f" not in args[:-1]:
+        return [scratch]
+    try:
+        with open(args[args.index("-f") + 1]) as f:
+            services = (yaml.safe_load(f) or {}).get("services") or {}
+    except (OSError, yaml.YAMLError):
+        return [scratch]
+    folders = {Path(volume.split(":")[0]) for service in services.values()
+               for volume in service.get("volumes") or []
+               if "ro" not in volume.split(":")[2:]}
+    return sorted(folder for folder in folders if folder.is_dir())
 
 
 def _serving_thread() -> bool:
