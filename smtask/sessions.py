@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,9 @@ def connection_session(hook: Any, region_name: str | None) -> Any:
     session.events.register("after-call.sagemaker.DescribeTrainingJob", remember)
     session.smtask = CloudState(described=described)
     clients: dict[tuple[Any, ...], OnFirstUse] = {}
+    # a boto3 session is not safe to make clients from in two threads at once (boto3#1592):
+    # smtask's upload threads may be first to use one
+    making = threading.Lock()
 
     def client(service: str, region: str | None = None, *args: Any, **kwargs: Any) -> Any:
         """One client per service and region, made on first use. The SDK asks for SageMaker's
@@ -51,12 +55,12 @@ def connection_session(hook: Any, region_name: str | None) -> Any:
                                                   if k != "config")))
         if key not in clients:
             clients[key] = OnFirstUse(lambda: make_client(
-                service, region, *args, **settings(service, kwargs)))
+                service, region, *args, **settings(service, kwargs)), making)
         return clients[key]
 
     session.client = client
     session.resource = lambda service, *args, **kwargs: OnFirstUse(lambda: make_resource(
-        service, *args, **settings(service, kwargs)))
+        service, *args, **settings(service, kwargs)), making)
     return session
 
 
@@ -64,16 +68,19 @@ class OnFirstUse:
     """A boto3 client or resource made when first used. The SDK's ``Session`` makes eight
     (runtime, feature store, metrics, S3's client and resource, and sagemaker-core makes its
     own set again for a training job), each loading its service's model: most of a task's
-    time before its job's create call. A job uses two or three of them."""
+    time before its job's create call. A job uses two or three of them. ``making``: the lock
+    every client of the same boto3 session is made under."""
 
-    __slots__ = ("_make", "_made")
+    __slots__ = ("_make", "_made", "_making")
 
-    def __init__(self, make: Any) -> None:
-        self._make, self._made = make, None
+    def __init__(self, make: Any, making: threading.Lock) -> None:
+        self._make, self._made, self._making = make, None, making
 
     def __getattr__(self, name: str) -> Any:
         if self._made is None:
-            self._made = self._make()
+            with self._making:
+                if self._made is None:
+                    self._made = self._make()
         return getattr(self._made, name)
 
 
