@@ -481,3 +481,34 @@ def test_local_mode_on_several_workers_needs_artifacts_they_all_reach(monkeypatc
     assert (spread_problem({"mode": "local", "local": local}) is not None) == refused
     monkeypatch.setenv("SMTASK_IN_PROCESS", "1")  # smtask run: every task in its one process
     assert spread_problem({"mode": "local", "local": local}) is None
+
+
+def test_clients_of_one_session_are_made_one_at_a_time_and_once_each():
+    """A boto3 session is not safe to make clients from in two threads at once: smtask's
+    upload threads and the SDK's may be the first to use one."""
+    import threading
+    import time
+
+    from smtask.sessions import OnFirstUse
+
+    making, made, inside = threading.Lock(), [], []
+
+    def make(name: str):
+        inside.append(name)
+        time.sleep(0.05)
+        assert inside == [name], f"made beside another: {inside}"
+        inside.remove(name)
+        made.append(name)
+        return type("Client", (), {"meta": name})()
+
+    s3 = OnFirstUse(lambda: make("s3"), making)
+    sagemaker = OnFirstUse(lambda: make("sagemaker"), making)
+    seen: list[str] = []
+    threads = [threading.Thread(target=lambda c=c: seen.append(c.meta))
+               for c in (s3, s3, sagemaker, s3, sagemaker)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(made) == ["s3", "sagemaker"]  # once each
+    assert sorted(seen) == ["s3", "s3", "s3", "sagemaker", "sagemaker"]
