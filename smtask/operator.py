@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import Asset
@@ -186,17 +187,19 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
                 return self._start(job, session, run_params)
             client, base = session.sagemaker_client, job["job_name"]
             passed: list[str] = []  # the status of each earlier job of this task instance
-            name, existing = waiting.claim(client, kind,
-                                           lambda n: naming.attempt_name(base, n, kind.max_name),
-                                           rerun_failed=cfg.get("if_job_failed") != "fail",
-                                           rerun_completed=cfg.get("if_job_completed") == "rerun",
-                                           rerun_stopped=cfg.get("if_job_stopped") == "rerun",
-                                           passed=passed.append)
+            with ThreadPoolExecutor(1, thread_name_prefix="smtask-upload") as beside:
+                # the code a model of the job serves with, put while its job is looked for
+                code = beside.submit(put_model_code, job.get("model_code"), session)
+                name, existing = waiting.claim(
+                    client, kind, lambda n: naming.attempt_name(base, n, kind.max_name),
+                    rerun_failed=cfg.get("if_job_failed") != "fail",
+                    rerun_completed=cfg.get("if_job_completed") == "rerun",
+                    rerun_stopped=cfg.get("if_job_stopped") == "rerun", passed=passed.append)
+                code.result()
             job = {**job, "job_name": name}
             self._active = (session, name)
             if self.link_context is not None:
                 self.link_context["job_name"] = name
-            put_model_code(job.get("model_code"), session)  # the code a model of it serves with
             ran = None  # a local job's run time (it ends inside submit())
             try:
                 description = existing

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -833,6 +834,71 @@ def test_code_is_uploaded_once_per_content_across_jobs_and_runs(tmp_path, sagema
     assert [key for key in puts if "/_code/" in key] == []  # nothing uploaded again
     code = client("s3").list_objects_v2(Bucket=BUCKET, Prefix="pipelines/_code/")
     assert {o["Key"] for o in code["Contents"]} >= set(first)
+
+
+def test_the_source_dir_is_uploaded_as_the_sdk_uploads_it_without_secrets_or_bytecode(
+        tmp_path, sagemaker, puts):
+    """The SDK leaves ``.env``, ``.git``, ``__pycache__``, ... out of a source dir's upload;
+    so does smtask (it uploads the code itself, once per content), and out of the code a
+    model of the job carries. The SDK's drivers go up without the host's bytecode."""
+    import io
+    import tarfile
+
+    from sagemaker.core.training.configs import SourceCode
+
+    from smtask.kinds.common import SOURCE_IGNORED
+
+    assert SOURCE_IGNORED == tuple(SourceCode.model_fields["ignore_patterns"].default)
+    code = tmp_path / "project" / "src"
+    (code / ".git").mkdir(parents=True)
+    (code / ".git" / "config").write_text("[remote] url = https://token@example.com\n")
+    (code / ".env").write_text("API_KEY=secret\n")
+    (code / "__pycache__").mkdir()
+    (code / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0")
+    (code / "lib").mkdir()
+    (code / "lib" / ".DS_Store").write_bytes(b"\0")
+    (code / "lib" / "helpers.py").write_text("X = 1\n")
+    (code / "train.py").write_text("print('training')\n")
+    config = write_config(tmp_path, mode="sagemaker", role=ROLE, image=IMAGE,
+                          artifacts=f"s3://{BUCKET}/pipelines", code_root=str(code.parent),
+                          steps={"trainer": {"source_dir": "src", "entry_script": "train.py"}})
+    result = run_dag(TRAIN, config=config)
+    assert result.ok, result.states
+    job = client().describe_training_job(TrainingJobName=result.xcom["train"]["job_name"])
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in job["InputDataConfig"]}
+    uploaded = {channel: sorted(key.removeprefix(uri.split("/", 3)[3].rstrip("/") + "/")
+                                for key in puts if key.startswith(uri.split("/", 3)[3]))
+                for channel, uri in channels.items() if channel in ("code", "sm_drivers")}
+    assert uploaded["code"] == ["lib/helpers.py", "train.py"]
+    assert uploaded["sm_drivers"] and not [k for k in uploaded["sm_drivers"] if "pycache" in k]
+    model_code = [key for key in puts if key.endswith("/sourcedir.tar.gz")]
+    assert len(model_code) == 1
+    body = client("s3").get_object(Bucket=BUCKET, Key=model_code[0])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        assert sorted(tar.getnames()) == ["lib", "lib/helpers.py", "train.py"]
+
+
+def test_a_failed_upload_of_the_source_dir_fails_the_task_before_any_job(tmp_path, sagemaker,
+                                                                         monkeypatch, capfd):
+    """The source dir is uploaded beside the SDK building the job, not inside it: its
+    upload's own error still fails the task, and no job is created."""
+    from smtask.kinds import training
+
+    real = training.upload_once
+
+    def refuse_code(session, path, prefix, *args):
+        if prefix.endswith("/_code"):
+            if Path(path).is_dir() and (Path(path) / "train.py").is_file():  # the step's own
+                raise PermissionError(f"test: no PUT allowed under {prefix}")
+        return real(session, path, prefix, *args)
+
+    monkeypatch.setattr(training, "upload_once", refuse_code)
+    result = run_dag(TRAIN, config=cloud_config(tmp_path))
+    assert result.states["train"] == "failed"
+    assert sagemaker.creates == []
+    captured = capfd.readouterr()
+    assert "test: no PUT allowed under" in captured.out + captured.err
 
 
 def test_a_deferrable_task_whose_job_already_ended_does_not_defer(tmp_path, sagemaker, capfd):

@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -114,10 +114,16 @@ class StepContext:
         return local_image(self.params, image) if self.local else image
 
 
+# What the SDK leaves out of a training job's source dir when it uploads it: the default of
+# ``SourceCode.ignore_patterns`` (tests/test_cloud.py checks they agree). A model's code
+# leaves out the same: it is the code its job ran, without a ``.env``'s secrets or ``.git``.
+SOURCE_IGNORED = (".env", ".git", "__pycache__", ".DS_Store", ".cache", ".ipynb_checkpoints")
+
+
 def pack(source_dir: Path, target: Any) -> None:
     """``source_dir`` as the SDK packs a ``sourcedir.tar.gz`` (its entries at the archive's
-    root), reproducibly: names sorted, times and owners zeroed, no ``__pycache__``, so the
-    same code is the same bytes. ``target``: a path or a binary file."""
+    root), reproducibly: names sorted, times and owners zeroed, less :data:`SOURCE_IGNORED`,
+    so the same code is the same bytes. ``target``: a path or a binary file."""
     import gzip
     import tarfile
 
@@ -129,8 +135,8 @@ def pack(source_dir: Path, target: Any) -> None:
             as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
             tarfile.open(fileobj=zipped, mode="w") as tar:
         for folder, folders, files in os.walk(source_dir):
-            folders[:] = sorted(d for d in folders if d != "__pycache__")
-            for name in sorted(folders + files):
+            folders[:] = sorted(d for d in folders if not _ignored(d, SOURCE_IGNORED))
+            for name in sorted(folders + [f for f in files if not _ignored(f, SOURCE_IGNORED)]):
                 path = Path(folder, name)
                 tar.add(path, arcname=str(path.relative_to(source_dir)), recursive=False,
                         filter=reset)
@@ -334,14 +340,33 @@ def clear_leftovers(session: Any, uris: list[str], log: Any, left_by: str = "a f
 SMALL_FILE = 8 * 1024 * 1024  # boto3's multipart threshold: below it, upload_file is one PUT
 
 
-def upload_once(session: Any, path: str, prefix: str) -> str:
+def files_of(folder: Path, ignore: Iterable[str] = ()) -> list[Path]:
+    """The files below ``folder``, sorted, less any entry (at any depth; a folder with all
+    below it) whose name matches one of the ``ignore`` patterns: the SDK's
+    ``shutil.ignore_patterns`` rule for a source dir's upload."""
+    patterns = tuple(ignore)
+    found = []
+    for where, folders, files in os.walk(folder):
+        folders[:] = [d for d in folders if not _ignored(d, patterns)]
+        found += [Path(where, name) for name in files if not _ignored(name, patterns)]
+    return sorted(found)
+
+
+def _ignored(name: str, patterns: tuple[str, ...]) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def upload_once(session: Any, path: str, prefix: str, ignore: Iterable[str] = ()) -> str:
     """Upload a local file or folder to ``<prefix>/<hash of its content>/`` unless it is there
     already, complete; returns the folder's ``s3://`` URI (for a file, the file's). A file
-    is one PUT; a folder is marked complete once all its files are up."""
+    is one PUT; a folder is marked complete once all its files are up. A folder's entries
+    matching ``ignore`` (see :func:`files_of`) are neither uploaded nor hashed."""
     import hashlib
 
     local = Path(path)
-    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+    files = files_of(local, ignore) if local.is_dir() else [local]
     digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(local if local.is_dir() else local.parent)).encode())
