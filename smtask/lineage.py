@@ -192,16 +192,17 @@ def step_assets(dag: Any, step: str, kind: JobKind) -> dict[str, Asset]:
     if not isinstance(cfg, Mapping) or not isinstance(pipeline, str):
         return {}
     try:
-        return {output: _asset(values, dag.dag_id, step, output) for output in kind.assets(cfg)}
+        root = artifacts_root(values)
+        return {output: _asset(root, pipeline, dag.dag_id, step, output)
+                for output in kind.assets(cfg)}
     except Exception:  # sagemaker mode without s3:// artifacts: the params' check names it
         return {}
 
 
-def _asset(params: Mapping[str, Any], dag_id: str, step: str, output: str) -> Asset:
+def _asset(root: str, pipeline: str, dag_id: str, step: str, output: str) -> Asset:
     """Named by its URI: Airflow makes an asset inactive, and fails every task that names it
     as an outlet, when two DAGs give one name two URIs (two artifacts roots, in tests)."""
-    root = artifacts_root(params).rstrip("/")
-    return Asset(uri=f"{root}/{params['pipeline_name']}/{dag_id}/{step}/{output}",
+    return Asset(uri=f"{root.rstrip('/')}/{pipeline}/{dag_id}/{step}/{output}",
                  group="model" if output == "model" else "asset")
 
 
@@ -219,7 +220,8 @@ def output_asset(config: str | os.PathLike[str], dag_id: str, step: str,
     each new model of the churn DAG's trainer."""
     from smtask.params import load_config
 
-    return _asset(load_config(config), dag_id, step, output)
+    params = load_config(config)
+    return _asset(artifacts_root(params), params["pipeline_name"], dag_id, step, output)
 
 
 def inputs(job: Mapping[str, Any]) -> list[str]:

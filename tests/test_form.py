@@ -389,3 +389,17 @@ def test_a_dag_authors_own_param_named_steps_dot_passes():
     merged = params.resolve(params.dag_defaults(dag), {"steps.note": "bye"},
                             params.smtask_steps(dag))
     assert merged["steps.note"] == "bye"
+
+
+def test_a_key_pattern_matches_as_fnmatch_matches_it():
+    """Plain keys and a lone ``*`` skip fnmatch's regex (paid on every DAG parse); every
+    pattern still matches as fnmatch would."""
+    import fnmatch
+    import itertools
+
+    from smtask.params.form import _key_matches
+
+    keys = ["image", "images", "Image", "*", "trainer", "env", "x[1]", ""]
+    patterns = ["image", "*", "im*", "ima?e", "[Ii]mage", "x[[]1]", "", "trainer"]
+    for key, part in itertools.product(keys, patterns):
+        assert _key_matches(key, part) == fnmatch.fnmatchcase(key, part), (key, part)
