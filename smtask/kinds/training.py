@@ -169,10 +169,10 @@ def trainer_patches(job: dict[str, Any], session: Any) -> Iterator[None]:
     # (and uploading its drivers after it), instead of inside it (bench_cloud.py: a third of
     # a first run's time before the create call); with the SDK's ignore patterns for it
     pool = ThreadPoolExecutor(1, thread_name_prefix="smtask-upload")
-    early: dict[tuple[str, tuple[str, ...]], Future[str]] = {
-        (os.path.realpath(job["source_dir"]), SOURCE_IGNORED): pool.submit(
-        upload_once, session, job["source_dir"], content_prefix(job, "code"), SOURCE_IGNORED)} \
-        if job.get("source_dir") and not session.local_mode else {}
+    early: dict[tuple[str, tuple[str, ...]], Future[str]] = {}
+    if job.get("source_dir") and not session.local_mode:
+        early[(os.path.realpath(job["source_dir"]), SOURCE_IGNORED)] = pool.submit(
+            upload_once, session, job["source_dir"], content_prefix(job, "code"), SOURCE_IGNORED)
     corrections: dict[str, Any] = {
         # the task's job name stays deterministic
         "sagemaker.train.model_trainer:_get_unique_name": lambda base, *_a, **_k: base,
