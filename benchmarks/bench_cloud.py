@@ -390,6 +390,9 @@ def main() -> None:
     report(results, cleared, freeze)
     if profiles:
         print_profiles(profiles)
+    import shutil
+
+    shutil.rmtree(home, ignore_errors=True)  # its Airflow DB and moto's log; kept on a failure
 
 
 def job_calls(calls: list[tuple[float, str, str, str]], kind: str, ours: bool,
