@@ -164,6 +164,28 @@ def test_a_failed_trial_is_reported_and_the_best_of_the_others_returned(tmp_path
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker")
+def test_a_trial_ending_leaves_its_running_sibling_trials_files_alone(tmp_path, loopback_guard):
+    """Parallel trials share the session's scratch folder. When one ends, only its own
+    mounts are cleaned of links: the other, still writing and deleting files and reading a
+    link in its model folder, is not disturbed (a CI run once lost a trial to that walk).
+    Its link is removed when it ends, as every job's is."""
+    config = write_config(tmp_path, steps={"tuner": tuner(strategy="Grid", max_parallel_jobs=2,
+        ranges={"x": {"type": "categorical", "values": [3, 4, 2]}})})
+    conf = {"steps": {"tuner": {"hyperparameters": {"churn_on": "4", "churn_seconds": 8}}}}
+    result = run_dag(tune_body(train_data(tmp_path)), config=config, conf=conf)
+    assert result.ok, result.states
+    out = result.xcom["tune"]
+    assert out["trials"] == {"completed": 3, "failed": 0, "stopped": 0}, out.get("failed_trials")
+    reports = trial_reports(out)
+    churner, quick = reports[f"{out['job_name']}-002"], reports[f"{out['job_name']}-001"]
+    assert quick["ended"] < churner["ended"] - 3  # the quick trial ended while it churned
+    model = path(out["model"]).parent.parent / f"{out['job_name']}-002" / "model.tar.gz"
+    with tarfile.open(model) as tar:
+        assert "latest" not in tar.getnames() and "work/state" in tar.getnames()
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker")
 def test_a_trial_stopped_at_its_max_runtime_publishes_nothing(tmp_path, loopback_guard):
     """Its containers are stopped (exit 130, which the SDK takes for a stopped, not a failed,
     container), so the SDK tarred what the trial left, and smtask published it beside the
