@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -390,8 +391,6 @@ def main() -> None:
     report(results, cleared, freeze)
     if profiles:
         print_profiles(profiles)
-    import shutil
-
     shutil.rmtree(home, ignore_errors=True)  # its Airflow DB and moto's log; kept on a failure
 
 

@@ -9,10 +9,11 @@ Imports nothing of Airflow or the SDK at import (the kinds' declarations use it)
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -134,9 +135,8 @@ def pack(source_dir: Path, target: Any) -> None:
     with (open(target, "wb") if isinstance(target, str | Path) else contextlib.nullcontext(target)) \
             as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
             tarfile.open(fileobj=zipped, mode="w") as tar:
-        for folder, folders, files in os.walk(source_dir):
-            folders[:] = sorted(d for d in folders if not _ignored(d, SOURCE_IGNORED))
-            for name in sorted(folders + [f for f in files if not _ignored(f, SOURCE_IGNORED)]):
+        for folder, folders, files in _walk(source_dir, SOURCE_IGNORED):
+            for name in sorted(folders + files):
                 path = Path(folder, name)
                 tar.add(path, arcname=str(path.relative_to(source_dir)), recursive=False,
                         filter=reset)
@@ -340,29 +340,30 @@ def clear_leftovers(session: Any, uris: list[str], log: Any, left_by: str = "a f
 SMALL_FILE = 8 * 1024 * 1024  # boto3's multipart threshold: below it, upload_file is one PUT
 
 
-def files_of(folder: Path, ignore: Iterable[str] = ()) -> list[Path]:
-    """The files below ``folder``, sorted, less any entry (at any depth; a folder with all
-    below it) whose name matches one of the ``ignore`` patterns: the SDK's
+def _walk(folder: Path, ignore: Iterable[str]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(folder)`` (folders and files sorted) less any entry, at any depth, whose name
+    matches one of the ``ignore`` patterns, an ignored folder with all below it: the SDK's
     ``shutil.ignore_patterns`` rule for a source dir's upload."""
     patterns = tuple(ignore)
-    found = []
+
+    def kept(name: str) -> bool:
+        return not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
     for where, folders, files in os.walk(folder):
-        folders[:] = [d for d in folders if not _ignored(d, patterns)]
-        found += [Path(where, name) for name in files if not _ignored(name, patterns)]
-    return sorted(found)
+        folders[:] = sorted(filter(kept, folders))
+        yield where, folders, sorted(filter(kept, files))
 
 
-def _ignored(name: str, patterns: tuple[str, ...]) -> bool:
-    import fnmatch
-
-    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+def files_of(folder: Path, ignore: Iterable[str] = ()) -> list[Path]:
+    """The files below ``folder``, sorted, less what matches ``ignore`` (see :func:`_walk`)."""
+    return sorted(Path(where, name) for where, _, files in _walk(folder, ignore) for name in files)
 
 
 def upload_once(session: Any, path: str, prefix: str, ignore: Iterable[str] = ()) -> str:
     """Upload a local file or folder to ``<prefix>/<hash of its content>/`` unless it is there
     already, complete; returns the folder's ``s3://`` URI (for a file, the file's). A file
     is one PUT; a folder is marked complete once all its files are up. A folder's entries
-    matching ``ignore`` (see :func:`files_of`) are neither uploaded nor hashed."""
+    matching ``ignore`` (see :func:`_walk`) are neither uploaded nor hashed."""
     import hashlib
 
     local = Path(path)
