@@ -318,6 +318,12 @@ def cloud_config(tmp_path, **steps: Any):
                         artifacts=f"s3://{BUCKET}/pipelines", steps=steps)
 
 
+def channel_uris(training_job: dict[str, Any]) -> dict[str, str]:
+    """A training job's (described or requested) channels: name -> S3 URI."""
+    return {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in training_job["InputDataConfig"]}
+
+
 def client(service: str = "sagemaker") -> Any:
     """A client of the test's own, straight at moto."""
     return boto3.client(service, region_name=REGION, endpoint_url=client.endpoint)  # type: ignore[attr-defined]
@@ -401,8 +407,7 @@ def test_training_job_is_created_from_the_step_settings(tmp_path, sagemaker):
     assert job["StoppingCondition"]["MaxRuntimeInSeconds"] == 1200
     assert job["HyperParameters"]["max_depth"] == "2"
     assert job["HyperParameters"]["n_estimators"] == "100"
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-                for c in job["InputDataConfig"]}
+    channels = channel_uris(job)
     assert channels["train"] == "s3://smtask-cloud-tests/splits/train/"
     # the source dir (and ModelTrainer's drivers) uploaded by content
     assert channels["code"].startswith(f"s3://{BUCKET}/pipelines/_code/")
@@ -561,8 +566,7 @@ def test_train_transform_example_on_sagemaker_transforms_with_the_trained_model(
     train_job = sagemaker.request("create_training_job")
     assert train_job["AlgorithmSpecification"]["TrainingImage"] == IMAGE
     assert train_job["HyperParameters"]["label_column"] == "species"
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-                for c in train_job["InputDataConfig"]}
+    channels = channel_uris(train_job)
     assert channels["train"] == prepared["train"]
     # the transform's model: created from the training result that came through XCom
     model, job = sagemaker.request("create_model"), sagemaker.request("create_transform_job")
@@ -865,11 +869,12 @@ def test_the_source_dir_is_uploaded_as_the_sdk_uploads_it_without_secrets_or_byt
     result = run_dag(TRAIN, config=config)
     assert result.ok, result.states
     job = client().describe_training_job(TrainingJobName=result.xcom["train"]["job_name"])
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-                for c in job["InputDataConfig"]}
-    uploaded = {channel: sorted(key.removeprefix(uri.split("/", 3)[3].rstrip("/") + "/")
-                                for key in puts if key.startswith(uri.split("/", 3)[3]))
-                for channel, uri in channels.items() if channel in ("code", "sm_drivers")}
+    channels = channel_uris(job)
+    def uploaded_under(uri: str) -> list[str]:
+        prefix = uri.removeprefix(f"s3://{BUCKET}/").rstrip("/") + "/"
+        return sorted(key.removeprefix(prefix) for key in puts if key.startswith(prefix))
+
+    uploaded = {channel: uploaded_under(channels[channel]) for channel in ("code", "sm_drivers")}
     assert uploaded["code"] == ["lib/helpers.py", "train.py"]
     assert uploaded["sm_drivers"] and not [k for k in uploaded["sm_drivers"] if "pycache" in k]
     model_code = [key for key in puts if key.endswith("/sourcedir.tar.gz")]
@@ -1064,8 +1069,7 @@ def test_training_settings_reach_the_job_as_the_config_channel(tmp_path, sagemak
     config = cloud_config(tmp_path, trainer={"settings": {"features": ["a", "b"]}})
     assert run_dag(TRAIN, config=config).ok
     job = sagemaker.request("create_training_job")
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-                for c in job["InputDataConfig"]}
+    channels = channel_uris(job)
     assert channels["config"].startswith(f"s3://{BUCKET}/pipelines/_settings/")
     assert job["Environment"]["SMTASK_SETTINGS"] == "/opt/ml/input/data/config/config.json"
     uploaded = json.loads(s3_text(channels["config"]))
@@ -1161,8 +1165,7 @@ def test_local_paths_are_uploaded_once_per_content(tmp_path, sagemaker, puts):
     processing = sagemaker.request("create_processing_job")
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in processing["ProcessingInputs"]}
     training = sagemaker.request("create_training_job")
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
-                for c in training["InputDataConfig"]}
+    channels = channel_uris(training)
     transform = sagemaker.request("create_transform_job")
     scored = transform["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
     prefix = f"s3://{BUCKET}/pipelines/_data/"
