@@ -112,6 +112,31 @@ def test_framework_code_must_exist_inside_its_source_dir(defaults, conf, expecte
     assert expected in problems(defaults, {"steps": {"splitor": {**FRAMEWORK, **conf}}})
 
 
+def test_a_source_dirs_links_must_be_ones_its_job_gets(defaults, tmp_path):
+    """SageMaker mode uploads what a link points at, local mode mounts the folder: a link out
+    of the folder (or absolute) would carry a worker's file to S3 in one mode and point at
+    nothing in the other. Refused before any job, naming the step, the key and each link."""
+    root, secret = tmp_path / "root", tmp_path / "credentials"
+    code = root / "code"
+    (code / "sub").mkdir(parents=True)
+    for script in ("train.py", "preprocess.py"):
+        (code / script).write_text("print('hi')\n")
+    (code / ".git").mkdir()
+    (code / ".git" / "hook").symlink_to("/etc/passwd")  # left out of the upload: not refused
+    (code / "alias.py").symlink_to("train.py")  # relative, to a file of the folder: the job's
+    base = {**defaults, "code_root": str(root)}
+    assert params.resolve(base, {}, STEPS)["steps"]["trainer"]["source_dir"] == "code"
+    secret.write_text("aws_secret_access_key = x\n")
+    (code / "creds").symlink_to(secret)  # absolute, out of the code root
+    (code / "up.txt").symlink_to("../../credentials")  # relative, out of the folder
+    (code / "lib").symlink_to("sub")  # a folder: not uploaded, not hashed
+    message = problems(base, {})
+    assert f"steps.trainer.source_dir: {code} holds links its job would not get" in message
+    for shown in (f"creds -> {secret}", "up.txt -> ../../credentials", "lib -> sub"):
+        assert shown in message
+    assert "alias.py" not in message and "hook" not in message
+
+
 def test_training_requirements_must_be_a_file_of_the_source_dir(defaults):
     message = problems(defaults, {"steps": {"trainer": {"requirements": "requirements.txt"}}})
     assert "steps.trainer.requirements: no file requirements.txt in" in message

@@ -9,11 +9,10 @@ Imports nothing of Airflow or the SDK at import (the kinds' declarations use it)
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +22,7 @@ from urllib.parse import urlparse
 
 from smtask.images import algorithm_of, local_image, resolve_image
 from smtask.naming import INSTANCE_TAG, check_name, quoted
-from smtask.paths import artifacts_root, local_path
+from smtask.paths import SOURCE_IGNORED, artifacts_root, local_path, walk
 
 SETTINGS_FILE = "config.json"
 
@@ -115,12 +114,6 @@ class StepContext:
         return local_image(self.params, image) if self.local else image
 
 
-# What the SDK leaves out of a training job's source dir when it uploads it: the default of
-# ``SourceCode.ignore_patterns`` (tests/test_cloud.py checks they agree). A model's code
-# leaves out the same: it is the code its job ran, without a ``.env``'s secrets or ``.git``.
-SOURCE_IGNORED = (".env", ".git", "__pycache__", ".DS_Store", ".cache", ".ipynb_checkpoints")
-
-
 def pack(source_dir: Path, target: Any) -> None:
     """``source_dir`` as the SDK packs a ``sourcedir.tar.gz`` (its entries at the archive's
     root), reproducibly: names sorted, times and owners zeroed, less :data:`SOURCE_IGNORED`,
@@ -135,7 +128,7 @@ def pack(source_dir: Path, target: Any) -> None:
     with (open(target, "wb") if isinstance(target, str | Path) else contextlib.nullcontext(target)) \
             as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
             tarfile.open(fileobj=zipped, mode="w") as tar:
-        for folder, folders, files in _walk(source_dir, SOURCE_IGNORED):
+        for folder, folders, files in walk(source_dir, SOURCE_IGNORED):
             for name in sorted(folders + files):
                 path = Path(folder, name)
                 tar.add(path, arcname=str(path.relative_to(source_dir)), recursive=False,
@@ -340,30 +333,17 @@ def clear_leftovers(session: Any, uris: list[str], log: Any, left_by: str = "a f
 SMALL_FILE = 8 * 1024 * 1024  # boto3's multipart threshold: below it, upload_file is one PUT
 
 
-def _walk(folder: Path, ignore: Iterable[str]) -> Iterator[tuple[str, list[str], list[str]]]:
-    """``os.walk(folder)`` (folders and files sorted) less any entry, at any depth, whose name
-    matches one of the ``ignore`` patterns, an ignored folder with all below it: the SDK's
-    ``shutil.ignore_patterns`` rule for a source dir's upload."""
-    patterns = tuple(ignore)
-
-    def kept(name: str) -> bool:
-        return not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
-
-    for where, folders, files in os.walk(folder):
-        folders[:] = sorted(filter(kept, folders))
-        yield where, folders, sorted(filter(kept, files))
-
-
 def files_of(folder: Path, ignore: Iterable[str] = ()) -> list[Path]:
-    """The files below ``folder``, sorted, less what matches ``ignore`` (see :func:`_walk`)."""
-    return sorted(Path(where, name) for where, _, files in _walk(folder, ignore) for name in files)
+    """The files below ``folder``, sorted, less what matches ``ignore`` (see
+    :func:`smtask.paths.walk`)."""
+    return sorted(Path(where, name) for where, _, files in walk(folder, ignore) for name in files)
 
 
 def upload_once(session: Any, path: str, prefix: str, ignore: Iterable[str] = ()) -> str:
     """Upload a local file or folder to ``<prefix>/<hash of its content>/`` unless it is there
     already, complete; returns the folder's ``s3://`` URI (for a file, the file's). A file
     is one PUT; a folder is marked complete once all its files are up. A folder's entries
-    matching ``ignore`` (see :func:`_walk`) are neither uploaded nor hashed."""
+    matching ``ignore`` (see :func:`smtask.paths.walk`) are neither uploaded nor hashed."""
     import hashlib
 
     local = Path(path)

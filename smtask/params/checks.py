@@ -4,6 +4,7 @@ any job. A refusal names the step, the key and the rule, one problem a line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,7 @@ from smtask.params.schemas import (
     SETTINGS_MAX_BYTES,
     TOP_SCHEMA,
 )
+from smtask.paths import stray_links
 
 if TYPE_CHECKING:
     from smtask.kind import JobKind
@@ -334,6 +336,11 @@ def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[s
     source = root / cfg["source_dir"]
     if not os.path.isdir(source):
         yield f"steps.{step}.source_dir: no folder {source}"
+        return
+    if strays := list(itertools.islice(stray_links(source), 6)):
+        yield (f"steps.{step}.source_dir: {source} holds links its job would not get as the "
+               f"worker has them: {', '.join(strays[:5])}{', ...' if len(strays) > 5 else ''} "
+               "(a job gets a relative link to a file in the same folder: copy the rest in)")
         return
     for key in ("entry_script", "code", "requirements"):
         if key not in cfg:
