@@ -26,32 +26,11 @@ import pkgutil
 import time
 from typing import Any
 
+from smtask.sdk import JOB_IMPORTS
+
 log = logging.getLogger(__name__)
 
-# The modules smtask imports only when a job runs (inside its functions), outside smtask:
-# the SDK's for each kind and both modes, botocore's and the provider's AWS hook.
-# tests/test_preload.py checks this against every such import in smtask's sources.
-LAZY = (
-    "airflow.providers.amazon.aws.hooks.base_aws",
-    "airflow.providers.amazon.aws.hooks.s3",
-    "boto3",
-    "botocore.exceptions",
-    "sagemaker.core.helper.session_helper",
-    "sagemaker.core.image_uris",
-    "sagemaker.core.local",
-    "sagemaker.core.local.image",
-    "sagemaker.core.local.local_session",
-    "sagemaker.core.local.utils",
-    "sagemaker.core.parameter",
-    "sagemaker.core.processing",
-    "sagemaker.core.shapes",
-    "sagemaker.core.training.configs",
-    "sagemaker.core.transformer",
-    "sagemaker.core.utils.install_requirements",
-    "sagemaker.core.utils.utils",
-    "sagemaker.train.model_trainer",
-    "sagemaker.train.tuner",
-)
+LAZY = JOB_IMPORTS  # the modules smtask imports only when a job runs (see smtask.sdk)
 
 
 def smtask_modules() -> list[str]:

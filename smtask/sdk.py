@@ -20,6 +20,33 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# The modules smtask imports only when a job runs (inside its functions), outside smtask:
+# the SDK's for each kind and both modes, botocore's and the provider's AWS hook. A worker's
+# preload imports them all (smtask.preload); an in-process run imports the SDK's while its
+# first container runs (smtask.local.output). tests/test_preload.py checks the list against
+# every such import in smtask's sources.
+JOB_IMPORTS = (
+    "airflow.providers.amazon.aws.hooks.base_aws",
+    "airflow.providers.amazon.aws.hooks.s3",
+    "boto3",
+    "botocore.exceptions",
+    "sagemaker.core.helper.session_helper",
+    "sagemaker.core.image_uris",
+    "sagemaker.core.local",
+    "sagemaker.core.local.image",
+    "sagemaker.core.local.local_session",
+    "sagemaker.core.local.utils",
+    "sagemaker.core.parameter",
+    "sagemaker.core.processing",
+    "sagemaker.core.shapes",
+    "sagemaker.core.training.configs",
+    "sagemaker.core.transformer",
+    "sagemaker.core.utils.install_requirements",
+    "sagemaker.core.utils.utils",
+    "sagemaker.train.model_trainer",
+    "sagemaker.train.tuner",
+)
+
 CHECKED_AGAINST = "sagemaker 3.27.0 (sagemaker-core 2.27.0, sagemaker-train 1.27.0)"
 
 

@@ -167,5 +167,9 @@ def open_session(params: Mapping[str, Any], output: Any,
     if params["mode"] == "local":
         from smtask import local
 
-        return local.open_session(params, output, step)
+        # every task of the run in this process: the next kinds' SDK modules are imported
+        # while this job's container runs, not after it
+        warm = tuple(name for name in sdk.JOB_IMPORTS if name.startswith("sagemaker.")) \
+            if os.environ.get(IN_PROCESS_ENV) == "1" else ()
+        return local.open_session(params, output, step, warm_up=warm)
     return cloud_session(params)

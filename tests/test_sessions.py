@@ -512,3 +512,57 @@ def test_clients_of_one_session_are_made_one_at_a_time_and_once_each():
         thread.join()
     assert sorted(made) == ["s3", "sagemaker"]  # once each
     assert sorted(seen) == ["s3", "s3", "s3", "sagemaker", "sagemaker"]
+
+
+def test_a_container_run_imports_the_sessions_warm_up_modules_beside_it_and_waits_for_them(
+        tmp_path, monkeypatch):
+    """While a job's container runs, the task's main thread only reads its output: the
+    session's warm-up modules (the next kinds' SDK modules, in an in-process run) are imported
+    then, in a thread, once per session; the output ends only once that thread has, so no
+    import of the task's own runs beside it. Not from another thread (a tuning trial's, a
+    serving container's), whose main thread is not waiting."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    for name in ("warm_probe", "warm_other"):
+        (tmp_path / f"{name}.py").write_text(
+            "import threading, time\nTHREAD = threading.current_thread().name\n"
+            "time.sleep(0.5)\nDONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "warm_probe", raising=False)
+    monkeypatch.delitem(sys.modules, "warm_other", raising=False)
+    fake = local_state(tmp_path, warm_up=("no_such_module_of_smtask", "warm_probe"))
+    lines: list[str] = []
+    stream = output.stream_output(local.ContainerOutput(lines.append), fake)
+    started = time.monotonic()
+    assert stream(subprocess.Popen(["printf", "one\\n"], stdout=subprocess.PIPE)) == 0
+    assert time.monotonic() - started >= 0.45  # the container's output ended before the import
+    probe = sys.modules["warm_probe"]
+    assert probe.THREAD == "smtask-warm-up" and probe.DONE and lines == ["one"]
+    assert fake.smtask.warm_up == ()  # once per session; a failed import is no job's failure
+    assert not [t for t in threading.enumerate() if t.name == "smtask-warm-up"]
+
+    other = local_state(tmp_path, warm_up=("warm_other",))
+    beside = threading.Thread(target=lambda: output.stream_output(
+        local.ContainerOutput(lines.append), other)(
+            subprocess.Popen(["true"], stdout=subprocess.PIPE)))
+    beside.start()
+    beside.join()
+    assert "warm_other" not in sys.modules
+
+
+def test_only_an_in_process_run_warms_up_its_local_sessions(monkeypatch):
+    from smtask import sessions
+
+    seen: list[tuple[str, ...]] = []
+    monkeypatch.setattr(local, "open_session", lambda params, output, step, warm_up: seen.append(
+        warm_up))
+    monkeypatch.delenv("SMTASK_IN_PROCESS", raising=False)
+    sessions.open_session({"mode": "local"}, None, "s")
+    monkeypatch.setenv("SMTASK_IN_PROCESS", "1")
+    sessions.open_session({"mode": "local"}, None, "s")
+    assert seen[0] == ()
+    assert "sagemaker.train.model_trainer" in seen[1] and all(
+        name.startswith("sagemaker.") for name in seen[1])

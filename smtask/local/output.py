@@ -4,10 +4,14 @@ regular files left in what it wrote before the SDK copies anything."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import re
 import stat
 import subprocess
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +139,7 @@ def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess
 
     def stream_output(process: subprocess.Popen) -> int:
         own: deque[str] = deque(maxlen=40)
+        warming = warm_up(state)
         try:
             for raw in bounded_lines(process.stdout):  # type: ignore[arg-type]
                 line = raw.decode("utf-8", "replace")
@@ -142,6 +147,8 @@ def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess
                 output(line)
         finally:
             output.flush()
+            if warming is not None:  # its imports end before the task's own go on
+                warming.join()
         exit_code = process.wait()
         for folder in writable_mounts(process, state.scratch):
             keep_only_files(folder, output, state.scratch)
@@ -158,6 +165,30 @@ def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess
         return exit_code
 
     return stream_output
+
+
+def warm_up(state: Any) -> threading.Thread | None:
+    """While a job's container runs, the task's main thread only reads its output: a thread
+    imports the session's ``warm_up`` modules then (once per session; those not imported
+    yet), so that the next tasks of an in-process run (``smtask run``) find the SDK modules
+    of their kinds imported. The caller joins it before going on, so no import of the task's
+    own ever runs beside it (two threads importing the same modules could deadlock). Only
+    from the main thread: a tuning trial's or a serving container's thread runs beside a main
+    thread that is not waiting. An import that fails here is the job's that needs it to
+    report."""
+    names = [name for name in state.warm_up if name not in sys.modules]
+    state.warm_up = ()
+    if not names or threading.current_thread() is not threading.main_thread():
+        return None
+
+    def imports() -> None:
+        for name in names:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=imports, name="smtask-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def writable_mounts(process: subprocess.Popen, scratch: Path) -> list[Path]:
@@ -184,8 +215,6 @@ def writable_mounts(process: subprocess.Popen, scratch: Path) -> list[Path]:
 
 def _serving_thread() -> bool:
     """Whether this is the thread the SDK runs a serving container's compose file in."""
-    import threading
-
     from sagemaker.core.local.image import _HostingContainer
 
     return isinstance(threading.current_thread(), _HostingContainer)

@@ -47,9 +47,10 @@ def corrections(session: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def open_session(params: Mapping[str, Any], output: ContainerOutput,
-                 step: str = "") -> Iterator[Any]:
-    """A ``LocalSession`` whose jobs (of ``step``) run in Docker on this machine."""
+def open_session(params: Mapping[str, Any], output: ContainerOutput, step: str = "",
+                 warm_up: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A ``LocalSession`` whose jobs (of ``step``) run in Docker on this machine; ``warm_up``:
+    modules to import while its first container runs (see :func:`output.warm_up`)."""
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     import boto3
     from sagemaker.core.local import LocalSession
@@ -65,7 +66,7 @@ def open_session(params: Mapping[str, Any], output: ContainerOutput,
     session_id = uuid.uuid4().hex
     state = LocalState(session_id=session_id, owner=Owner.current(),
                        scratch=scratch_root() / session_id, output=output,
-                       artifacts=artifacts_root(params), step=step)
+                       artifacts=artifacts_root(params), step=step, warm_up=warm_up)
     state.scratch.mkdir(parents=True)
     (state.scratch / OWNER_FILE).write_text(str(state.owner))
     with state.exit:

@@ -85,6 +85,7 @@ class LocalState:
     closing: bool = False  # the session is removing its containers
     killed: bool = False  # the task was killed: no result, whatever the SDK returns
     job_failed: bool = False  # a container failed (or a limit passed): no outputs published
+    warm_up: tuple[str, ...] = ()  # modules to import while the first container runs (output)
 
     @property
     def log(self) -> Callable[[str], None]:
