@@ -67,7 +67,7 @@ def stray_links(folder: Path, ignore: Iterable[str] = SOURCE_IGNORED) -> Iterato
             if not path.is_symlink():
                 continue
             target = os.readlink(path)
-            resolved = path.resolve()
+            resolved = Path(os.path.realpath(path))  # a loop is no error here, and no file
             if os.path.isabs(target) or not resolved.is_relative_to(base) or \
                     not resolved.is_file():
                 yield f"{path.relative_to(folder)} -> {target}"

@@ -130,11 +130,16 @@ def test_a_source_dirs_links_must_be_ones_its_job_gets(defaults, tmp_path):
     (code / "creds").symlink_to(secret)  # absolute, out of the code root
     (code / "up.txt").symlink_to("../../credentials")  # relative, out of the folder
     (code / "lib").symlink_to("sub")  # a folder: not uploaded, not hashed
+    (code / "loop").symlink_to("loop")  # no file at all (Path.resolve would raise)
     message = problems(base, {})
     assert f"steps.trainer.source_dir: {code} holds links its job would not get" in message
-    for shown in (f"creds -> {secret}", "up.txt -> ../../credentials", "lib -> sub"):
+    for shown in (f"creds -> {secret}", "up.txt -> ../../credentials", "lib -> sub",
+                  "loop -> loop"):
         assert shown in message
     assert "alias.py" not in message and "hook" not in message
+    (root / "spin").symlink_to("spin")  # a conf naming a link loop: refused, no traceback
+    assert "steps.trainer.source_dir: no folder" in problems(
+        base, {"steps": {"trainer": {"source_dir": "spin"}}})
 
 
 def test_training_requirements_must_be_a_file_of_the_source_dir(defaults):

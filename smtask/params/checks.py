@@ -318,7 +318,7 @@ def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[s
     root = Path(params.get("code_root") or ".").resolve()
     for key in (k for k in ("code_path", "source_dir") if k in cfg):
         # resolved (.. and symlinks followed): code outside the root is never uploaded or mounted
-        code = (root / cfg[key]).resolve()
+        code = Path(os.path.realpath(root / cfg[key]))  # a link loop resolves, to no file
         if not code.is_relative_to(root):
             yield f"steps.{step}.{key}: {quoted(cfg[key])} is outside the code root {root}"
             return
@@ -345,7 +345,7 @@ def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[s
     for key in ("entry_script", "code", "requirements"):
         if key not in cfg:
             continue
-        if not (source / cfg[key]).resolve().is_relative_to(source.resolve()):
+        if not Path(os.path.realpath(source / cfg[key])).is_relative_to(source.resolve()):
             yield f"steps.{step}.{key}: {quoted(cfg[key])} is outside {source}"
         elif not os.path.isfile(source / cfg[key]):
             yield f"steps.{step}.{key}: no file {cfg[key]} in {source}"
