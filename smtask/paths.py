@@ -42,35 +42,43 @@ def walk(folder: Path, ignore: Iterable[str]) -> Iterator[tuple[str, list[str], 
     """``os.walk(folder)`` (folders and files sorted) less any entry, at any depth, whose name
     matches one of the ``ignore`` patterns, an ignored folder with all below it: the SDK's
     ``shutil.ignore_patterns`` rule for a source dir's upload. Linked folders are listed, not
-    entered."""
+    entered. A folder it cannot read raises (``os.walk`` would skip it: a job without it)."""
     patterns = tuple(ignore)
 
     def kept(name: str) -> bool:
         return not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
-    for where, folders, files in os.walk(folder):
+    def unreadable(error: OSError) -> None:
+        raise error
+
+    for where, folders, files in os.walk(folder, onerror=unreadable):
         folders[:] = sorted(filter(kept, folders))
         yield where, folders, sorted(filter(kept, files))
 
 
-def stray_links(folder: Path, ignore: Iterable[str] = SOURCE_IGNORED) -> Iterator[str]:
-    """The symlinks in a source dir that its job would not get as they are on the worker,
-    each as ``name -> target``: a link the job gets is a relative link to a file inside the
-    same folder. SageMaker mode uploads what a link points at, and local mode mounts the
-    folder, where an absolute link or one out of the folder points at nothing (and on
-    SageMaker would carry a file of the worker's, such as its credentials, to S3); a linked
-    folder is neither uploaded nor hashed."""
-    base = folder.resolve()
-    for where, folders, files in walk(folder, ignore):
+def stray_links(folder: Path, ignore: Iterable[str] = SOURCE_IGNORED) -> Iterator[tuple[str, str]]:
+    """The symlinks in a source dir that its job would not get as they are on the worker, as
+    (name, target). A link the job gets is relative and leads, as written, to a file of the
+    same folder that the job gets too (not one ``ignore`` leaves out), with no other link on
+    the way: then SageMaker mode's upload (which carries what a link points at), local
+    mode's mount and a model's ``sourcedir.tar.gz`` (which keeps the link) all give the job
+    that file. Any other would point at nothing in the container, or carry a file of the
+    worker's (its credentials, a ``.env``) to S3; a linked folder is neither uploaded nor
+    hashed. The OS follows each link: a loop or a dead end is no file."""
+    base = Path(os.path.realpath(folder))
+    patterns = tuple(ignore)
+    for where, folders, files in walk(folder, patterns):
         for name in folders + files:
             path = Path(where, name)
             if not path.is_symlink():
                 continue
             target = os.readlink(path)
-            resolved = Path(os.path.realpath(path))  # a loop is no error here, and no file
-            if os.path.isabs(target) or not resolved.is_relative_to(base) or \
-                    not resolved.is_file():
-                yield f"{path.relative_to(folder)} -> {target}"
+            written = os.path.normpath(os.path.join(os.path.relpath(where, folder), target))
+            parts = Path(written).parts
+            if os.path.isabs(target) or not os.path.isfile(path) or written.startswith("..") \
+                    or any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in patterns) \
+                    or Path(os.path.realpath(path)) != base / written:
+                yield str(path.relative_to(folder)), target
 
 
 def local_path(uri: str, root: str | None = None) -> Path:

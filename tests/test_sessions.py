@@ -566,3 +566,51 @@ def test_only_an_in_process_run_warms_up_its_local_sessions(monkeypatch):
     assert seen[0] == ()
     assert "sagemaker.train.model_trainer" in seen[1] and all(
         name.startswith("sagemaker.") for name in seen[1])
+
+
+def test_the_warm_up_is_waited_for_whatever_ends_the_output(tmp_path, monkeypatch):
+    """A sink that fails on the last line, or a second signal during the wait, still leaves
+    no warm-up thread importing beside the task (found by a hostile trial)."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    (tmp_path / "warm_slow.py").write_text("import time\ntime.sleep(0.5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "warm_slow", raising=False)
+
+    class Boom(Exception):
+        pass
+
+    class FailingFlush(local.ContainerOutput):  # e.g. held last lines the log refuses
+        def flush(self) -> None:
+            raise Boom
+
+    fake = local_state(tmp_path, warm_up=("warm_slow",))
+    stream = output.stream_output(FailingFlush(lambda line: None), fake)
+    with pytest.raises(Boom):
+        stream(subprocess.Popen(["printf", "last"], stdout=subprocess.PIPE))
+    assert "warm_slow" in sys.modules
+    assert not [t for t in threading.enumerate() if t.name == "smtask-warm-up"]
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stop
+
+    done = threading.Event()
+    slow = threading.Thread(target=lambda: (time.sleep(0.5), done.set()))
+    previous = signal.signal(signal.SIGALRM, stop)
+    try:
+        slow.start()
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        started = time.monotonic()
+        with pytest.raises(Stop):
+            output.joined(done)
+        assert done.is_set() and time.monotonic() - started >= 0.35
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -11,6 +11,8 @@ import re
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
+from unittest import mock
 from urllib.parse import urlparse
 
 import pytest
@@ -113,9 +115,12 @@ def test_framework_code_must_exist_inside_its_source_dir(defaults, conf, expecte
 
 
 def test_a_source_dirs_links_must_be_ones_its_job_gets(defaults, tmp_path):
-    """SageMaker mode uploads what a link points at, local mode mounts the folder: a link out
-    of the folder (or absolute) would carry a worker's file to S3 in one mode and point at
-    nothing in the other. Refused before any job, naming the step, the key and each link."""
+    """SageMaker mode uploads what a link points at, local mode mounts the folder, a model's
+    sourcedir.tar.gz keeps the link: only a relative link to a file of the folder that the job
+    gets too means the same in all three. Any other is refused before any job, naming the
+    step, the key and each link (found by a hostile trial: a link to the .env, a loop)."""
+    from smtask.paths import stray_links
+
     root, secret = tmp_path / "root", tmp_path / "credentials"
     code = root / "code"
     (code / "sub").mkdir(parents=True)
@@ -124,19 +129,42 @@ def test_a_source_dirs_links_must_be_ones_its_job_gets(defaults, tmp_path):
     (code / ".git").mkdir()
     (code / ".git" / "hook").symlink_to("/etc/passwd")  # left out of the upload: not refused
     (code / "alias.py").symlink_to("train.py")  # relative, to a file of the folder: the job's
+    (code / "sub" / "up.py").symlink_to("../train.py")  # up a level, still in the folder
     base = {**defaults, "code_root": str(root)}
     assert params.resolve(base, {}, STEPS)["steps"]["trainer"]["source_dir"] == "code"
     secret.write_text("aws_secret_access_key = x\n")
-    (code / "creds").symlink_to(secret)  # absolute, out of the code root
-    (code / "up.txt").symlink_to("../../credentials")  # relative, out of the folder
-    (code / "lib").symlink_to("sub")  # a folder: not uploaded, not hashed
-    (code / "loop").symlink_to("loop")  # no file at all (Path.resolve would raise)
+    (code / ".env").write_text("AWS_SECRET_ACCESS_KEY=x\n")
+    (code / ".cache").symlink_to(".")  # ignored itself: a link through it is not the job's
+    refused = {"creds": str(secret),  # absolute, out of the code root
+               "up.txt": "../../credentials",  # relative, out of the folder
+               "lib": "sub",  # a folder: not uploaded, not hashed
+               "loop": "loop",  # no file at all (Path.resolve would raise)
+               "settings.ini": ".env",  # the .env the upload leaves out, under another name
+               "via.py": ".cache/train.py", "slash.py": "train.py/",  # not a folder
+               "dead.py": "nowhere/../train.py"}  # the OS finds no "nowhere"
+    for name, target in refused.items():
+        (code / name).symlink_to(target)
+    assert dict(stray_links(code)) == refused
     message = problems(base, {})
-    assert f"steps.trainer.source_dir: {code} holds links its job would not get" in message
-    for shown in (f"creds -> {secret}", "up.txt -> ../../credentials", "lib -> sub",
-                  "loop -> loop"):
-        assert shown in message
-    assert "alias.py" not in message and "hook" not in message
+    assert message.startswith("bad params: steps.trainer.source_dir: links its job would not "
+                              "get: '") and ", ..." in message
+    assert "'creds' -> '" in message and "(it gets a relative link to a file of the" in message
+    assert "alias.py" not in message and "hook" not in message and "up.py" not in message
+    import os
+
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:  # root reads a chmod 000 folder: the OS refuses here
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    for name in refused:
+        (code / name).unlink()
+    (code / "locked").mkdir()
+    with mock.patch.object(os, "scandir", scandir):
+        assert "steps.trainer.source_dir: cannot read its 'locked': Permission denied" in \
+            problems(base, {})
     (root / "spin").symlink_to("spin")  # a conf naming a link loop: refused, no traceback
     assert "steps.trainer.source_dir: no folder" in problems(
         base, {"steps": {"trainer": {"source_dir": "spin"}}})

@@ -146,9 +146,11 @@ def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess
                 own.append(line)
                 output(line)
         finally:
-            output.flush()
-            if warming is not None:  # its imports end before the task's own go on
-                warming.join()
+            try:
+                output.flush()
+            finally:  # its imports end before the task's own go on, however this ends
+                if warming is not None:
+                    joined(warming)
         exit_code = process.wait()
         for folder in writable_mounts(process, state.scratch):
             keep_only_files(folder, output, state.scratch)
@@ -167,28 +169,47 @@ def stream_output(output: ContainerOutput, session: Any) -> Callable[[subprocess
     return stream_output
 
 
-def warm_up(state: Any) -> threading.Thread | None:
+def warm_up(state: Any) -> threading.Event | None:
     """While a job's container runs, the task's main thread only reads its output: a thread
     imports the session's ``warm_up`` modules then (once per session; those not imported
     yet), so that the next tasks of an in-process run (``smtask run``) find the SDK modules
-    of their kinds imported. The caller joins it before going on, so no import of the task's
-    own ever runs beside it (two threads importing the same modules could deadlock). Only
-    from the main thread: a tuning trial's or a serving container's thread runs beside a main
-    thread that is not waiting. An import that fails here is the job's that needs it to
-    report."""
+    of their kinds imported. The Event returned is set once it is done; the caller waits for
+    it (:func:`joined`) before going on, so no import of the task's own ever runs beside it
+    (two threads importing the same modules may find one half done). Only from the main
+    thread: a tuning trial's or a serving container's thread runs beside a main thread that
+    is not waiting. An import that fails here is the job's that needs it to report."""
     names = [name for name in state.warm_up if name not in sys.modules]
     state.warm_up = ()
     if not names or threading.current_thread() is not threading.main_thread():
         return None
 
-    def imports() -> None:
-        for name in names:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
+    done = threading.Event()
 
-    thread = threading.Thread(target=imports, name="smtask-warm-up", daemon=True)
-    thread.start()
-    return thread
+    def imports() -> None:
+        try:
+            for name in names:
+                with contextlib.suppress(Exception):
+                    importlib.import_module(name)
+        finally:
+            done.set()
+
+    threading.Thread(target=imports, name="smtask-warm-up", daemon=True).start()
+    return done
+
+
+def joined(done: threading.Event) -> None:
+    """Wait until ``done`` is set, though a signal's exception (a second SIGTERM) interrupts
+    the wait: the wait goes on, then the exception is raised. (An Event, not the thread:
+    Python 3.11's ``Thread.join`` cut short by an exception may leave ``is_alive()`` False
+    while the thread still runs.)"""
+    interrupted: BaseException | None = None
+    while not done.is_set():
+        try:
+            done.wait()
+        except BaseException as exc:  # noqa: BLE001 - raised once the event is set
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def writable_mounts(process: subprocess.Popen, scratch: Path) -> list[Path]:

@@ -337,10 +337,17 @@ def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[s
     if not os.path.isdir(source):
         yield f"steps.{step}.source_dir: no folder {source}"
         return
-    if strays := list(itertools.islice(stray_links(source), 6)):
-        yield (f"steps.{step}.source_dir: {source} holds links its job would not get as the "
-               f"worker has them: {', '.join(strays[:5])}{', ...' if len(strays) > 5 else ''} "
-               "(a job gets a relative link to a file in the same folder: copy the rest in)")
+    try:
+        strays = list(itertools.islice(stray_links(source), 6))
+    except OSError as exc:  # its job would lack what cannot be read
+        where = os.path.relpath(exc.filename, source) if exc.filename else "?"
+        yield f"steps.{step}.source_dir: cannot read its {quoted(where)}: {exc.strerror}"
+        return
+    if strays:
+        shown = ", ".join(f"{quoted(name, 40)} -> {quoted(target, 40)}" for name, target in strays[:5])
+        yield (f"steps.{step}.source_dir: links its job would not get: {shown}"
+               f"{', ...' if len(strays) > 5 else ''} (it gets a relative link to a file of the "
+               f"folder, {quoted(str(source))})")
         return
     for key in ("entry_script", "code", "requirements"):
         if key not in cfg:
