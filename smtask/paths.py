@@ -56,27 +56,34 @@ def walk(folder: Path, ignore: Iterable[str]) -> Iterator[tuple[str, list[str], 
         yield where, folders, sorted(filter(kept, files))
 
 
-def stray_links(folder: Path, ignore: Iterable[str] = SOURCE_IGNORED) -> Iterator[tuple[str, str]]:
-    """The symlinks in a source dir that its job would not get as they are on the worker, as
-    (name, target). A link the job gets is relative and leads, as written, to a file of the
-    same folder that the job gets too (not one ``ignore`` leaves out), with no other link on
-    the way: then SageMaker mode's upload (which carries what a link points at), local
-    mode's mount and a model's ``sourcedir.tar.gz`` (which keeps the link) all give the job
-    that file. Any other would point at nothing in the container, or carry a file of the
-    worker's (its credentials, a ``.env``) to S3; a linked folder is neither uploaded nor
-    hashed. The OS follows each link: a loop or a dead end is no file."""
+def stray_links(folder: Path, ignore: Iterable[str] = SOURCE_IGNORED
+                ) -> Iterator[tuple[str, str | None]]:
+    """What a source dir holds that its job would not get as it is on the worker: each stray
+    symlink as (name, target), each entry that is neither a file, a folder nor a link (a
+    named pipe, a socket, a device: reading one may never end) as (name, None). A link the
+    job gets is relative and leads, as written and with no other link on the way, to a file
+    of the same folder that the job gets too, through no left-out folder (not even one it
+    leaves again by ``..``): then SageMaker mode's upload (which carries what a link points
+    at), local mode's mount and a model's ``sourcedir.tar.gz`` (which keeps the link) all
+    give the job that file. Any other would point at nothing in the container, or carry a
+    file of the worker's (its credentials, a ``.env``) to S3; a linked folder is neither
+    uploaded nor hashed. The OS follows each link: a loop or a dead end is no file."""
     base = Path(os.path.realpath(folder))
     patterns = tuple(ignore)
     for where, folders, files in walk(folder, patterns):
         for name in folders + files:
             path = Path(where, name)
             if not path.is_symlink():
+                if not (path.is_file() or path.is_dir()):
+                    yield str(path.relative_to(folder)), None
                 continue
             target = os.readlink(path)
-            written = os.path.normpath(os.path.join(os.path.relpath(where, folder), target))
-            parts = Path(written).parts
-            if os.path.isabs(target) or not os.path.isfile(path) or written.startswith("..") \
-                    or any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in patterns) \
+            joined = os.path.join(os.path.relpath(where, folder), target)
+            written = os.path.normpath(joined)
+            passes = {*Path(joined).parts, *Path(written).parts}
+            if os.path.isabs(target) or not os.path.isfile(path) \
+                    or Path(written).parts[0] == ".." \
+                    or any(fnmatch.fnmatch(part, pattern) for part in passes for pattern in patterns) \
                     or Path(os.path.realpath(path)) != base / written:
                 yield str(path.relative_to(folder)), target
 

@@ -1367,3 +1367,22 @@ def test_a_built_in_algorithms_model_carries_no_code(tmp_path, sagemaker):
     assert result.ok, result.states
     assert "code" not in result.xcom["train"]
     assert sagemaker.request("create_model")["PrimaryContainer"]["Environment"] == {}
+
+
+def test_a_named_pipe_is_not_uploaded_and_its_read_never_starts(tmp_path):
+    """Reading a FIFO blocks until a writer comes: a local path in sagemaker mode holding
+    one fails the task before any upload, naming it (found by a hostile trial)."""
+    import os
+    from types import SimpleNamespace
+
+    from smtask.errors import SmtaskError
+    from smtask.kinds.common import upload_once
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.csv").write_text("1\n")
+    os.mkfifo(tmp_path / "data" / "feed")
+    session = SimpleNamespace(s3_client=None)  # any S3 call would fail: none is made
+    with pytest.raises(SmtaskError, match=r"not uploaded: .*feed is not a file"):
+        upload_once(session, str(tmp_path / "data"), "s3://bucket/_data")
+    with pytest.raises(SmtaskError, match=r"not uploaded: .*feed is not a file"):
+        upload_once(session, str(tmp_path / "data" / "feed"), "s3://bucket/_data")

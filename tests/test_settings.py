@@ -119,6 +119,8 @@ def test_a_source_dirs_links_must_be_ones_its_job_gets(defaults, tmp_path):
     sourcedir.tar.gz keeps the link: only a relative link to a file of the folder that the job
     gets too means the same in all three. Any other is refused before any job, naming the
     step, the key and each link (found by a hostile trial: a link to the .env, a loop)."""
+    import os
+
     from smtask.paths import stray_links
 
     root, secret = tmp_path / "root", tmp_path / "credentials"
@@ -141,17 +143,22 @@ def test_a_source_dirs_links_must_be_ones_its_job_gets(defaults, tmp_path):
                "loop": "loop",  # no file at all (Path.resolve would raise)
                "settings.ini": ".env",  # the .env the upload leaves out, under another name
                "via.py": ".cache/train.py", "slash.py": "train.py/",  # not a folder
-               "dead.py": "nowhere/../train.py"}  # the OS finds no "nowhere"
+               "dead.py": "nowhere/../train.py",  # the OS finds no "nowhere"
+               "back.py": "__pycache__/../train.py"}  # through a folder the tarball leaves out
+    (code / "__pycache__").mkdir()
+    (code / "..dots.py").write_text("")
+    (code / "dots.py").symlink_to("..dots.py")  # a name that starts with "..": the job's
     for name, target in refused.items():
         (code / name).symlink_to(target)
-    assert dict(stray_links(code)) == refused
+    os.mkfifo(code / "pipe")  # not a file: its upload would read it for ever
+    assert dict(stray_links(code)) == {**refused, "pipe": None}
     message = problems(base, {})
-    assert message.startswith("bad params: steps.trainer.source_dir: links its job would not "
-                              "get: '") and ", ..." in message
+    assert message.startswith("bad params: steps.trainer.source_dir: holds what its job would "
+                              "not get: '") and ", ..." in message
     assert "'creds' -> '" in message and "(it gets a relative link to a file of the" in message
+    (code / "pipe").unlink()
     assert "alias.py" not in message and "hook" not in message and "up.py" not in message
-    import os
-
+    assert "dots.py" not in message
     real_scandir = os.scandir
 
     def scandir(path: Any = ".") -> Any:  # root reads a chmod 000 folder: the OS refuses here

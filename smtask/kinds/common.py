@@ -348,6 +348,11 @@ def upload_once(session: Any, path: str, prefix: str, ignore: Iterable[str] = ()
 
     local = Path(path)
     files = files_of(local, ignore) if local.is_dir() else [local]
+    if odd := [file for file in files if not file.is_file()]:  # a named pipe's read never ends
+        from smtask.errors import SmtaskError
+
+        raise SmtaskError(f"not uploaded: {odd[0]} is not a file (a named pipe, a socket, a "
+                          "device, a dead link)")
     digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(local if local.is_dir() else local.parent)).encode())

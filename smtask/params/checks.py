@@ -344,8 +344,10 @@ def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[s
         yield f"steps.{step}.source_dir: cannot read its {quoted(where)}: {exc.strerror}"
         return
     if strays:
-        shown = ", ".join(f"{quoted(name, 40)} -> {quoted(target, 40)}" for name, target in strays[:5])
-        yield (f"steps.{step}.source_dir: links its job would not get: {shown}"
+        shown = ", ".join(f"{quoted(name, 40)} " + (f"-> {quoted(target, 40)}" if target
+                                                      is not None else "(not a file)")
+                          for name, target in strays[:5])
+        yield (f"steps.{step}.source_dir: holds what its job would not get: {shown}"
                f"{', ...' if len(strays) > 5 else ''} (it gets a relative link to a file of the "
                f"folder, {quoted(str(source))})")
         return
