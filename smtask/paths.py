@@ -17,19 +17,22 @@ def confined(target: str | Path, root: str | Path) -> Path:
     """``target`` resolved, refused unless it lies inside ``root`` and no symlink below
     ``root`` leads there (a linked folder would carry a write or a delete elsewhere; ``root``
     itself may be a link). Every path smtask writes or deletes goes through here first."""
-    base = Path(root).resolve()
-    lexical = Path(os.path.normpath(target))
     try:
-        expected = base / lexical.relative_to(os.path.normpath(root))
-    except ValueError:
-        expected = None
-    resolved = Path(target).resolve()
-    if expected != resolved or not resolved.is_relative_to(base):
-        from smtask.errors import SmtaskError
+        base, resolved = Path(root).resolve(), Path(target).resolve()
+    except RuntimeError as exc:  # Python 3.11's Path.resolve on a symlink loop
+        problem = f"{exc} (a link that leads back to itself)"
+    else:
+        lexical = Path(os.path.normpath(target))
+        try:
+            expected: Path | None = base / lexical.relative_to(os.path.normpath(root))
+        except ValueError:
+            expected = None
+        if expected == resolved and resolved.is_relative_to(base):
+            return resolved
+        problem = f"it is outside {base} (or reaches it through a symlink)"
+    from smtask.errors import SmtaskError
 
-        raise SmtaskError(f"refusing to write or delete {target}: it is outside {base} "
-                          "(or reaches it through a symlink)")
-    return resolved
+    raise SmtaskError(f"refusing to write or delete {target}: {problem}")
 
 
 # What the SDK leaves out of a training job's source dir when it uploads it: the default of

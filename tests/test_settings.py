@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT, containers_with_label, kinds_of, run_dag, run_example, write_config
 
 from smtask import params
-from smtask.errors import ParamsError
+from smtask.errors import ParamsError, SmtaskError
 
 STEPS = kinds_of({"splitor": "processing", "trainer": "training", "transformer": "transform"})
 SEED_SCRIPT_SHA256 = "09feb12a345276a0c97fb1d96869b3e25ac909ccd68101a5d7e194f4e915d119"
@@ -175,6 +175,33 @@ def test_a_source_dirs_links_must_be_ones_its_job_gets(defaults, tmp_path):
     (root / "spin").symlink_to("spin")  # a conf naming a link loop: refused, no traceback
     assert "steps.trainer.source_dir: no folder" in problems(
         base, {"steps": {"trainer": {"source_dir": "spin"}}})
+
+
+def test_local_artifacts_that_lead_nowhere_are_refused_before_any_job(defaults, tmp_path):
+    """A link loop, a dead link or a file as local mode's artifacts would fail the run's first
+    write, after its job ran (a loop was a RuntimeError traceback of Path.resolve, in the
+    params' check itself): refused by the check, naming the key. A run's conf that points them
+    at a loop gets the protected key's refusal, not a traceback."""
+    from smtask.kinds.common import check_exists, check_uri
+    from smtask.paths import confined
+
+    (tmp_path / "spin").symlink_to("spin")
+    (tmp_path / "gone").symlink_to("nowhere")
+    (tmp_path / "file").write_text("")
+    local = {**defaults, "mode": "local"}
+    nowhere = "is a link that leads nowhere (a loop or a dead end)"
+    for name, why in (("spin", nowhere), ("gone", nowhere), ("file", "is not a folder")):
+        base = {**local, "local": {**local.get("local", {}), "artifacts": (tmp_path / name).as_uri()}}
+        assert problems(base, {}) == f"bad params: local.artifacts: '{tmp_path / name}' {why}"
+    conf = {"local": {"artifacts": (tmp_path / "spin").as_uri()}}
+    assert "local.artifacts: a run's conf may not change it" in problems(local, conf)
+    (tmp_path / "run").mkdir()
+    assert params.resolve({**local, "local": {"artifacts": (tmp_path / "run").as_uri()}}, {}, STEPS)
+    # a location a task's function returns, through a loop: "no file", no traceback
+    with pytest.raises(SmtaskError, match=f"no file or folder {tmp_path}/spin/data"):
+        check_exists("splitor", "input 'x'", check_uri("splitor", "input 'x'", f"{tmp_path}/spin/data"))
+    with pytest.raises(SmtaskError, match=r"Symlink loop .* \(a link that leads back to itself\)"):
+        confined(tmp_path / "spin" / "out", tmp_path)
 
 
 def test_training_requirements_must_be_a_file_of_the_source_dir(defaults):

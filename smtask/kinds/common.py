@@ -223,7 +223,7 @@ def aws_tags(job: dict[str, Any]) -> list[dict[str, str]]:
 def check_uri(step: str, name: str, value: Any) -> str:
     """A data location the user function returned: an s3:// or file:// URI, or a local path."""
     if isinstance(value, Path) or (isinstance(value, str) and value.startswith("/")):
-        return Path(value).resolve().as_uri()
+        return Path(os.path.realpath(value)).as_uri()  # a link loop: "no file" below, no traceback
     parsed = urlparse(value) if isinstance(value, str) else None
     if parsed is None or parsed.scheme not in ("s3", "file") or not value.startswith(
             ("s3://", "file:///")) or (parsed.scheme == "s3" and not parsed.netloc):

@@ -91,6 +91,7 @@ def _problems(params: Mapping[str, Any], steps: Mapping[str, JobKind],
     steps_param = params.get("steps")
     configured: Mapping[str, Any] = steps_param if isinstance(steps_param, Mapping) else {}
     problems.extend(_local_model_problems(params))
+    problems.extend(_artifacts_problems(params) if not top else ())
     bad_names = {s: p for s in sorted({*configured, *steps}) if (p := name_problem("step", s))}
     problems.extend(f"steps: step name {p}" for p in bad_names.values())
     problems.extend(_plain_step_problems(configured, steps, typed))
@@ -298,6 +299,19 @@ def _settings_problems(step: str, kind: JobKind, cfg: Mapping[str, Any]) -> Iter
         yield f"steps.{step}.settings: {size} bytes as JSON, at most {SETTINGS_MAX_BYTES}"
 
 
+def _artifacts_problems(params: Mapping[str, Any]) -> Iterable[str]:
+    """Local mode's artifacts must be a folder, or not yet there: a link that leads nowhere
+    (a loop, a dead end) or a file there would fail the run's first write, after its job."""
+    artifacts = str((params.get("local") or {}).get("artifacts") or "")
+    if params.get("mode") != "local" or not artifacts.startswith("file://"):
+        return
+    path = urlparse(artifacts).path
+    if os.path.lexists(path) and not os.path.exists(path):
+        yield f"local.artifacts: {quoted(path)} is a link that leads nowhere (a loop or a dead end)"
+    elif os.path.exists(path) and not os.path.isdir(path):
+        yield f"local.artifacts: {quoted(path)} is not a folder"
+
+
 def _worker_state(params: Mapping[str, Any]) -> list[Path]:
     """The folders of the worker's own state: SMTASK_HOME, Airflow's home (AIRFLOW_HOME, else
     ~/airflow, as Airflow takes it) and its config file's folder, local mode's artifacts."""
@@ -309,7 +323,7 @@ def _worker_state(params: Mapping[str, Any]) -> list[Path]:
     artifacts = str((params.get("local") or {}).get("artifacts") or "")
     if params.get("mode") == "local" and artifacts.startswith("file://"):
         found.append(Path(urlparse(artifacts).path))
-    return [path.resolve() for path in found]
+    return [Path(os.path.realpath(path)) for path in found]  # a link loop: no traceback
 
 
 def _file_problems(params: Mapping[str, Any], step: str, cfg: Any) -> Iterable[str]:
