@@ -62,7 +62,10 @@ def resolve_image(key: str, image: Any, *, scope: str, params: dict[str, Any],
     if not region:
         raise ParamsError(f'{key}: an image given as {{"framework", ...}} needs a region: set '
                           '"region" in it or the top-level region_name')
-    from sagemaker.core import image_uris
+    from smtask import sdk
+
+    with sdk.importing():  # a task's first import of the SDK, maybe
+        from sagemaker.core import image_uris
 
     problem = ""
     for each in _RETRIEVE_SCOPES.get(scope, (scope,)):

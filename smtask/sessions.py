@@ -121,7 +121,8 @@ def sagemaker_client(params: Mapping[str, Any], service: str = "sagemaker") -> A
 @contextlib.contextmanager
 def cloud_session(params: Mapping[str, Any]) -> Iterator[Any]:
     """A SageMaker ``Session`` over the Airflow AWS connection (``aws_conn_id``)."""
-    from sagemaker.core.helper.session_helper import Session
+    with sdk.importing():
+        from sagemaker.core.helper.session_helper import Session
 
     hook = _hook(params)
     bucket = params["artifacts"].removeprefix("s3://").split("/", 1)[0]

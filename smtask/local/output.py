@@ -186,10 +186,14 @@ def warm_up(state: Any) -> threading.Event | None:
     done = threading.Event()
 
     def imports() -> None:
+        from smtask import sdk
+
         try:
-            for name in names:
-                with contextlib.suppress(Exception):
-                    importlib.import_module(name)
+            with sdk.quiet_imports():
+                for name in names:
+                    with contextlib.suppress(Exception):
+                        importlib.import_module(name)
+                sdk.build_models()
         finally:
             done.set()
 

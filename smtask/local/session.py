@@ -53,7 +53,9 @@ def open_session(params: Mapping[str, Any], output: ContainerOutput, step: str =
     modules to import while its first container runs (see :func:`output.warm_up`)."""
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     import boto3
-    from sagemaker.core.local import LocalSession
+
+    with sdk.importing():  # an in-process run builds its models in the warm-up (output)
+        from sagemaker.core.local import LocalSession
 
     cleanup_orphans()
     local = params.get("local") or {}
