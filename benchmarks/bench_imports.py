@@ -8,8 +8,9 @@ process has it), then times the imports of one set:
 - smtask, per kind: what its task process imports before the job's create call. The DAG
   file's ``smtask.decorators``; at execute, ``smtask.kinds.<kind>`` with the modules the task
   and its session use (storage, local, sessions, waiting), the provider's ``base_aws`` hook
-  (the connection), the SDK's ``Session`` and telemetry module (smtask/sessions.py), and the
-  SDK modules the kind's ``submit`` imports (smtask/kinds/<kind>.py);
+  (the connection), the SDK's ``Session`` and telemetry module (smtask/sessions.py, which
+  imports them under ``smtask.sdk.importing``: the GC paused, pydantic models built on use),
+  and the SDK modules the kind's ``submit`` imports (smtask/kinds/<kind>.py);
 - the provider: ``airflow.providers.amazon.aws.operators.sagemaker``, which its DAG file
   imports and which brings the hook its task uses;
 - the same sets in a task forked from a worker that ran ``smtask.preload.preload()``
@@ -53,12 +54,15 @@ SETS = {
     "resume": ["smtask.decorators", "smtask.sessions", "smtask.waiting", HOOK],
 }
 CHILD = """
-import importlib, json, sys, time
+import contextlib, importlib, json, sys, time
 import airflow.sdk  # untimed: every task process has it
+from smtask.sdk import importing  # imports nothing more (the kinds import it)
 before = set(sys.modules)
 start = time.perf_counter()
 for name in {names!r}:
-    importlib.import_module(name)
+    # the session's SDK import, as smtask/sessions.py makes it
+    with importing() if name in {session!r} else contextlib.nullcontext():
+        importlib.import_module(name)
 took = time.perf_counter() - start
 print(json.dumps({{"seconds": took, "modules": len(set(sys.modules) - before),
                   "sagemaker": sorted(m for m in sys.modules if m.split(".")[0] == "sagemaker")}}))
@@ -96,7 +100,7 @@ def environment(home: Path) -> dict[str, str]:
 
 
 def measure(names: list[str], env: dict[str, str], code: str = CHILD) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-c", code.format(names=names)], env=env,
+    done = subprocess.run([sys.executable, "-c", code.format(names=names, session=SESSION_SDK)], env=env,
                           capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
