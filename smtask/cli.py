@@ -258,7 +258,10 @@ def _signals_stop_the_run() -> Iterator[None]:
         if received:
             raise RunInterrupted(received[0])
         result = real_run_task(**kwargs)
-        gc.freeze()  # what the task imported (its kind's SDK, a library) no collection walks again
+        # What the task left alive (its imports: its kind's SDK, a library) no collection
+        # walks again; its garbage is freed first (a collection skips what is frozen already)
+        gc.collect()
+        gc.freeze()
         if received:  # the task caught the interruption and failed; start no other
             raise RunInterrupted(received[0])
         return result
