@@ -9,6 +9,8 @@ import json
 import re
 from typing import Any
 
+from smtask import sdk
+
 LOCAL_IMAGE = "smtask-local:latest"  # local mode's image, built from docker/
 DEFAULT_REGION = "us-east-1"  # local mode's region when the params name none
 
@@ -62,8 +64,6 @@ def resolve_image(key: str, image: Any, *, scope: str, params: dict[str, Any],
     if not region:
         raise ParamsError(f'{key}: an image given as {{"framework", ...}} needs a region: set '
                           '"region" in it or the top-level region_name')
-    from smtask import sdk
-
     with sdk.importing():  # a task's first import of the SDK, maybe
         from sagemaker.core import image_uris
 

@@ -167,11 +167,12 @@ def replaced(*swaps: tuple[Any, str, Any]) -> Iterator[None]:
 @contextlib.contextmanager
 def quiet_imports() -> Iterator[None]:
     """For a block that imports many modules (the SDK's: 1 s): Python's cyclic garbage
-    collector paused inside, and what the block made frozen after (``gc.freeze``), so that no
-    later collection walks it again. Python runs a full collection each time the objects it
-    tracks grow by a quarter: nine in one ``smtask run`` of the example, 0.04 to 0.37 s each,
-    1.5 s in all, which found next to nothing to free. What an import makes (modules,
-    classes, functions) lives as long as the process; the few cycles it leaves are kept."""
+    collector paused inside, and the heap frozen after (``gc.freeze``: all it holds then, the
+    block's imports among it), so that no later collection walks it again. Python runs a full
+    collection each time the objects it tracks grow by a quarter: nine in one ``smtask run``
+    of the example, 0.04 to 0.37 s each, 1.5 s in all, which found next to nothing to free.
+    What an import makes (modules, classes, functions) lives as long as the process; the few
+    cycles it leaves are kept."""
     enabled = gc.isenabled()
     gc.disable()
     try:
