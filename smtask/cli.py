@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import copy
 import gc
+import importlib
 import json
 import os
 import signal
@@ -258,10 +259,6 @@ def _signals_stop_the_run() -> Iterator[None]:
         if received:
             raise RunInterrupted(received[0])
         result = real_run_task(**kwargs)
-        # What the task left alive (its imports: its kind's SDK, a library) no collection
-        # walks again; its garbage is freed first (a collection skips what is frozen already)
-        gc.collect()
-        gc.freeze()
         if received:  # the task caught the interruption and failed; start no other
             raise RunInterrupted(received[0])
         return result
@@ -340,17 +337,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     dag_file = Path(args.dag_file).resolve()
     conf = _conf(args)
     _prepare_airflow(dag_file)
-    with quiet_imports():  # Airflow's and the DAG's
-        dag = _load_dag(dag_file, args.dag_id)
+    with quiet_imports():  # Airflow's, frozen before any code of the DAG's runs
+        from airflow.dag_processing.dagbag import DagBag  # noqa: F401
+    dag = _load_dag(dag_file, args.dag_id)
     _check_params(dag, conf)  # before the DB, so a bad conf creates no dag run
     _migrate()
     started, since = time.monotonic(), time.time()
     try:
         with _signals_stop_the_run(), in_process_run(dag_file):
-            with quiet_imports():  # the execution API the first task would build (1.3 s)
-                from airflow.sdk.execution_time.supervisor import in_process_api_server
-
-                in_process_api_server().app  # noqa: B018 - a cached property, built here
+            _before_the_first_task(dag)
             dag_run = dag.test(run_conf=conf)
     except RunInterrupted as stopped:
         _stop_listeners()
@@ -364,6 +359,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     _print_run(dag, dag_run, f"{dag_run.state} in {elapsed:.1f} s")
     return 0 if str(dag_run.state) in ("success", "DagRunState.SUCCESS") else 1
+
+
+def _before_the_first_task(dag: Any) -> None:
+    """What every task of the run would make on the way, made before the first: the execution
+    API (1.3 s; the first task would build it) and, for a DAG with smtask steps, the SDK's
+    core (its pydantic models built on use; the warm-up builds them beside the first
+    container). All of it is frozen (gc.freeze) with Airflow's modules and the DAG's parse,
+    so that no full collection walks it again (nine did, 1.5 s of a run); what the parse
+    dropped is freed first. Nothing a task makes is ever frozen: an object frozen is never
+    freed, and a task may drop what an earlier one kept."""
+    from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+    from smtask import params, sdk
+
+    gc.collect()
+    with quiet_imports():
+        in_process_api_server().app  # noqa: B018 - a cached property, built here
+        if params.smtask_steps(dag):
+            with sdk.models_built_on_use():
+                importlib.import_module("sagemaker.core.local")
 
 
 def _stop_listeners() -> None:

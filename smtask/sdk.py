@@ -165,20 +165,22 @@ def replaced(*swaps: tuple[Any, str, Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def quiet_imports() -> Iterator[None]:
+def quiet_imports(freeze: bool = True) -> Iterator[None]:
     """For a block that imports many modules (the SDK's: 1 s): Python's cyclic garbage
-    collector paused inside, and the heap frozen after (``gc.freeze``: all it holds then, the
-    block's imports among it), so that no later collection walks it again. Python runs a full
-    collection each time the objects it tracks grow by a quarter: nine in one ``smtask run``
-    of the example, 0.04 to 0.37 s each, 1.5 s in all, which found next to nothing to free.
-    What an import makes (modules, classes, functions) lives as long as the process; the few
-    cycles it leaves are kept."""
+    collector paused inside, and with ``freeze`` the heap frozen after (``gc.freeze``: all it
+    holds then, the block's imports among it), so that no later collection walks it again.
+    Python runs a full collection each time the objects it tracks grow by a quarter: nine in
+    one ``smtask run`` of the example, 0.04 to 0.37 s each, 1.5 s in all, which found next to
+    nothing to free. What an import makes (modules, classes, functions) lives as long as the
+    process; a frozen object is never freed, so freeze only where nothing else is alive that
+    may be dropped later (a user's data)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
+        if freeze:
+            gc.freeze()
         if enabled:
             gc.enable()
 
@@ -206,9 +208,16 @@ def models_built_on_use() -> Iterator[None]:
 
 @contextlib.contextmanager
 def importing() -> Iterator[None]:
-    """Around a task's first import of the SDK: :func:`quiet_imports` and
-    :func:`models_built_on_use` (1 s of a task's start became 0.26 s here)."""
-    with quiet_imports(), models_built_on_use():
+    """Around a task's import of the SDK: :func:`quiet_imports` and
+    :func:`models_built_on_use` (1 s of a task's start became 0.26 s here). Only a task
+    process's first import freezes the heap after it: nothing of the user's is alive yet.
+    In an in-process run (``smtask run``, ``SMTASK_IN_PROCESS``) an earlier task's data may
+    be, and once frozen it would stay in memory after the task drops it."""
+    import os
+    import sys
+
+    first = "sagemaker.core" not in sys.modules and os.environ.get("SMTASK_IN_PROCESS") != "1"
+    with quiet_imports(freeze=first), models_built_on_use():
         yield
 
 

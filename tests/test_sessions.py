@@ -671,6 +671,34 @@ print(json.dumps({"inside": inside, "enabled": gc.isenabled(), "frozen": gc.get_
     assert found["built"] > 800 and found["left"] == plain != []
 
 
+def test_an_in_process_runs_sdk_import_freezes_nothing_an_earlier_task_made():
+    """In an in-process run (smtask run) an earlier task's data may be alive when a later task
+    first imports the SDK; frozen with it, a cycle dropped after would never be freed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = """
+import gc, json, weakref
+class Data:
+    pass
+held = Data()
+held.me = held
+kept = weakref.ref(held)
+from smtask import sdk
+with sdk.importing():
+    from sagemaker.core import shapes
+del held
+gc.collect()
+print(json.dumps({"frozen": gc.get_freeze_count(), "freed": kept() is None}))
+"""
+    found = json.loads(subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+        env={**os.environ, "SMTASK_IN_PROCESS": "1"}).stdout.splitlines()[-1])
+    assert found == {"frozen": 0, "freed": True}
+
+
 def test_quiet_imports_nest_and_restore_a_disabled_collector():
     import gc
 

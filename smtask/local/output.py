@@ -189,7 +189,7 @@ def warm_up(state: Any) -> threading.Event | None:
         from smtask import sdk
 
         try:
-            with sdk.quiet_imports():
+            with sdk.quiet_imports(freeze=False):
                 for name in names:
                     with contextlib.suppress(Exception):
                         importlib.import_module(name)
