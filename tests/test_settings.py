@@ -193,6 +193,33 @@ def test_local_artifacts_that_lead_nowhere_are_refused_before_any_job(defaults, 
     for name, why in (("spin", nowhere), ("gone", nowhere), ("file", "is not a folder")):
         base = {**local, "local": {**local.get("local", {}), "artifacts": (tmp_path / name).as_uri()}}
         assert problems(base, {}) == f"bad params: local.artifacts: '{tmp_path / name}' {why}"
+    # a part on the way: below a loop, a dead link or a file (found by a hostile trial: the
+    # run followed a dead link and wrote under /nonexistent, or failed with a traceback)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to("real")
+    for uri, why in (("spin/sub", f"'{tmp_path}/spin' (on the way to the folder named) "
+                      f"{nowhere}"),
+                     ("gone/sub", f"'{tmp_path}/gone' (on the way to the folder named) "
+                      f"{nowhere}"),
+                     ("file/sub", f"'{tmp_path}/file' (on the way to the folder named) is "
+                      "not a folder"),
+                     ("file/", f"'{tmp_path}/file' is not a folder"),
+                     ("x#y", "holds '?' or '#', which end a URI's path"),
+                     ("x?y", "holds '?' or '#', which end a URI's path"),
+                     ("ünï", "is not ASCII, as Airflow's assets need")):
+        base = {**local, "local": {"artifacts": f"file://{tmp_path}/{uri}"}}
+        said = problems(base, {})
+        assert said.startswith("bad params: local.artifacts: ") and why in said, uri
+    for fine in ("alias/sub", "real", "new/folder"):
+        assert params.resolve({**local, "local": {"artifacts": f"file://{tmp_path}/{fine}"}}, {},
+                              STEPS)
+    # the default, $SMTASK_HOME/artifacts, is checked too
+    with mock.patch.dict("os.environ", {"SMTASK_HOME": str(tmp_path / "home")}):
+        (tmp_path / "home").mkdir()
+        (tmp_path / "home" / "artifacts").symlink_to("/nonexistent-smtask-artifacts")
+        said = problems({**local, "local": {}}, {})
+        assert said.startswith("bad params: local.artifacts: '") and \
+            said.endswith(nowhere)  # the path may be shortened
     conf = {"local": {"artifacts": (tmp_path / "spin").as_uri()}}
     assert "local.artifacts: a run's conf may not change it" in problems(local, conf)
     (tmp_path / "run").mkdir()

@@ -300,16 +300,35 @@ def _settings_problems(step: str, kind: JobKind, cfg: Mapping[str, Any]) -> Iter
 
 
 def _artifacts_problems(params: Mapping[str, Any]) -> Iterable[str]:
-    """Local mode's artifacts must be a folder, or not yet there: a link that leads nowhere
-    (a loop, a dead end) or a file there would fail the run's first write, after its job."""
-    artifacts = str((params.get("local") or {}).get("artifacts") or "")
-    if params.get("mode") != "local" or not artifacts.startswith("file://"):
+    """The run's artifacts root (local mode's ``local.artifacts``, by default
+    ``$SMTASK_HOME/artifacts``; else ``artifacts``) must be a URI that names one place, and
+    in local mode a folder or not yet there: a link on the way that leads nowhere (a loop, a
+    dead end, which a write would follow) or a file would fail the run's first write, after
+    its job."""
+    from smtask.paths import artifacts_root
+
+    key = "local.artifacts" if params.get("mode") == "local" else "artifacts"
+    try:
+        root = artifacts_root(params)
+    except ParamsError:
+        return  # sagemaker mode without s3:// artifacts: the mode's own check names it
+    parsed = urlparse(root)
+    if parsed.query or parsed.fragment or "?" in root or "#" in root:
+        yield (f"{key}: {quoted(root)} holds '?' or '#', which end a URI's path (its outputs "
+               "would go elsewhere): name another folder")
+    elif not root.isascii():
+        yield f"{key}: {quoted(root)} is not ASCII, as Airflow's assets need: name another folder"
+    if parsed.scheme != "file":
         return
-    path = urlparse(artifacts).path
-    if os.path.lexists(path) and not os.path.exists(path):
-        yield f"local.artifacts: {quoted(path)} is a link that leads nowhere (a loop or a dead end)"
-    elif os.path.exists(path) and not os.path.isdir(path):
-        yield f"local.artifacts: {quoted(path)} is not a folder"
+    # the deepest part of the path that is there: every write goes through it
+    there = os.path.normpath(parsed.path)
+    while not os.path.lexists(there) and os.path.dirname(there) != there:
+        there = os.path.dirname(there)
+    named = "" if there == os.path.normpath(parsed.path) else " (on the way to the folder named)"
+    if os.path.lexists(there) and not os.path.exists(there):
+        yield f"{key}: {quoted(there)}{named} is a link that leads nowhere (a loop or a dead end)"
+    elif os.path.exists(there) and not os.path.isdir(there):
+        yield f"{key}: {quoted(there)}{named} is not a folder"
 
 
 def _worker_state(params: Mapping[str, Any]) -> list[Path]:
