@@ -141,10 +141,35 @@ def in_process_run(dag_file: Path) -> Iterator[None]:
 
 
 def _migrate() -> None:
-    """The project-local Airflow DB, made on first use."""
-    if not (Path(os.environ["AIRFLOW_HOME"]) / "airflow.db").exists():
+    """The project-local Airflow DB, made on first use: into a file of its own, moved into
+    place once whole, one run at a time. A run stopped while it was made (Ctrl-C in the
+    first seconds) left a half-made ``airflow.db`` that every later run failed on ("no such
+    table"), and two first runs at once made one DB twice. A DB configured elsewhere
+    (``sql_alchemy_conn``) is migrated in place, as before."""
+    import fcntl
+
+    from airflow.configuration import conf
+
+    home = Path(os.environ["AIRFLOW_HOME"])
+    db = home / "airflow.db"
+    if conf.get("database", "sql_alchemy_conn") != f"sqlite:///{db}":
+        if not db.exists():
+            subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                           stdout=subprocess.DEVNULL)
+        return
+    if db.exists():
+        return
+    with open(home / "airflow.db.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another first run's migration ends first
+        if db.exists():
+            return
+        for stale in home.glob("airflow.db.*.partial*"):  # a stopped run's, and its journal
+            stale.unlink(missing_ok=True)
+        partial = home / f"airflow.db.{os.getpid()}.partial"
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, env={
+                           **os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{partial}"})
+        os.replace(partial, db)
 
 
 def _load_dag(dag_file: Path, dag_id: str | None) -> Any:
@@ -353,7 +378,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         dag_run = _fail_run(dag.dag_id, since - 1)
         if dag_run is not None:
             _print_run(dag, dag_run, f"failed: stopped by {name}")
-        print(f"smtask: stopped by {name}; the run is marked failed", file=sys.stderr)
+        print(f"smtask: stopped by {name}; " + ("the run is marked failed" if dag_run is not None
+              else "no dag run had started"), file=sys.stderr)
         return 128 + stopped.signum
     _stop_listeners()
     elapsed = time.monotonic() - started
@@ -557,7 +583,11 @@ def console() -> NoReturn:
     (logging's flush among them) still run first."""
     import atexit
 
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C before `run` handles signals (Airflow's import, the DB)
+        print("smtask: interrupted", file=sys.stderr)
+        code = 128 + signal.SIGINT
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -4,6 +4,7 @@ Docker: every case here stops before a job."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -228,3 +229,48 @@ def test_a_run_keeps_no_garbage_of_the_dags_parse_nor_of_its_tasks(tmp_path, cli
     said = done.communicate(timeout=300)[0]
     assert done.returncode == 0, said[-3000:]
     assert "-- drop: success" in said and "[\n  true,\n  true\n]" in said, said[-1500:]
+
+
+def test_a_run_stopped_while_it_makes_the_db_leaves_none_half_made(tmp_path):
+    """The first run makes Airflow's DB; stopped then (Ctrl-C in its first seconds), it left
+    a half-made airflow.db that every later run failed on ("no such table: task_instance").
+    Now the DB is made in a file of its own and moved into place once whole; the next run
+    removes what a stopped one left and makes it again."""
+    import json
+
+    home = tmp_path / "airflow"
+    probe = f"""
+import json, os, subprocess, sys
+os.environ["AIRFLOW_HOME"] = {str(home)!r}
+os.environ.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
+os.makedirs({str(home)!r}, exist_ok=True)
+from smtask import cli
+real = subprocess.run
+def stopped(command, **kwargs):  # the migration writes some tables, then Ctrl-C
+    path = kwargs["env"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
+    with open(path, "w") as half:
+        half.write("half a database")
+    raise KeyboardInterrupt
+subprocess.run = stopped
+try:
+    cli._migrate()
+except KeyboardInterrupt:
+    pass
+left = sorted(os.listdir({str(home)!r}))
+subprocess.run = real
+cli._migrate()
+print(json.dumps({{"left": left, "after": sorted(os.listdir({str(home)!r}))}}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert "airflow.db" not in found["left"] and any(
+        name.endswith(".partial") for name in found["left"])
+    assert "airflow.db" in found["after"] and not any(".partial" in n for n in found["after"])
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(home / "airflow.db")) as db:
+        tables = {row[0] for row in db.execute("select name from sqlite_master")}
+    assert "task_instance" in tables
