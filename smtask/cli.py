@@ -403,7 +403,8 @@ def _before_the_first_task(dag: Any) -> None:
     with quiet_imports():
         in_process_api_server().app  # noqa: B018 - a cached property, built here
         if params.smtask_steps(dag):
-            with sdk.models_built_on_use():
+            # a broken SDK is the first smtask task's to report, in its log
+            with sdk.models_built_on_use(), contextlib.suppress(ImportError):
                 importlib.import_module("sagemaker.core.local")
 
 

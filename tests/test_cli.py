@@ -24,6 +24,14 @@ def smtask(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
+def succeeded(cli_home: Any, *args: str) -> str:
+    """The output of ``smtask <args>`` (the cli_home fixture's), which must succeed."""
+    done = cli_home.smtask(*args)
+    said: str = done.communicate(timeout=300)[0]
+    assert done.returncode == 0, said[-3000:]
+    return said
+
+
 def one_line(done: subprocess.CompletedProcess[str]) -> str:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -182,13 +190,9 @@ def test_run_runs_a_plain_airflow_dag_through_the_latest_api_version(tmp_path, c
         "                str(context['prev_data_interval_start_success'])]\n"
         "    pull(put())\n"
         "plain_api()\n")
-    checked = cli_home.smtask("validate", str(dag_file))
-    said = checked.communicate(timeout=300)[0]
-    assert checked.returncode == 0, said[-800:]
+    said = succeeded(cli_home, "validate", str(dag_file))
     assert "plain_api: no smtask steps, no smtask params: nothing to check" in said
-    done = cli_home.smtask("run", str(dag_file))
-    said = done.communicate(timeout=300)[0]
-    assert done.returncode == 0, said[-3000:]
+    said = succeeded(cli_home, "run", str(dag_file))
     assert "-- pull: success" in said
     assert '"kept",\n  "kept",\n  "None"' in said  # no earlier successful run
 
@@ -225,9 +229,7 @@ def test_a_run_keeps_no_garbage_of_the_dags_parse_nor_of_its_tasks(tmp_path, cli
         "        return [PARSED() is None, module.KEPT() is None]\n"
         "    keep() >> drop()\n"
         "cycles()\n")
-    done = cli_home.smtask("run", str(dag_file))
-    said = done.communicate(timeout=300)[0]
-    assert done.returncode == 0, said[-3000:]
+    said = succeeded(cli_home, "run", str(dag_file))
     assert "-- drop: success" in said and "[\n  true,\n  true\n]" in said, said[-1500:]
 
 

@@ -717,3 +717,21 @@ def test_quiet_imports_nest_and_restore_a_disabled_collector():
         assert not gc.isenabled()  # a caller's own pause is kept
     finally:
         gc.enable()
+
+
+def test_a_signal_while_the_local_session_is_made_leaves_no_scratch_folder(monkeypatch, tmp_path):
+    """A SIGTERM between the scratch folder's making and the session's (the SDK's
+    LocalSession reads its S3 model: 0.1 s) left the folder behind (found by CI once the SDK
+    was imported before the first task, which moved the signal's moment there)."""
+    import sagemaker.core.local as sdk_local
+
+    def interrupted(**_: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
+    monkeypatch.setattr(local_session, "cleanup_orphans", lambda: [])
+    monkeypatch.setattr(sdk_local, "LocalSession", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with local.open_session({"mode": "local"}, local.ContainerOutput(print)):
+            pass
+    assert (tmp_path / "tmp").is_dir() and list((tmp_path / "tmp").iterdir()) == []

@@ -70,25 +70,32 @@ def open_session(params: Mapping[str, Any], output: ContainerOutput, step: str =
                        scratch=scratch_root() / session_id, output=output,
                        artifacts=artifacts_root(params), step=step, warm_up=warm_up)
     state.scratch.mkdir(parents=True)
-    (state.scratch / OWNER_FILE).write_text(str(state.owner))
-    with state.exit:
-        session = LocalSession(boto_session=boto, s3_endpoint_url=local.get("s3_endpoint"),
-                               default_bucket="smtask-local")
-        session.config = {"local": {"local_code": True, "container_root": str(state.scratch)}}
-        session.smtask = state
-        try:
-            with sdk.corrected(corrections(session)):
-                yield session
-        finally:
-            state.closing = True  # a signal from here on must not cut the clean-up short
-            staging.discard(session)  # what was not published is no result
+    made = False
+    try:
+        (state.scratch / OWNER_FILE).write_text(str(state.owner))
+        with state.exit:
+            session = LocalSession(boto_session=boto, s3_endpoint_url=local.get("s3_endpoint"),
+                                   default_bucket="smtask-local")
+            session.config = {"local": {"local_code": True,
+                                        "container_root": str(state.scratch)}}
+            session.smtask = state
+            made = True
             try:
-                stop(session)
-            except EngineUnreachable as exc:
-                # its containers may still run on the scratch folder: both stay for cleanup
-                output.sink(f"smtask: {exc}; the job's scratch folder {state.scratch} is kept")
-            else:
-                remove_scratch(state.scratch)
+                with sdk.corrected(corrections(session)):
+                    yield session
+            finally:
+                state.closing = True  # a signal from here on must not cut the clean-up short
+                staging.discard(session)  # what was not published is no result
+                try:
+                    stop(session)
+                except EngineUnreachable as exc:
+                    # its containers may still run on the scratch folder: both stay for cleanup
+                    output.sink(f"smtask: {exc}; the job's scratch folder {state.scratch} is kept")
+                else:
+                    remove_scratch(state.scratch)
+    finally:
+        if not made:  # stopped (a signal) before the session was made: no container ran
+            remove_scratch(state.scratch)
 
 
 def read_only_file(session: Any, name: str, text: str) -> Path:
