@@ -152,12 +152,15 @@ def _migrate() -> None:
 
     home = Path(os.environ["AIRFLOW_HOME"])
     db = home / "airflow.db"
-    if conf.get("database", "sql_alchemy_conn") != f"sqlite:///{db}":
-        if not db.exists():
-            subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                           stdout=subprocess.DEVNULL)
-        return
+
+    def migrate(**env: str) -> None:
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
+                       stdout=subprocess.DEVNULL, env={**os.environ, **env})
+
     if db.exists():
+        return
+    if conf.get("database", "sql_alchemy_conn") != f"sqlite:///{db}":
+        migrate()
         return
     with open(home / "airflow.db.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another first run's migration ends first
@@ -166,9 +169,7 @@ def _migrate() -> None:
         for stale in home.glob("airflow.db.*.partial*"):  # a stopped run's, and its journal
             stale.unlink(missing_ok=True)
         partial = home / f"airflow.db.{os.getpid()}.partial"
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                       stdout=subprocess.DEVNULL, env={
-                           **os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{partial}"})
+        migrate(AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{partial}")
         os.replace(partial, db)
 
 

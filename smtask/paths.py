@@ -41,6 +41,11 @@ def confined(target: str | Path, root: str | Path) -> Path:
 SOURCE_IGNORED = (".env", ".git", "__pycache__", ".DS_Store", ".cache", ".ipynb_checkpoints")
 
 
+def ignored(name: str, patterns: Iterable[str]) -> bool:
+    """Whether ``name`` matches one of ``patterns`` (``shutil.ignore_patterns``' rule)."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
 def walk(folder: Path, ignore: Iterable[str]) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk(folder)`` (folders and files sorted) less any entry, at any depth, whose name
     matches one of the ``ignore`` patterns, an ignored folder with all below it: the SDK's
@@ -49,7 +54,7 @@ def walk(folder: Path, ignore: Iterable[str]) -> Iterator[tuple[str, list[str], 
     patterns = tuple(ignore)
 
     def kept(name: str) -> bool:
-        return not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+        return not ignored(name, patterns)
 
     def unreadable(error: OSError) -> None:
         raise error
@@ -87,7 +92,7 @@ def stray_links(folder: Path, ignore: Iterable[str] = SOURCE_IGNORED
             # where the OS lands must be where the text says, inside the folder (base / a
             # written ``../x`` keeps its ``..``, which no real path has)
             if os.path.isabs(target) or not os.path.isfile(path) \
-                    or any(fnmatch.fnmatch(part, pattern) for part in passes for pattern in patterns) \
+                    or any(ignored(part, patterns) for part in passes) \
                     or Path(os.path.realpath(path)) != base / written:
                 yield str(path.relative_to(folder)), target
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -213,9 +215,6 @@ def importing() -> Iterator[None]:
     process's first import freezes the heap after it: nothing of the user's is alive yet.
     In an in-process run (``smtask run``, ``SMTASK_IN_PROCESS``) an earlier task's data may
     be, and once frozen it would stay in memory after the task drops it."""
-    import os
-    import sys
-
     first = "sagemaker.core" not in sys.modules and os.environ.get("SMTASK_IN_PROCESS") != "1"
     with quiet_imports(freeze=first), models_built_on_use():
         yield
@@ -224,8 +223,6 @@ def importing() -> Iterator[None]:
 def build_models(prefix: str = "sagemaker.") -> int:
     """Build every model :func:`models_built_on_use` left unbuilt in the modules under
     ``prefix``, as their import would have; how many were built."""
-    import sys
-
     built = 0
     for name, module in list(sys.modules.items()):
         if not name.startswith(prefix):

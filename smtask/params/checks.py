@@ -313,7 +313,7 @@ def _artifacts_problems(params: Mapping[str, Any]) -> Iterable[str]:
     except ParamsError:
         return  # sagemaker mode without s3:// artifacts: the mode's own check names it
     parsed = urlparse(root)
-    if parsed.query or parsed.fragment or "?" in root or "#" in root:
+    if "?" in root or "#" in root:  # urlparse's query and fragment
         yield (f"{key}: {quoted(root)} holds '?' or '#', which end a URI's path (its outputs "
                "would go elsewhere): name another folder")
     elif not root.isascii():
