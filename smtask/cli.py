@@ -135,9 +135,15 @@ def latest_api_only() -> Iterator[None]:
 @contextlib.contextmanager
 def in_process_run(dag_file: Path) -> Iterator[None]:
     """What ``smtask run`` (and the tests' runs) change around ``dag.test()`` of ``dag_file``:
-    only that file parsed, one execution API version built."""
+    only that file parsed, one execution API version built. It ends once the completed jobs'
+    containers and scratch folders, removed beside the next task, are gone."""
     with one_file_bundle(dag_file), latest_api_only():
-        yield
+        try:
+            yield
+        finally:
+            containers = sys.modules.get("smtask.local.containers")  # else no local session
+            if containers is not None:
+                containers.JANITOR.settle()
 
 
 def _migrate() -> None:

@@ -212,6 +212,11 @@ def _orphans_survive(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     with _engine_lock(exclusive=request.node.get_closest_marker("orphans") is not None):
         yield
+        # a completed job's containers and scratch are removed beside the next task: the
+        # test's own are gone before the next test looks (as a process waits at its exit)
+        from smtask.local.containers import JANITOR
+
+        JANITOR.settle()
 
 
 # --- loopback guard ------------------------------------------------------------------------

@@ -729,9 +729,82 @@ def test_a_signal_while_the_local_session_is_made_leaves_no_scratch_folder(monke
         raise KeyboardInterrupt
 
     monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
-    monkeypatch.setattr(local_session, "cleanup_orphans", lambda: [])
+    monkeypatch.setattr(local_session.JANITOR, "sweep", lambda: None)
     monkeypatch.setattr(sdk_local, "LocalSession", interrupted)
     with pytest.raises(KeyboardInterrupt):
         with local.open_session({"mode": "local"}, local.ContainerOutput(print)):
             pass
     assert (tmp_path / "tmp").is_dir() and list((tmp_path / "tmp").iterdir()) == []
+
+
+def _held_stops(monkeypatch, tmp_path) -> tuple[list[str], Any]:
+    """open_session's removal of a session's containers, recorded, held until released."""
+    import threading
+
+    stopped: list[str] = []
+    release = threading.Event()
+
+    def stop(session: Any) -> list[str]:
+        release.wait(30)
+        stopped.append(state.of(session).session_id)
+        return []
+
+    monkeypatch.setenv("SMTASK_HOME", str(tmp_path))
+    monkeypatch.setattr(local_session.JANITOR, "sweep", lambda: None)
+    monkeypatch.setattr(local_session, "stop", stop)
+    return stopped, release
+
+
+def test_a_completed_jobs_containers_are_removed_beside_the_next_task(monkeypatch, tmp_path):
+    """The exited containers and the scratch folder of a session whose job completed are
+    removed by a thread of their own (0.03-0.1 s a task, which held up the next one); the
+    run waits for them at its end (settle, the CLI's in-process run, the process's exit)."""
+    stopped, release = _held_stops(monkeypatch, tmp_path)
+    with local.open_session({"mode": "local"}, local.ContainerOutput(print)) as session:
+        scratch = local_session.scratch_of(session)
+    assert stopped == [] and scratch.is_dir()  # the task goes on while they are removed
+    release.set()
+    containers.JANITOR.settle()
+    assert stopped == [state.of(session).session_id] and not scratch.exists()
+
+
+def test_a_failed_or_killed_jobs_containers_are_removed_before_the_task_ends(monkeypatch, tmp_path):
+    """A job that failed or was killed may still have containers running: removed there and
+    then, as before."""
+    stopped, release = _held_stops(monkeypatch, tmp_path)
+    release.set()
+    with pytest.raises(RuntimeError):
+        with local.open_session({"mode": "local"}, local.ContainerOutput(print)) as failed:
+            raise RuntimeError("the job failed")
+    assert stopped == [state.of(failed).session_id]
+    with local.open_session({"mode": "local"}, local.ContainerOutput(print)) as killed:
+        state.of(killed).killed = True  # the SDK swallowed the kill's exception
+    assert stopped[-1] == state.of(killed).session_id
+    assert not local_session.scratch_of(killed).exists()
+
+
+def test_a_process_waits_at_its_exit_for_the_removals_it_handed_over(tmp_path):
+    """``smtask run`` leaves by os._exit once the exit handlers ran; a task process by
+    sys.exit: both wait for the removals still under way. A forked child hands its own to a
+    thread of its own (the parent's is not in the child)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exits.py"
+    script.write_text(f'''
+import atexit, os, sys, time
+from pathlib import Path
+from smtask.local.containers import JANITOR
+done = Path({str(tmp_path)!r})
+JANITOR.later(lambda: (time.sleep(0.5), (done / "parent").write_text("x")))
+if os.fork() == 0:
+    JANITOR.later(lambda: (done / "child").write_text("x"))
+    JANITOR.settle()
+    os._exit(0)
+os.wait()
+atexit._run_exitfuncs()  # as smtask's console() leaves
+os._exit(0)
+''')
+    subprocess.run([sys.executable, str(script)], check=True, timeout=60)
+    assert (tmp_path / "parent").exists() and (tmp_path / "child").exists()
+

@@ -3,11 +3,16 @@ them, how a session's are stopped, and how a dead process's are cleaned up."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +107,50 @@ def cleanup_orphans() -> list[str]:
             remove_scratch(folder)
             removed.append(f"scratch folder {folder} of dead process {owner.pid}")
     return removed
+
+
+class _Janitor:
+    """Clean-ups that need not hold up the next task: a completed job's exited containers
+    and scratch folder, the sweep of later sessions. One thread per process; the process
+    waits for what is left of them when it exits (atexit: ``smtask run`` ends by os._exit
+    after the exit handlers), and a process killed first leaves them to the next sweep."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
+        self.pid = 0
+        self.swept = 0  # the process whose first session swept synchronously
+
+    def later(self, work: Callable[[], Any]) -> Future[Any]:
+        with self.lock:
+            if self.pool is None or self.pid != os.getpid():  # none yet, or a forked child's
+                self.pool, self.pid = ThreadPoolExecutor(1, "smtask-cleanup"), os.getpid()
+                atexit.register(self.pool.shutdown)
+            return self.pool.submit(work)
+
+    def settle(self) -> None:
+        """Wait for the clean-ups handed over so far."""
+        with self.lock:
+            pool = self.pool if self.pid == os.getpid() else None
+        if pool is not None:
+            pool.submit(lambda: None).result()
+
+    def sweep(self) -> None:
+        """:func:`cleanup_orphans` at a session's start: in the first of the process before
+        any job (an engine that does not answer is named there), beside the job after."""
+        if self.swept == os.getpid():
+            self.later(_sweep_quietly)
+            return
+        cleanup_orphans()
+        self.swept = os.getpid()
+
+
+def _sweep_quietly() -> None:
+    with contextlib.suppress(SmtaskError):  # the next job's own docker calls will say it
+        cleanup_orphans()
+
+
+JANITOR = _Janitor()
 
 
 def _still_mounted(scratch: Path) -> bool:

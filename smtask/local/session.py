@@ -7,6 +7,7 @@ removed on entry."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import uuid
@@ -17,7 +18,7 @@ from typing import Any
 from smtask import clients, sdk
 from smtask.errors import EngineUnreachable
 from smtask.local import compose, serving, staging
-from smtask.local.containers import cleanup_orphans, remove_scratch, scratch_root, stop
+from smtask.local.containers import JANITOR, remove_scratch, scratch_root, stop
 from smtask.local.output import ContainerOutput, stream_output
 from smtask.local.state import DEFAULT_REGION, OWNER_FILE, LocalState, Owner, of
 from smtask.paths import artifacts_root
@@ -57,7 +58,7 @@ def open_session(params: Mapping[str, Any], output: ContainerOutput, step: str =
     with sdk.importing():  # an in-process run builds its models in the warm-up (output)
         from sagemaker.core.local import LocalSession
 
-    cleanup_orphans()
+    JANITOR.sweep()
     local = params.get("local") or {}
     # Static placeholder credentials: the SDK copies the session's credentials into every
     # container's environment, and file:// artifacts need none.
@@ -79,22 +80,34 @@ def open_session(params: Mapping[str, Any], output: ContainerOutput, step: str =
             session.config = {"local": {"local_code": True,
                                         "container_root": str(state.scratch)}}
             session.smtask = state
-            made = True
+            made, completed = True, False
             try:
                 with sdk.corrected(corrections(session)):
                     yield session
+                completed = not state.killed
             finally:
                 state.closing = True  # a signal from here on must not cut the clean-up short
                 staging.discard(session)  # what was not published is no result
-                try:
-                    stop(session)
-                except EngineUnreachable as exc:
-                    # its containers may still run on the scratch folder: both stay for cleanup
-                    output.sink(f"smtask: {exc}; the job's scratch folder {state.scratch} is kept")
+                if completed:  # its containers have exited: removed beside the next task
+                    JANITOR.later(functools.partial(_close, session, state.exit.pop_all()))
                 else:
-                    remove_scratch(state.scratch)
+                    _close(session)
     finally:
         if not made:  # stopped (a signal) before the session was made: no container ran
+            remove_scratch(state.scratch)
+
+
+def _close(session: Any, held: contextlib.ExitStack | None = None) -> None:
+    """Remove the session's containers and scratch folder, then let go of what it held (its
+    serving port)."""
+    state = of(session)
+    with held or contextlib.nullcontext():
+        try:
+            stop(session)
+        except EngineUnreachable as exc:
+            # its containers may still run on the scratch folder: both stay for cleanup
+            state.output.sink(f"smtask: {exc}; the job's scratch folder {state.scratch} is kept")
+        else:
             remove_scratch(state.scratch)
 
 
