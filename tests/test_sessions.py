@@ -81,7 +81,7 @@ def test_sdk_patches_are_installed_once():
 
 @pytest.mark.parametrize("klass", ["core", "train"])
 def test_the_sdk_runs_compose_files_with_smtask_compose_not_docker_compose(tmp_path, klass):
-    """Every local job's compose file goes to ``python -m smtask.local.compose``: no compose
+    """Every local job's compose file goes to smtask.local.compose's runner: no compose
     process holding a job's output in memory, no 0.5-0.9 s of compose start per job."""
     import sys
 
@@ -90,7 +90,7 @@ def test_the_sdk_runs_compose_files_with_smtask_compose_not_docker_compose(tmp_p
 
     prefix = _SageMakerContainer._get_compose_cmd_prefix() if klass == "core" else \
         _LocalContainer._get_compose_cmd_prefix(object())
-    assert prefix == [sys.executable, "-m", "smtask.local.compose"]
+    assert prefix[:3] == [sys.executable, "-I", "-S"] and compose.__file__ in prefix[-1]
     # and smtask.local.compose takes every key the SDK's (hardened) compose files hold
     for name, service in _sdk_compose(tmp_path, klass)["services"].items():
         args, _ = compose.run_args("p", name, service)
@@ -808,3 +808,23 @@ os._exit(0)
     subprocess.run([sys.executable, str(script)], check=True, timeout=60)
     assert (tmp_path / "parent").exists() and (tmp_path / "child").exists()
 
+
+def test_the_compose_runner_reads_only_its_json_and_ignores_the_workers_python_settings(tmp_path):
+    """The runner starts as an isolated interpreter without site-packages (20 ms a job
+    less): a PYTHONPATH of the worker's cannot put its own modules in it, and a compose file
+    that is not the JSON smtask writes is refused by name."""
+    import os
+    import subprocess
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for name in ("json", "subprocess", "sitecustomize"):
+        (evil / f"{name}.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write({name!r})\n")
+    broken = tmp_path / "docker-compose.yaml"
+    broken.write_text("services: {algo-1: {image: x}}\n")  # YAML, not JSON
+    hostile = {**os.environ, "PYTHONPATH": str(evil), "PYTHONSTARTUP": str(evil / "json.py")}
+    done = subprocess.run([*compose.command(), "-f", str(broken), "up"], capture_output=True,
+                          text=True, timeout=60, env=hostile)
+    assert done.returncode == 1
+    assert f"{broken} is not a compose file smtask wrote (JSON)" in done.stderr
+    assert not (tmp_path / "ran").exists()
