@@ -89,13 +89,21 @@ class _Link(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         context = getattr(operator, "link_context", None)
-        if not isinstance(context, Mapping):
+        if not isinstance(context, Mapping) or not self.shown(context):
             return ""
-        result = _result(ti_key)
+        # Airflow asks every link when the task ends, in the task's process: the operator
+        # holds the result it returned ({} when it failed); a read of its XCom took 12 ms
+        held = getattr(operator, "_lineage", None)
+        result = held[1] if isinstance(held, tuple) else _result(ti_key)
         try:
             return self.url(operator.job_kind, result, context)
         except (KeyError, TypeError, AttributeError, ValueError):
             return ""
+
+    def shown(self, context: Mapping[str, Any]) -> bool:
+        """Whether a run like this one (its mode) can have this link: the AWS consoles'
+        are SageMaker's."""
+        return context.get("mode") == "sagemaker"
 
     def url(self, kind: JobKind, result: Mapping[str, Any], context: Mapping[str, Any]) -> str:
         raise NotImplementedError  # each link below says
@@ -120,8 +128,6 @@ class JobLink(_Link):
     name = "SageMaker console"
 
     def url(self, kind: JobKind, result: Mapping[str, Any], context: Mapping[str, Any]) -> str:
-        if context.get("mode") != "sagemaker":
-            return ""
         return job_url(kind.name, _name(result, context), context.get("region"))
 
 
@@ -129,8 +135,6 @@ class LogsLink(_Link):
     name = "CloudWatch logs"
 
     def url(self, kind: JobKind, result: Mapping[str, Any], context: Mapping[str, Any]) -> str:
-        if context.get("mode") != "sagemaker":
-            return ""
         name = _name(result, context)
         if kind.name == "tuning":  # its trials log as training jobs: the best one's
             name = str(result.get("best_training_job") or "")
@@ -146,20 +150,19 @@ class BestTrainingJobLink(_Link):
     name = "Best training job"
 
     def url(self, kind: JobKind, result: Mapping[str, Any], context: Mapping[str, Any]) -> str:
-        if context.get("mode") != "sagemaker":
-            return ""
         return job_url("training", str(result.get("best_training_job") or ""), context.get("region"))
 
 
 class OutputsLink(_Link):
     name = "Outputs"
 
+    def shown(self, context: Mapping[str, Any]) -> bool:
+        """SageMaker's runs, and local ones whose artifacts have a URL (``s3_endpoint``)."""
+        return super().shown(context) or bool(context.get("s3_endpoint"))
+
     def url(self, kind: JobKind, result: Mapping[str, Any], context: Mapping[str, Any]) -> str:
-        local = context.get("mode") == "local"
-        if local and not context.get("s3_endpoint"):
-            return ""
         return outputs_url(outputs(result), context.get("region"),
-                           context.get("s3_endpoint") if local else None)
+                           context.get("s3_endpoint") if context.get("mode") == "local" else None)
 
 
 def links(kind: JobKind) -> tuple[BaseOperatorLink, ...]:
@@ -170,6 +173,13 @@ def links(kind: JobKind) -> tuple[BaseOperatorLink, ...]:
     if kind.assets is not None:
         found.append(OutputsLink())
     return tuple(found)
+
+
+def run_links(links: Iterable[BaseOperatorLink], context: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The links a run like this one can have: Airflow stores each link's URL (an XCom, "" for
+    none) when the task ends, 10 ms a link; a local run without a URL for its artifacts has
+    none to store."""
+    return tuple(link for link in links if not isinstance(link, _Link) or link.shown(context))
 
 
 def link_context(run_params: Mapping[str, Any], job_name: str | None = None) -> dict[str, Any]:

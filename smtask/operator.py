@@ -87,6 +87,9 @@ class SageMakerJobOperator(Kills, DecoratedOperator):
         self.log.info("%s job %s (%s mode): %s", self.job_kind.name, job["job_name"],
                       run_params["mode"], {k: v for k, v in job.items() if k != "tags"})
         self.link_context = lineage.link_context(run_params, job["job_name"])
+        # when the task ends Airflow stores a URL for each of these: only this run's kind
+        self.operator_extra_links = lineage.run_links(type(self).operator_extra_links,
+                                                      self.link_context)
         return self._finished(context, job, self._run(job, run_params), run_params["mode"])
 
     def _finished(self, context: Context, job: Mapping[str, Any], result: dict[str, Any],

@@ -42,11 +42,21 @@ def test_each_kinds_links_or_none_where_a_link_would_be_dead():
     # a failed job has no result: its links name the job the task created
     assert lineage.JobLink().url(kinds["training"], {}, cloud).endswith("#/jobs/j")
     assert lineage.LogsLink().url(kinds["tuning"], {}, cloud) == ""  # no best trial yet
+    # a local run has no console's links, nor an outputs link without a URL for its
+    # artifacts: none is asked for, and Airflow stores none (it stores each one it is given)
     local = {**cloud, "mode": "local"}
     outputs = {"outputs": {"model": "file:///tmp/a/model.tar.gz"}, "job_name": "j"}
-    assert [link.url(kinds["training"], outputs, local) for link in lineage.links(
-        kinds["training"])] == ["", "", ""]
+
+    class Ran:
+        job_kind, link_context, _lineage = kinds["training"], local, ({}, outputs)
+
+    assert [link.get_link(Ran(), ti_key=None) for link in lineage.links(kinds["training"])] \
+        == ["", "", ""]
+    assert lineage.run_links(lineage.links(kinds["training"]), local) == ()
     s3_local = {**local, "s3_endpoint": "http://127.0.0.1:5000"}
+    assert [type(link).__name__ for link in lineage.run_links(
+        lineage.links(kinds["training"]), s3_local)] == ["OutputsLink"]
+    assert len(lineage.run_links(lineage.links(kinds["tuning"]), cloud)) == 4
     assert lineage.OutputsLink().url(kinds["training"], {"outputs": {
         "model": "s3://b/p/model.tar.gz"}}, s3_local) == "http://127.0.0.1:5000/b?list-type=2&prefix=p%2F"
     assert [type(link).__name__ for link in lineage.links(kinds["register"])] == \
@@ -139,6 +149,22 @@ def test_the_examples_tasks_link_their_jobs_and_publish_their_outputs_as_assets(
     assert output_asset(ROOT / "config.json", "churn", "trainer") == model
     report = runpy.run_path(str(ROOT / "dags" / "churn_model_report.py"))["churn_model_report"]()
     assert list(report.timetable.asset_condition.objects) == [model]
+
+
+@pytest.mark.docker
+def test_a_local_run_stores_no_link_where_none_could_be(docker, tmp_path):
+    """Airflow stores each extra link's URL as an XCom when a task ends (10 ms each, "" for
+    none): a local run whose artifacts have no URL stores none (sagemaker mode: above)."""
+    from conftest import run_dag, write_config
+    from test_local_safety import SPLIT
+
+    config = write_config(tmp_path, steps={"splitor": {
+        "code_path": "tests/scripts/reports_what_it_got.py", "arguments": [],
+        "outputs": {"report": {"source": "/opt/ml/processing/report"}}}})
+    result = run_dag(SPLIT, config=config)
+    assert result.state == "success", result.states
+    keys = stored(result.dag_id, result.run_id)["split"]
+    assert "return_value" in keys and [k for k in keys if k.startswith("_link_")] == []
 
 
 @pytest.mark.docker
