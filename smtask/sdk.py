@@ -105,6 +105,8 @@ CORRECTIONS: dict[str, Correction] = {c.target: c for c in (
                "a batch transform writes a model server's error answer as predictions"),
     Correction("sagemaker.core.local.local_session:get_docker_host",
                "runs `docker context inspect` on every request to a local server"),
+    Correction("sagemaker.train.local.local_container:create_tar_file",
+               "packs a local model.tar.gz at gzip level 9: 11 times slower than gzip's 6"),
 )}
 
 

@@ -44,6 +44,7 @@ def corrections(session: Any) -> dict[str, Any]:
         "sagemaker.core.local.local_session:LocalSagemakerRuntimeClient.invoke_endpoint":
             serving.answered_or_failed(runtime.invoke_endpoint, state.output),
         "sagemaker.core.local.local_session:get_docker_host": lambda: "localhost",
+        "sagemaker.train.local.local_container:create_tar_file": staging.create_tar_file,
     }
 
 
