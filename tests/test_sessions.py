@@ -828,3 +828,16 @@ def test_the_compose_runner_reads_only_its_json_and_ignores_the_workers_python_s
     assert done.returncode == 1
     assert f"{broken} is not a compose file smtask wrote (JSON)" in done.stderr
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_failed_clean_up_beside_the_run_is_said_and_the_next_one_still_runs(capfd):
+    ran: list[str] = []
+
+    def fails() -> None:
+        raise OSError("the engine hung up")
+
+    containers.JANITOR.later(fails)
+    containers.JANITOR.later(lambda: ran.append("next"))
+    containers.JANITOR.settle()
+    assert ran == ["next"]
+    assert "smtask: a clean-up beside the run failed (the engine hung up)" in capfd.readouterr().err

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -126,7 +127,7 @@ class _Janitor:
             if self.pool is None or self.pid != os.getpid():  # none yet, or a forked child's
                 self.pool, self.pid = ThreadPoolExecutor(1, "smtask-cleanup"), os.getpid()
                 atexit.register(self.pool.shutdown)
-            return self.pool.submit(work)
+            return self.pool.submit(_reported, work)
 
     def settle(self) -> None:
         """Wait for the clean-ups handed over so far."""
@@ -143,6 +144,17 @@ class _Janitor:
             return
         cleanup_orphans()
         self.swept = os.getpid()
+
+
+def _reported(work: Callable[[], Any]) -> Any:
+    """``work``, whose failure is said on stderr (no task is there to fail): what it left is
+    removed by a later sweep once this process is gone, or by ``smtask cleanup``."""
+    try:
+        return work()
+    except Exception as exc:  # noqa: BLE001 - a background clean-up has no caller to raise to
+        print(f"smtask: a clean-up beside the run failed ({exc}); `smtask cleanup` removes "
+              "what it left once this process has ended", file=sys.stderr)
+        return None
 
 
 def _sweep_quietly() -> None:

@@ -1,8 +1,9 @@
 """The local session: the SDK's ``LocalSession``, corrected so that a job cannot hurt the
 machine, with smtask's state (:class:`~smtask.local.state.LocalState`) on it as
 ``session.smtask``. On exit, however it comes (an error, a signal), its jobs' processes and
-containers are stopped and its scratch folder deleted; orphans of killed processes are
-removed on entry."""
+containers are stopped and its scratch folder deleted (a completed job's exited containers
+beside the next task: ``containers.JANITOR``); orphans of killed processes are removed on
+entry."""
 
 from __future__ import annotations
 
