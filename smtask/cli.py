@@ -375,6 +375,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_params(dag, conf)  # before the DB, so a bad conf creates no dag run
     _migrate()
     started, since = time.monotonic(), time.time()
+    dag_run = None
     try:
         with _signals_stop_the_run(), in_process_run(dag_file):
             _before_the_first_task(dag)
@@ -382,6 +383,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RunInterrupted as stopped:
         _stop_listeners()
         name = signal.Signals(stopped.signum).name
+        if dag_run is not None:  # while the finished jobs' containers were removed (all were)
+            _print_run(dag, dag_run, f"{dag_run.state}, then stopped by {name}")
+            print(f"smtask: stopped by {name} once the run had ended", file=sys.stderr)
+            return 128 + stopped.signum
         dag_run = _fail_run(dag.dag_id, since - 1)
         if dag_run is not None:
             _print_run(dag, dag_run, f"failed: stopped by {name}")

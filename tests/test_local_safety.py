@@ -364,7 +364,10 @@ def test_the_next_local_session_removes_a_dead_processes_container(tmp_path, mon
         ["docker", "run", "-d", "--network", "host", "--label", f"{state.LABEL}=deadbeef",
          "--label", f"{state.OWNER_LABEL}={dead}", "--label", f"{state.SCRATCH_LABEL}={scratch}",
          LOCAL_IMAGE, "sleep", "300"], capture_output=True, text=True, check=True).stdout.strip()
+    from smtask.local.containers import JANITOR
+
     with local.open_session({"mode": "local"}, local.ContainerOutput(print)):
+        JANITOR.settle()  # a process's first session sweeps before its job, later ones beside it
         assert containers_with_label(f"{state.LABEL}=deadbeef") == []
         assert not scratch.exists()
     assert orphan

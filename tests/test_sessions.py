@@ -841,3 +841,27 @@ def test_a_failed_clean_up_beside_the_run_is_said_and_the_next_one_still_runs(ca
     containers.JANITOR.settle()
     assert ran == ["next"]
     assert "smtask: a clean-up beside the run failed (the engine hung up)" in capfd.readouterr().err
+
+
+def test_a_signal_while_a_run_waits_for_its_removals_is_acted_on_once_they_are_done():
+    """A SIGTERM or SIGINT at a run's end (or at its process's exit, where the default action
+    killed the process mid-removal and left a container) waits for the removals under way;
+    the handler there was then gets it, as it would have."""
+    import os
+    import signal
+    import threading
+
+    done, got = threading.Event(), []
+
+    def removal() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while settle() waits for this
+        done.wait(0.3)
+        got.append("removed")
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: got.append(signum))
+    try:
+        containers.JANITOR.later(removal)
+        containers.JANITOR.settle()
+        assert got == ["removed", signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

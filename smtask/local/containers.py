@@ -3,16 +3,18 @@ them, how a session's are stopped, and how a dead process's are cleaned up."""
 
 from __future__ import annotations
 
+import _signal
 import atexit
 import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,9 @@ def cleanup_orphans() -> list[str]:
     return removed
 
 
+SETTLE_SECONDS = 60.0  # how long a run's end waits for the removals beside it
+
+
 class _Janitor:
     """Clean-ups that need not hold up the next task: a completed job's exited containers
     and scratch folder, the sweep of later sessions. One thread per process; the process
@@ -119,6 +124,7 @@ class _Janitor:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
+        self.last: Future[Any] | None = None
         self.pid = 0
         self.swept = 0  # the process whose first session swept synchronously
 
@@ -126,15 +132,21 @@ class _Janitor:
         with self.lock:
             if self.pool is None or self.pid != os.getpid():  # none yet, or a forked child's
                 self.pool, self.pid = ThreadPoolExecutor(1, "smtask-cleanup"), os.getpid()
-                atexit.register(self.pool.shutdown)
-            return self.pool.submit(_reported, work)
+                atexit.register(self.settle)
+            self.last = self.pool.submit(_reported, work)  # one thread: they end in order
+            return self.last
 
-    def settle(self) -> None:
-        """Wait for the clean-ups handed over so far."""
+    def settle(self, timeout: float = SETTLE_SECONDS) -> None:
+        """Wait for the clean-ups handed over so far. A SIGINT or SIGTERM meanwhile (a run's,
+        a process's exit: the default action would leave them half done) is acted on once
+        they are done, or after ``timeout`` seconds (an engine that hangs)."""
         with self.lock:
-            pool = self.pool if self.pid == os.getpid() else None
-        if pool is not None:
-            pool.submit(lambda: None).result()
+            last = self.last if self.pid == os.getpid() else None
+        if last is None:
+            return
+        with _signals_held():
+            with contextlib.suppress(TimeoutError):
+                last.result(timeout)
 
     def sweep(self) -> None:
         """:func:`cleanup_orphans` at a session's start: in the first of the process before
@@ -144,6 +156,26 @@ class _Janitor:
             return
         cleanup_orphans()
         self.swept = os.getpid()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held while inside (the main thread's), then delivered to the
+    handlers there were. Set through ``_signal`` itself: ``smtask run`` chains the handlers
+    set through ``signal.signal`` while a task runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: _signal.signal(signum, lambda got, _: held.append(got))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            _signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _reported(work: Callable[[], Any]) -> Any:
