@@ -368,9 +368,8 @@ def test_a_job_cleans_only_its_own_writable_mounts_and_a_file_gone_meanwhile_is_
     """Parallel tuning trials share the session's scratch folder: when one trial's container
     exits, only that trial's writable mounts are cleaned; a sibling trial's files (which come
     and go while it runs, found by a CI run where one of four trials failed) are not walked."""
+    import json
     import subprocess
-
-    import yaml
 
     scratch = tmp_path / "scratch"
     mine, sibling, inputs = scratch / "trial-001", scratch / "trial-002", tmp_path / "in"
@@ -380,7 +379,7 @@ def test_a_job_cleans_only_its_own_writable_mounts_and_a_file_gone_meanwhile_is_
     (sibling / "model" / "latest").symlink_to(sibling / "model")  # the running trial's own
     (inputs / "link").symlink_to(tmp_path)  # read-only in the container: not its output
     compose = mine / "docker-compose.yaml"
-    compose.write_text(yaml.safe_dump({"services": {"algo-1": {"volumes": [
+    compose.write_text(json.dumps({"services": {"algo-1": {"volumes": [
         f"{mine / 'model'}:/opt/ml/model", f"{inputs}:/opt/ml/input/data/train:ro"]}}}))
     process = subprocess.Popen(["true", "-f", str(compose), "up"])
     process.wait()

@@ -353,13 +353,21 @@ class Job:
                 os.unlink(cidfile)
 
 
+def read(path: str) -> dict[str, Any]:
+    """A compose file as :func:`install` writes it (JSON); ``ValueError`` if it is not."""
+    with open(path) as f:
+        content = json.load(f)
+    if not isinstance(content, dict):
+        raise ValueError(f"a JSON {type(content).__name__}, not an object")
+    return content
+
+
 def main(argv: list[str]) -> int:
     if "-f" not in argv or "up" not in argv:
         raise SystemExit(f"smtask.local.compose: only '-f FILE up' is supported, got {argv}")
     path = argv[argv.index("-f") + 1]
     try:
-        with open(path) as f:
-            content = json.load(f)
+        content = read(path)
     except ValueError as exc:
         raise SystemExit(f"smtask.local.compose: {path} is not a compose file smtask wrote "
                          f"(JSON): {exc}") from None

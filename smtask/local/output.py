@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from smtask.errors import ContainerFailed, EngineUnreachable
+from smtask.local import compose
 from smtask.local.compose import bounded_lines
 from smtask.local.containers import engine_answers, engine_gone
 from smtask.local.state import of
@@ -222,15 +223,12 @@ def writable_mounts(process: subprocess.Popen, scratch: Path) -> list[Path]:
     tuning job run in the same session's scratch folder, and a walk over theirs would see
     their files come and go (and take a link away under a running trial). Without a compose
     file to read, the whole scratch folder."""
-    import yaml
-
     args = [str(arg) for arg in process.args] if isinstance(process.args, list) else []
     if "-f" not in args[:-1]:
         return [scratch]
     try:
-        with open(args[args.index("-f") + 1]) as f:
-            services = (yaml.safe_load(f) or {}).get("services") or {}
-    except (OSError, yaml.YAMLError):
+        services = compose.read(args[args.index("-f") + 1]).get("services") or {}
+    except (OSError, ValueError):
         return [scratch]
     folders = {Path(volume.split(":")[0]) for service in services.values()
                for volume in service.get("volumes") or []

@@ -24,7 +24,7 @@ from smtask.params.schemas import (
     SETTINGS_MAX_BYTES,
     TOP_SCHEMA,
 )
-from smtask.paths import stray_links
+from smtask.paths import artifacts_root, stray_links
 
 if TYPE_CHECKING:
     from smtask.kind import JobKind
@@ -305,8 +305,6 @@ def _artifacts_problems(params: Mapping[str, Any]) -> Iterable[str]:
     in local mode a folder or not yet there: a link on the way that leads nowhere (a loop, a
     dead end, which a write would follow) or a file would fail the run's first write, after
     its job."""
-    from smtask.paths import artifacts_root
-
     key = "local.artifacts" if params.get("mode") == "local" else "artifacts"
     try:
         root = artifacts_root(params)
