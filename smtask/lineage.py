@@ -19,12 +19,13 @@ datasets it read and wrote for OpenLineage.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlparse
 
 from airflow.sdk import Asset, BaseOperatorLink
 
+from smtask import params
 from smtask.paths import artifacts_root
 
 if TYPE_CHECKING:
@@ -191,9 +192,19 @@ def link_context(run_params: Mapping[str, Any], job_name: str | None = None) -> 
 
 
 def step_assets(dag: Any, step: str, kind: JobKind) -> dict[str, Asset]:
-    """output name -> the Asset of one output of the step (at parse time, from the config)."""
-    if dag is None or kind.assets is None or "steps" not in dag.params:
+    """output name -> the Asset of one output of the step (at parse time, from the config);
+    made once per parse (:func:`smtask.params.parse_memo`)."""
+    assets = kind.assets
+    if dag is None or assets is None or "steps" not in dag.params:
         return {}
+    memo = params.parse_memo(dag)
+    key = ("assets", dag.dag_id, step, kind.name)
+    if key not in memo:
+        memo[key] = _step_assets(dag, step, assets)
+    return dict(memo[key])
+
+
+def _step_assets(dag: Any, step: str, assets: Callable[[Any], Iterable[str]]) -> dict[str, Asset]:
     values = {key: dag.params.get_param(key).value for key in
               ("pipeline_name", "mode", "artifacts", "local") if key in dag.params}
     steps = dag.params.get_param("steps").value
@@ -204,7 +215,7 @@ def step_assets(dag: Any, step: str, kind: JobKind) -> dict[str, Asset]:
     try:
         root = artifacts_root(values)
         return {output: _asset(root, pipeline, dag.dag_id, step, output)
-                for output in kind.assets(cfg)}
+                for output in assets(cfg)}
     except Exception:  # sagemaker mode without s3:// artifacts: the params' check names it
         return {}
 
@@ -228,10 +239,8 @@ def output_asset(config: str | os.PathLike[str], dag_id: str, step: str,
     """The Asset of one output of a step of another DAG, as that DAG declares it (from the
     same config.json): ``schedule=[output_asset(CONFIG, "churn", "trainer")]`` runs a DAG on
     each new model of the churn DAG's trainer."""
-    from smtask.params import load_config
-
-    params = load_config(config)
-    return _asset(artifacts_root(params), params["pipeline_name"], dag_id, step, output)
+    values = params.load_config(config)
+    return _asset(artifacts_root(values), values["pipeline_name"], dag_id, step, output)
 
 
 def inputs(job: Mapping[str, Any]) -> list[str]:

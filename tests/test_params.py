@@ -288,6 +288,53 @@ def test_tasks_share_the_params_schemas_and_an_authors_own_param_is_still_checke
         check_authors_params(dag, {"threshold": "high"})
 
 
+def test_each_task_gets_its_own_copy_of_the_params_values_and_a_step_is_described_once(
+        tmp_path, monkeypatch):
+    """The DAG's param values are copied into each task as JSON (not by a generic deepcopy):
+    a task that changes its copy in place changes no other's, and the copy still equals the
+    DAG's and serializes as Airflow's own. The decorator and the operator's __init__ both
+    ask for a step's schema and assets: made once per parse, still made for a second DAG."""
+    import copy
+
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from smtask import lineage, pipeline_params, sm_processing
+    from smtask.params import adapter
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"pipeline_name": "p", "mode": "local", "steps": {
+        "prep": {"code": "prep.py", "outputs": {"train": {}}, "environment": {"A": "1"}}}}))
+    (tmp_path / "prep.py").write_text("")
+    made = {"schemas": 0, "assets": 0}
+    real_schema, real_assets = adapter.step_schema, lineage._step_assets
+
+    def counted(name, real):
+        def call(*args):
+            made[name] += 1
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(adapter, "step_schema", counted("schemas", real_schema))
+    monkeypatch.setattr(lineage, "_step_assets", counted("assets", real_assets))
+    for dag_id in ("first", "second"):
+        with DAG(dag_id, schedule=None, params=pipeline_params(path)) as dag:
+            sm_processing(step="prep", task_id="one")(lambda: {})()
+    assert made == {"schemas": 2, "assets": 2}  # one per DAG, not one per ask
+    assert [a.uri.rsplit("/", 3)[1:] for a in dag.tasks[0].outlets] == [["second", "prep", "train"]]
+
+    mine = dag.tasks[0].params.get_param("steps").value
+    theirs = dag.params.get_param("steps").value
+    assert mine == theirs and mine is not theirs
+    mine["prep"]["environment"]["A"] = "changed"  # a task that changes its own, in place
+    assert theirs["prep"]["environment"]["A"] == "1"
+    again = copy.deepcopy(dag.params).get_param("steps").value
+    assert again == theirs and again["prep"] is not theirs["prep"]
+    assert type(again["prep"]["environment"]) is dict
+    serialized = DagSerialization.to_dict(dag)["dag"]["params"]
+    assert dict(serialized)["steps"]["__class"] == "airflow.sdk.definitions.param.Param"
+
+
 def test_a_schema_is_checked_against_the_metaschema_once_per_content(monkeypatch):
     """Airflow checks a Param's schema each time it resolves it (about ten dumps of the DAG's
     params per serialization, 95% of it): smtask's dialect checks each content once, and a

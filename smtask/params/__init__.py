@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         dag_defaults,
         describe_step,
         or_null,
+        parse_memo,
         pipeline_params,
         run_params,
         smtask_steps,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 _NAMES = {
     "check_authors_params": "adapter", "dag_defaults": "adapter", "describe_step": "adapter",
-    "or_null": "adapter", "pipeline_params": "adapter", "run_params": "adapter",
+    "or_null": "adapter", "parse_memo": "adapter", "pipeline_params": "adapter", "run_params": "adapter",
     "smtask_steps": "adapter", "trigger_schema": "adapter", "NEVER": "merge",
     "PROTECTED": "merge", "deep_merge": "merge", "MODE_ENV": "schemas", "MODES": "schemas",
     "SETTINGS_ENV": "schemas", "TOP_SCHEMA": "schemas", "load_config": "checks",
@@ -43,8 +44,8 @@ _NAMES = {
 }
 __all__ = ["MODES", "MODE_ENV", "NEVER", "PROTECTED", "SETTINGS_ENV", "TOP_SCHEMA",
            "check_authors_params", "dag_defaults", "deep_merge", "describe_step", "load_config",
-           "or_null", "pipeline_params", "refusal", "resolve", "run_params", "smtask_steps",
-           "trigger_schema", "validate"]
+           "or_null", "parse_memo", "pipeline_params", "refusal", "resolve", "run_params",
+           "smtask_steps", "trigger_schema", "validate"]
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,7 @@ and the params a task runs with (deep-merged, validated for every smtask step of
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -78,16 +79,46 @@ def pipeline_params(path: str | os.PathLike[str]) -> dict[str, Param]:
     # Airflow checks a Param's schema against its metaschema on every dump(), and dumps params
     # to serialize and compare operators (each parse, each task): smtask's dialect is draft 7,
     # whose metaschema check takes a fifth of 2020-12's (the default) for the steps' schemas.
-    made = {key: Param(value, description=DESCRIPTIONS.get(key), schema=_Schema({
+    made = {key: Param(_json(value), description=DESCRIPTIONS.get(key), schema=_Schema({
         "$schema": DIALECT, KEY: key, **schemas.get(key, {}),
         "section": ADVANCED if key == "steps" else INFRASTRUCTURE}))
         for key, value in config.items()}
     # the fields first, in the order of their steps; the infrastructure; steps last
-    fields = {key: Param(field.default, description=field.description, schema=_Schema({
+    fields = {key: Param(_json(field.default), description=field.description, schema=_Schema({
         "$schema": DIALECT, KEY: ["steps", field.step, *field.path], **field.schema}))
         for key, field in form_fields(config).items()}
     return {**fields, **{k: v for k, v in made.items() if k != "steps"},
             **({"steps": made["steps"]} if "steps" in made else {})}
+
+
+class _Json(dict):  # type: ignore[type-arg]
+    """A Param's value that is a JSON object of the config (``steps``, a step's field).
+
+    Airflow deep-copies the DAG's params into each task when the DAG is parsed (each parse,
+    and each task's process parses), a generic ``deepcopy`` of every value: the whole
+    ``steps`` config once per task, a sixth of smtask's part of a parse. A JSON tree is
+    copied here as one, into plain dicts and lists below the top.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Json:
+        return _Json({key: _json_copy(value, memo) for key, value in self.items()})
+
+
+def _json(value: Any) -> Any:
+    return _Json(value) if type(value) is dict else value
+
+
+def _json_copy(value: Any, memo: dict[int, Any]) -> Any:
+    """A deep copy of a JSON value (dicts, lists, and immutable leaves); anything else by
+    ``copy.deepcopy``."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _json_copy(item, memo) for key, item in value.items()}
+    if kind is list:
+        return [_json_copy(v, memo) for v in value]
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    return copy.deepcopy(value, memo)
 
 
 def _plain_schema(cfg: Any, form: Any, step: str) -> dict[str, Any]:
@@ -105,6 +136,21 @@ class _Schema(dict):  # type: ignore[type-arg]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Schema:
         return self
+
+
+def parse_memo(dag: Any) -> dict[Any, Any]:
+    """What this parse of ``dag`` made from its params once, for whoever asks again: each
+    smtask task's step is described (and its assets made) by its decorator, for
+    ``.expand()``, which skips the operator's ``__init__``, and again by that ``__init__``
+    (twice the work: a sixth of smtask's part of a parse). Held by the ``steps`` param's
+    schema (:func:`pipeline_params`' own), so it lives as long as this parse's params; a DAG
+    whose params smtask did not make gets a new, empty dict each time."""
+    param = dag.params.get_param("steps") if dag is not None and "steps" in dag.params else None
+    schema = getattr(param, "schema", None)
+    if not isinstance(schema, _Schema):
+        return {}
+    memo: dict[Any, Any] = schema.__dict__.setdefault("memo", {})
+    return memo
 
 
 def trigger_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -134,6 +180,10 @@ def or_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 def describe_step(dag: Any, step: str, kind: JobKind) -> None:
     """Give the DAG's ``steps`` param the schema of one smtask step (at parse time)."""
+    memo = parse_memo(dag)
+    if memo.get(("described", step)) is kind:
+        return
+    memo[("described", step)] = kind
     param = dag.params.get_param("steps") if dag is not None and "steps" in dag.params else None
     schema = getattr(param, "schema", {})
     properties, names = schema.get("properties"), schema.get("propertyNames", {}).get("enum")
